@@ -1,0 +1,5 @@
+import sys
+
+from skyctl.cli import main
+
+sys.exit(main())

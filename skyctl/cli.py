@@ -1,0 +1,440 @@
+"""skyctl: the command table (argparse), shared by the one-shot CLI and the shell.
+
+Commands mirror SkyPilot's CLI, so existing scripts port over. Every request runs
+synchronously (follow its log, then print its result) or with --async (print the id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import msgspec
+
+from skyctl import output
+from skyctl.connection import Connection, ServerError, Unreachable, reconnect
+from skyctl.endpoint import EndpointError, resolve
+from skyd import protocol
+from skyd.protocol import Accepted, Chunk, End, Error, Notice, Result, Status
+
+EPILOG = """exit codes: 0 ok, 1 request or job failed, 2 usage (bad arguments, task, name or id),
+3 cancelled, 4 cannot reach the daemon, 5 permission denied, 130 detached with Ctrl-C"""
+
+
+class Ctx:
+    """One command's connection and output choices."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.path, self.source = resolve(getattr(args, "host", None))
+        self.conn = Connection(self.path, self.source).connect()
+        self.json = getattr(args, "json", False)
+
+    def call(self, op: protocol.Op):
+        return self.conn.call(op)
+
+
+# ---- following a request or a job ----------------------------------------------------------
+
+def _write(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+
+
+def follow_request(ctx: Ctx, op: protocol.Op, wait: bool) -> tuple[int, Result | None]:
+    """Submit `op`; print its id (--async) or follow its log to its result. Survives a
+    daemon restart by reconnecting and resuming from the last byte seen."""
+    rid, offset = None, 0
+    frames = ctx.conn.submit(op, wait)
+    while True:
+        try:
+            for msg in frames:
+                if isinstance(msg, Accepted):
+                    rid = msg.request_id
+                    if not wait:
+                        print(rid)
+                        return output.OK, None
+                    ahead = f", {msg.ahead} ahead in the {msg.queue.value} queue" if msg.ahead else ""
+                    output.info(f"Request {rid} accepted{ahead}.")
+                elif isinstance(msg, Chunk):
+                    offset += len(msg.data)
+                    _write(msg.data)
+                elif isinstance(msg, Notice):
+                    output.info(msg.message)
+                elif isinstance(msg, End):
+                    offset = msg.offset
+                elif isinstance(msg, Error):
+                    output.error(msg.message, msg.hint)
+                    return output.exit_code_for(msg.code), None
+                elif isinstance(msg, Result):
+                    return _result_code(msg), msg
+            return output.FAILED, None
+        except KeyboardInterrupt:
+            if rid:
+                output.info(f"\nDetached; request {rid} keeps running.\n"
+                            f"  follow it:  skyctl api logs {rid}\n"
+                            f"  cancel it:  skyctl api cancel {rid}")
+            return output.DETACHED, None
+        except (ConnectionError, OSError):
+            if rid is None:
+                raise Unreachable("the daemon closed the connection before accepting the request")
+            output.info("Lost the connection to skyd; reconnecting...")
+            ctx.conn.close()
+            ctx.conn = reconnect(ctx.path, ctx.source)
+            output.info(f"Reconnected; following request {rid} again.")
+            frames = ctx.conn.submit(protocol.ApiLogs(request_id=rid, follow=True, offset=offset))
+
+
+def _result_code(msg: Result) -> int:
+    if msg.status is Status.SUCCEEDED:
+        return output.OK
+    if msg.status is Status.CANCELLED:
+        output.error(f"request {msg.request_id} was cancelled")
+        return output.CANCELLED
+    if msg.error is not None:
+        output.error(msg.error.message, msg.error.hint)
+        return output.FAILED if msg.error.code is protocol.ErrorCode.FAILED \
+            else output.exit_code_for(msg.error.code)
+    if msg.status is Status.FAILED:
+        output.error(f"request {msg.request_id} failed")
+        return output.FAILED
+    return output.OK
+
+
+def follow_job(ctx: Ctx, cluster: str, job_id: int | None, follow: bool = True) -> int:
+    offset = 0
+    while True:
+        try:
+            for msg in ctx.conn.submit(protocol.JobLogs(cluster=cluster, job_id=job_id,
+                                                        follow=follow, offset=offset)):
+                if isinstance(msg, Chunk):
+                    offset += len(msg.data)
+                    _write(msg.data)
+                elif isinstance(msg, Error):
+                    output.error(msg.message, msg.hint)
+                    return output.exit_code_for(msg.code)
+                elif isinstance(msg, Result):
+                    job = msgspec.convert(msg.value, protocol.JobRecord)
+                    return _job_code(job, follow)
+            return output.FAILED
+        except KeyboardInterrupt:
+            output.info(f"\nStopped following; the job keeps running.\n"
+                        f"  follow it:  skyctl logs {cluster} {job_id or ''}".rstrip() +
+                        f"\n  cancel it:  skyctl cancel {cluster} {job_id or ''}".rstrip())
+            return output.DETACHED
+        except (ConnectionError, OSError):
+            output.info("Lost the connection to skyd; reconnecting...")
+            ctx.conn.close()
+            ctx.conn = reconnect(ctx.path, ctx.source)
+
+
+def _job_code(job: protocol.JobRecord, followed: bool) -> int:
+    if not followed or job.status not in protocol.JOB_FINISHED:
+        return output.OK
+    code = f" (exit status {job.exit_code})" if job.exit_code not in (None, 0) else ""
+    output.info(f"Job {job.job_id} on {job.cluster} finished: {job.status}{code}.")
+    return {"SUCCEEDED": output.OK, "CANCELLED": output.CANCELLED}.get(job.status, output.FAILED)
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+def _task(args: argparse.Namespace):
+    from skyctl import taskfile
+    overrides = {"cpus": args.cpus, "memory": args.memory, "infra": args.infra,
+                 "num_nodes": args.num_nodes, "workdir": args.workdir, "name": args.name,
+                 "envs": taskfile.parse_env(args.env)}
+    return taskfile.load(args.entrypoint, overrides)
+
+
+def cmd_launch(ctx: Ctx, args: argparse.Namespace) -> int:
+    task = _task(args)
+    if args.command == "launch":
+        op = protocol.Launch(task=task, cluster=args.cluster)
+    else:
+        op = protocol.Exec(task=task, cluster=args.cluster)
+    code, result = follow_request(ctx, op, wait=not args.async_)
+    if code != output.OK or result is None:
+        return code
+    launched = msgspec.convert(result.value, protocol.LaunchResult)
+    if launched.job_id is None:
+        output.info(f"Cluster {launched.cluster} is ready (the task has no run command).")
+        return output.OK
+    if args.detach_run:
+        output.info(f"Job {launched.job_id} submitted to {launched.cluster}.\n"
+                    f"  follow it:  skyctl logs {launched.cluster} {launched.job_id}")
+        return output.OK
+    return follow_job(ctx, launched.cluster, launched.job_id)
+
+
+def cmd_lifecycle(ctx: Ctx, args: argparse.Namespace) -> int:
+    make = {"stop": protocol.Stop, "start": protocol.Start, "down": protocol.Down}[args.command]
+    worst = output.OK
+    for name in args.clusters:
+        code, _ = follow_request(ctx, make(cluster=name), wait=not args.async_)
+        worst = worst or code
+    return worst
+
+
+def cmd_status(ctx: Ctx, args: argparse.Namespace) -> int:
+    clusters = ctx.call(protocol.ClusterStatus(clusters=args.clusters, all_users=args.all_users))
+    if ctx.json:
+        output.print_json(clusters)
+        return output.OK
+    if not clusters:
+        print("No existing clusters.")
+        return output.OK
+    output.table(["NAME", "INFRA", "NODES", "RESOURCES", "STATUS", "USER", "LAUNCHED"],
+                 [[c.name, c.infra, c.num_nodes, c.resources or "-", output.status_text(c.status),
+                   c.user, output.age(c.launched_at)] for c in clusters])
+    return output.OK
+
+
+def cmd_queue(ctx: Ctx, args: argparse.Namespace) -> int:
+    jobs = ctx.call(protocol.JobQueue(cluster=args.cluster, skip_finished=args.skip_finished))
+    if ctx.json:
+        output.print_json(jobs)
+        return output.OK
+    print(f"Job queue of cluster {args.cluster}")
+    output.table(["ID", "NAME", "USER", "SUBMITTED", "STARTED", "DURATION", "STATUS"],
+                 [[j.job_id, j.name, j.user, output.age(j.submitted_at), output.age(j.started_at),
+                   output.duration(j.started_at, j.ended_at), output.status_text(j.status)]
+                  for j in jobs])
+    return output.OK
+
+
+def cmd_logs(ctx: Ctx, args: argparse.Namespace) -> int:
+    return follow_job(ctx, args.cluster, args.job_id, follow=not args.no_follow)
+
+
+def cmd_cancel(ctx: Ctx, args: argparse.Namespace) -> int:
+    if not args.all and not args.job_ids:
+        output.error("name the jobs to cancel, or pass --all")
+        return output.USAGE
+    done = ctx.call(protocol.CancelJobs(cluster=args.cluster, job_ids=args.job_ids, all=args.all))
+    if ctx.json:
+        output.print_json(done)
+    elif done:
+        print(f"Cancelled job(s) {', '.join(map(str, done))} on {args.cluster}.")
+    else:
+        print("No running or pending job to cancel.")
+    return output.OK
+
+
+def cmd_api_status(ctx: Ctx, args: argparse.Namespace) -> int:
+    reqs = ctx.call(protocol.ApiStatus(request_ids=args.request_ids, all_statuses=args.all,
+                                       all_users=args.all_users, limit=args.limit))
+    if ctx.json:
+        output.print_json(reqs)
+        return output.OK
+    if not reqs:
+        print("No requests." if args.all else "No pending or running requests "
+              "(skyctl api status -a shows finished ones).")
+        return output.OK
+    output.table(["ID", "USER", "NAME", "CLUSTER", "CREATED", "STATUS"],
+                 [[r.id, r.user, r.name, r.cluster or "-", output.age(r.created_at),
+                   output.status_text(r.status.value)] for r in reqs])
+    return output.OK
+
+
+def cmd_api_logs(ctx: Ctx, args: argparse.Namespace) -> int:
+    code, _ = follow_request(ctx, protocol.ApiLogs(request_id=args.request_id,
+                                                   follow=not args.no_follow), wait=True)
+    return code
+
+
+def cmd_api_cancel(ctx: Ctx, args: argparse.Namespace) -> int:
+    if not (args.request_ids or args.all or args.all_users):
+        output.error("name the requests to cancel, or pass --all")
+        return output.USAGE
+    done = ctx.call(protocol.ApiCancel(request_ids=args.request_ids, all=args.all,
+                                       all_users=args.all_users))
+    if ctx.json:
+        output.print_json(done)
+    elif done:
+        for rid in done:
+            print(f"Cancelled {rid}")
+    else:
+        print("Nothing to cancel.")
+    return output.OK
+
+
+def cmd_api_info(ctx: Ctx, args: argparse.Namespace) -> int:
+    info = ctx.call(protocol.ApiInfo())
+    if ctx.json:
+        output.print_json(info)
+        return output.OK
+    from skyd import __version__
+    rows = [("server", f"skyd {info.version} (protocol v{info.protocol}, pid {info.pid})"),
+            ("client", f"skyctl {__version__} (protocol v{protocol.PROTOCOL_VERSION})"),
+            ("endpoint", f"unix://{ctx.path} ({ctx.source})"),
+            ("user", f"{info.user} (uid {info.uid}{', admin' if info.admin else ''})"),
+            ("state", info.state_dir),
+            ("long queue", f"{info.long_running}/{info.long_slots} running, {info.long_pending} pending"),
+            ("short queue", f"{info.short_running}/{info.short_slots} running, "
+                            f"{info.short_pending} pending"),
+            ("sized from", info.slots_source),
+            ("up since", output.age(info.started_at))]
+    for key, value in rows:
+        print(f"{key + ':':13}{value}")
+    return output.OK
+
+
+# ---- the table of commands ---------------------------------------------------------------------
+
+def _common(p: argparse.ArgumentParser, json: bool = True) -> None:
+    p.add_argument("--host", help="server address: unix:///path/to/skyd.sock "
+                                  "(default: SKYD_HOST, ~/.config/skyctl/config.toml, then the "
+                                  "per-user or system socket)")
+    if json:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def _task_args(p: argparse.ArgumentParser, task_required: bool) -> None:
+    p.add_argument("entrypoint", nargs=None if task_required else "?",
+                   help="task YAML file, or a command to run")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="print the request id and return at once")
+    p.add_argument("-d", "--detach-run", action="store_true",
+                   help="return once the job has started, without following its output")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (accepted for SkyPilot "
+                                                            "compatibility; skyctl never asks)")
+    p.add_argument("-n", "--name", help="task name (overrides the YAML)")
+    p.add_argument("--env", action="append", metavar="KEY[=VALUE]", help="environment variable "
+                                                                          "for setup and run")
+    p.add_argument("--workdir", help="directory to sync to the nodes (overrides the YAML)")
+    p.add_argument("--num-nodes", type=int, help="number of nodes (overrides the YAML)")
+    p.add_argument("--cpus", help="CPUs per node, e.g. 4 or 4+ (overrides the YAML)")
+    p.add_argument("--memory", help="memory per node in GiB, e.g. 8+ (overrides the YAML)")
+    p.add_argument("--infra", help="where to run: local (default) or ssh/POOL")
+    _common(p, json=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skyctl", description="skyctl: talk to the skyd "
+                                     "request server.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from skyd import __version__
+    parser.add_argument("--version", action="version", version=f"skyctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("launch", help="launch a task on a (new or existing) cluster",
+                       description="Provision or reuse a cluster, sync the workdir, run setup, "
+                                   "and run the task as a job, following its output.")
+    _task_args(p, task_required=False)
+    p.add_argument("-c", "--cluster", help="cluster name (default: a generated one)")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("exec", help="run a task as a new job on an existing cluster (no setup)")
+    _task_args(p, task_required=True)
+    p.add_argument("-c", "--cluster", required=True, help="the cluster to run on")
+    p.set_defaults(func=cmd_launch)
+
+    for name, text in (("stop", "stop clusters (jobs are killed, nodes kept)"),
+                       ("start", "start stopped clusters"),
+                       ("down", "tear clusters down (everything removed)")):
+        p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
+        p.add_argument("clusters", nargs="+", metavar="CLUSTER")
+        p.add_argument("--async", dest="async_", action="store_true",
+                       help="print the request id and return at once")
+        p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
+        _common(p, json=False)
+        p.set_defaults(func=cmd_lifecycle)
+
+    p = sub.add_parser("status", help="list clusters")
+    p.add_argument("clusters", nargs="*", metavar="CLUSTER")
+    p.add_argument("-u", "--all-users", action="store_true", help="show every user's clusters")
+    _common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("queue", help="list a cluster's jobs")
+    p.add_argument("cluster")
+    p.add_argument("-s", "--skip-finished", action="store_true", help="only pending and running")
+    _common(p)
+    p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("logs", help="print or follow a job's output")
+    p.add_argument("cluster")
+    p.add_argument("job_id", nargs="?", type=int, help="job id (default: the latest)")
+    p.add_argument("--no-follow", action="store_true", help="print what is there and return")
+    _common(p, json=False)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", help="cancel jobs on a cluster")
+    p.add_argument("cluster")
+    p.add_argument("job_ids", nargs="*", type=int, metavar="JOB_ID")
+    p.add_argument("-a", "--all", action="store_true", help="every pending or running job")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
+    _common(p)
+    p.set_defaults(func=cmd_cancel)
+
+    api = sub.add_parser("api", help="inspect and control requests").add_subparsers(
+        dest="api_command", required=True, metavar="API_COMMAND")
+    p = api.add_parser("status", help="list requests (pending and running; -a for all)")
+    p.add_argument("request_ids", nargs="*", metavar="ID", help="ids or unique prefixes")
+    p.add_argument("-a", "--all", action="store_true", help="include finished requests")
+    p.add_argument("-u", "--all-users", action="store_true", help="every user's requests")
+    p.add_argument("-l", "--limit", type=int, default=50, help="at most this many (default 50)")
+    _common(p)
+    p.set_defaults(func=cmd_api_status)
+
+    p = api.add_parser("logs", help="follow a request's log, then print its result")
+    p.add_argument("request_id", metavar="ID")
+    p.add_argument("--no-follow", action="store_true", help="print what is there and return")
+    _common(p, json=False)
+    p.set_defaults(func=cmd_api_logs)
+
+    p = api.add_parser("cancel", help="cancel requests (pending ones never start)")
+    p.add_argument("request_ids", nargs="*", metavar="ID")
+    p.add_argument("-a", "--all", action="store_true", help="all of your pending and running requests")
+    p.add_argument("-u", "--all-users", action="store_true", help="everyone's (admins only)")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
+    _common(p)
+    p.set_defaults(func=cmd_api_cancel)
+
+    p = api.add_parser("info", help="server and client versions, endpoint, queues")
+    _common(p)
+    p.set_defaults(func=cmd_api_info)
+
+    p = sub.add_parser("shell", help="an interactive shell with completion and live queue depths")
+    _common(p, json=False)
+    p.set_defaults(func=None)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from skyd.taskspec import TaskError
+    try:
+        if args.command == "shell":
+            from skyctl.shell import main as shell_main
+            return shell_main(args)
+        ctx = Ctx(args)
+        try:
+            return args.func(ctx, args)
+        finally:
+            ctx.conn.close()
+    except TaskError as e:
+        output.error(f"invalid task: {e}")
+        return output.USAGE
+    except EndpointError as e:
+        output.error(str(e))
+        return output.USAGE
+    except Unreachable as e:
+        output.error(str(e))
+        return output.UNREACHABLE
+    except ServerError as e:
+        output.error(e.error.message, e.error.hint)
+        return output.exit_code_for(e.error.code)
+    except BrokenPipeError:
+        return output.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return output.DETACHED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

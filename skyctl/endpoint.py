@@ -1,0 +1,71 @@
+"""Where the daemon is: --host, then SKYD_HOST, then the client config file, then the default.
+
+The client config is TOML (`~/.config/skyctl/config.toml`, key `host`): tomllib is in the
+standard library and cheap to import, which keeps skyctl's start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SYSTEM_SOCKET = "/run/skyd/skyd.sock"
+
+
+class EndpointError(ValueError):
+    pass
+
+
+def user_socket() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "skyd" / "skyd.sock"
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "skyctl" / "config.toml"
+
+
+def _from_config() -> str | None:
+    path = config_path()
+    if not path.exists():
+        return None
+    import tomllib
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise EndpointError(f"cannot read {path}: {e}") from None
+    host = data.get("host")
+    if host is not None and not isinstance(host, str):
+        raise EndpointError(f"{path}: `host` must be a string like unix:///path/to/skyd.sock")
+    return host
+
+
+def resolve(flag: str | None) -> tuple[str, str]:
+    """(socket path, where it came from)."""
+    for value, source in ((flag, "--host"), (os.environ.get("SKYD_HOST"), "SKYD_HOST")):
+        if value:
+            return parse(value), source
+    configured = _from_config()
+    if configured:
+        return parse(configured), str(config_path())
+    mine = user_socket()
+    if mine.exists() or not Path(SYSTEM_SOCKET).exists():
+        return str(mine), "default (per-user daemon)"
+    return SYSTEM_SOCKET, "default (system daemon)"
+
+
+def parse(address: str) -> str:
+    if address.startswith("unix://"):
+        path = address[len("unix://"):]
+    elif address.startswith("/") or address.startswith("."):
+        path = address
+    elif "://" in address:
+        scheme = address.split("://", 1)[0]
+        raise EndpointError(f"{scheme}:// addresses are not supported yet; use unix:///path/to/skyd.sock")
+    else:
+        raise EndpointError(f"cannot understand server address {address!r}; "
+                            "use unix:///path/to/skyd.sock")
+    if not path:
+        raise EndpointError("empty socket path in server address")
+    return os.path.expanduser(path)

@@ -1,0 +1,5 @@
+import sys
+
+from skyd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,116 @@
+"""`skyd serve | capacity`: the daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser("serve", help="run the daemon in the foreground",
+                       description="Run the skyd daemon in the foreground (systemd runs it so). "
+                                   "Settings: flags, then SKYD_* environment variables, then the "
+                                   "config file (<state-dir>/config.yaml or --config), then defaults.")
+    p.add_argument("--state-dir", help="where the database, logs and clusters live "
+                                       "(default: $XDG_STATE_HOME/skyd or ~/.local/state/skyd)")
+    p.add_argument("--socket", help="Unix socket to listen on (default: <state-dir>/skyd.sock)")
+    p.add_argument("--socket-group", help="make the socket 0660 for this group (default: 0600)")
+    p.add_argument("--admin-group", help="members see and control every user's requests")
+    p.add_argument("--config", help="config file (YAML)")
+    p.add_argument("--long-slots", type=int, help="long requests run at once (default: sized "
+                                                  "from CPUs and memory)")
+    p.add_argument("--short-slots", type=int, help="short requests run at once (default: sized)")
+    p.add_argument("--max-frame", type=int, help="largest frame accepted, bytes (default 16 MiB)")
+    p.add_argument("--retention-hours", type=float,
+                   help="keep finished requests and their logs this long (default 24; <0: forever)")
+    p.add_argument("--drain-timeout", type=float,
+                   help="on SIGTERM, wait this long for running requests (default 10 s)")
+    p.add_argument("--spares", type=int, help="idle pre-forked workers kept ready (default 2)")
+    p.add_argument("--skip-resources-check", action="store_true", default=None,
+                   help="start even below the minimum for team use")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def _capacity_parser(sub) -> None:
+    p = sub.add_parser("capacity", help="print how many requests run at once for a machine size",
+                       description="Print the long/short slot table: for this machine and the "
+                                   "standard sizes, or for --cpus/--memory.")
+    p.add_argument("--cpus", type=float, help="CPUs of the machine to size")
+    p.add_argument("--memory", help="memory of the machine to size, e.g. 8G")
+    p.add_argument("--calibration", help="calibration file (default: the daemon's)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skyd", description="skyd: a lean request server for "
+                                     "AI compute. People talk to it with skyctl.")
+    from skyd import __version__
+    parser.add_argument("--version", action="version", version=f"skyd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _capacity_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "capacity":
+        return _capacity(args)
+    return serve(args)
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from skyd import capacity, config
+    calib = args.calibration
+    if calib is None:
+        try:
+            calib = str(config.load({}).calibration_path)
+        except config.ConfigError:
+            calib = None
+    return capacity.run(args.cpus, args.memory, args.json, calib)
+
+
+def serve(args: argparse.Namespace) -> int:
+    from skyd import config
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        cfg = config.load(flags, config_file=args.config)
+    except config.ConfigError as e:
+        print(f"skyd: error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiosqlite").setLevel(logging.WARNING)   # it logs every statement
+    import uvloop
+    try:
+        return uvloop.run(_run(cfg))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _run(cfg) -> int:
+    from skyd.daemon import Daemon, StartupError
+    from skyd.listeners import ListenError
+    try:
+        daemon = Daemon(cfg)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.stopping.set)
+        await daemon.startup()
+    except (StartupError, ListenError, ValueError) as e:
+        print(f"skyd: error: {e}", file=sys.stderr)
+        if "daemon" in locals():
+            await daemon.shutdown()
+        return 1
+    try:
+        await daemon.serve()
+    finally:
+        await daemon.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

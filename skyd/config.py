@@ -1,0 +1,119 @@
+"""Daemon settings: flags, then environment, then the config file, then defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from skyd.protocol import DEFAULT_MAX_FRAME
+
+SYSTEM_SOCKET = Path("/run/skyd/skyd.sock")
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "skyd"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class Config:
+    state_dir: Path = dataclasses.field(default_factory=default_state_dir)
+    socket: Path | None = None            # default: <state_dir>/skyd.sock
+    socket_group: str | None = None       # when set, the socket is 0660 for this group
+    admin_group: str | None = None        # members may see and control every request
+    max_frame: int = DEFAULT_MAX_FRAME
+    long_slots: int | None = None         # default: sized from the hardware
+    short_slots: int | None = None
+    calibration: Path | None = None       # default: <state_dir>/calibration.json
+    retention_hours: float = 24.0         # finished requests and logs kept this long; <0: forever
+    drain_timeout: float = 10.0           # on SIGTERM, wait this long for running requests
+    kill_grace: float = 3.0               # SIGTERM -> SIGKILL when cancelling
+    spares: int = 2                       # idle pre-forked workers
+    skip_resources_check: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.state_dir / "skyd.sock"
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.calibration or self.state_dir / "calibration.json"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "skyd.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs" / "requests"
+
+
+ENV = {f.name: "SKYD_" + f.name.upper() for f in fields(Config)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Config)}[name]
+    try:
+        if raw is None:
+            return None
+        if "Path" in kind:
+            return Path(str(raw)).expanduser()
+        if kind.startswith("bool"):
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in ("1", "true", "yes", "on")
+        if kind.startswith("int"):
+            value = int(raw)
+            if value < 1:
+                raise ValueError("must be at least 1")
+            return value
+        if kind.startswith("float"):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{name}: invalid value {raw!r} ({e})") from None
+
+
+def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
+         config_file: str | os.PathLike | None = None) -> Config:
+    """Merge the sources; `flags` holds only what was given on the command line."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or env.get("SKYD_CONFIG")
+    state_dir = flags.get("state_dir") or env.get("SKYD_STATE_DIR")
+    if path is None:
+        candidate = Path(state_dir).expanduser() if state_dir else default_state_dir()
+        if (candidate / "config.yaml").exists():
+            path = candidate / "config.yaml"
+    if path is not None:
+        values.update(_read_file(Path(path)))
+    for name, var in ENV.items():
+        if var in env and env[var] != "":
+            values[name] = env[var]
+    values.update({k: v for k, v in flags.items() if v is not None and k in ENV})
+    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    import yaml
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of settings")
+    unknown = sorted(set(data) - set(ENV))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(ENV))})")
+    return data

@@ -1,0 +1,164 @@
+"""The daemon: startup() -> serve() -> shutdown().
+
+Start-up order matters: resources are checked, the schema migrated, what was pending is
+queued again and what was running reconciled — only then does the socket accept anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from skyd import __version__, hardware, protocol, systemd
+from skyd.config import Config
+from skyd.listeners import bind_unix, group_id, peer_caller
+from skyd.scheduler import Caller, Scheduler
+from skyd.session import Session
+from skyd.state import ClusterState
+from skyd.store import Store
+from skyd.workers import WorkerPool
+
+log = logging.getLogger("skyd")
+
+GC_INTERVAL = 3600.0
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+class Daemon:
+    def __init__(self, config: Config):
+        self.config = config
+        self.version = __version__
+        self.started_at = time.time()
+        self.store = Store(config.db_path)
+        self.hardware = hardware.detect()
+        self.calibration = hardware.load_calibration(config.calibration_path)
+        slots = hardware.size_slots(self.hardware, self.calibration)
+        self.long_slots = config.long_slots or slots.long
+        self.short_slots = config.short_slots or slots.short
+        self.slots_source = (f"{self.hardware.cpus:g} CPUs ({self.hardware.cpu_source}), "
+                             f"{hardware.format_size(self.hardware.memory_bytes)} "
+                             f"({self.hardware.memory_source}); {self.calibration.source}")
+        self.state = ClusterState(self.store, str(config.state_dir))
+        self.pool = WorkerPool(spares=config.spares)
+        self.scheduler = Scheduler(self.store, self.pool, self.state, config.logs_dir,
+                                   self.long_slots, self.short_slots, config.kill_grace)
+        self._admin_gid = group_id(config.admin_group)
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: set[asyncio.Task] = set()
+        self._gc: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
+        self.stopping = asyncio.Event()
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        cfg = self.config
+        if not cfg.skip_resources_check:
+            problems = hardware.check_minimum(self.hardware)
+            if problems:
+                raise StartupError("not enough resources for team use:\n  " +
+                                   "\n  ".join(problems) +
+                                   "\n(start anyway with --skip-resources-check)")
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        cfg.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        await self.store.open()
+        await self.state.load()
+        await self.pool.start()
+        requeued, rerun, failed = await self.scheduler.recover()
+        if requeued or rerun or failed:
+            log.info("recovered requests: %d queued again, %d re-run, %d failed as interrupted",
+                     requeued, rerun, failed)
+        sock = systemd.adopted_socket() or bind_unix(cfg.socket_path, cfg.socket_group)
+        self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+        self._gc = asyncio.get_running_loop().create_task(self._gc_loop(), name="retention-gc")
+        log.info("skyd %s listening on %s: %d long slots, %d short slots (%s)", self.version,
+                 cfg.socket_path, self.long_slots, self.short_slots, self.slots_source)
+        systemd.notify(f"READY=1\nSTATUS=listening on {cfg.socket_path}")
+        self._watchdog = systemd.start_watchdog()
+
+    async def serve(self) -> None:
+        await self.stopping.wait()
+
+    async def shutdown(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("shutting down: no new requests; waiting up to %.0fs for running ones",
+                 self.config.drain_timeout)
+        if self._server is not None:
+            self._server.close()
+        for task in (self._gc, self._watchdog):
+            if task is not None:
+                task.cancel()
+        await self.scheduler.shutdown(self.config.drain_timeout)
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+        await self.state.close()
+        await self.store.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if not systemd.adopted_socket():
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.socket_path)
+        log.info("stopped")
+
+    # ---- connections ---------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            caller = peer_caller(writer.get_extra_info("socket"), self._admin_gid)
+            await Session(self, reader, writer, caller).run()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._sessions.discard(task)
+
+    def info(self, caller: Caller) -> protocol.ServerInfo:
+        s = self.scheduler
+        return protocol.ServerInfo(
+            version=self.version, protocol=protocol.PROTOCOL_VERSION, pid=os.getpid(),
+            started_at=self.started_at, state_dir=str(self.config.state_dir),
+            socket=str(self.config.socket_path), user=caller.user, uid=caller.uid,
+            admin=caller.admin, long_slots=s.long_slots, short_slots=s.short.size,
+            long_running=len(s.long_running), long_pending=len(s.long_pending),
+            short_running=s.short.in_use, short_pending=s.short.waiting,
+            slots_source=self.slots_source)
+
+    # ---- retention -----------------------------------------------------------------------
+
+    async def _gc_loop(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                await self.collect_garbage()
+            await asyncio.sleep(GC_INTERVAL)
+
+    async def collect_garbage(self, now: float | None = None) -> int:
+        """Remove finished requests (and their logs) older than the retention period."""
+        hours = self.config.retention_hours
+        if hours < 0:
+            return 0
+        cutoff = (now or time.time()) - hours * 3600
+        removed = 0
+        while ids := await self.store.finished_before(cutoff):
+            await asyncio.to_thread(_unlink_logs, self.config.logs_dir, ids)
+            await self.store.delete_requests(ids)
+            removed += len(ids)
+        if removed:
+            log.info("retention: removed %d finished requests older than %gh", removed, hours)
+        return removed
+
+
+def _unlink_logs(logs_dir: Path, ids: list[str]) -> None:
+    for rid in ids:
+        with contextlib.suppress(FileNotFoundError):
+            (logs_dir / f"{rid}.log").unlink()

@@ -1,0 +1,610 @@
+"""What this machine can run: hardware detection, calibration and slot sizing.
+
+Everything here is pure standard library so the daemon can size itself
+before anything else is imported.
+
+Detection
+---------
+``detect()`` reports the CPUs and memory the daemon may *actually* use, which
+inside a container or systemd slice is usually less than the host has:
+
+* CPUs: the scheduler affinity mask (or ``sys/devices/system/cpu/online`` when
+  reading a fake root), capped by the cgroup CPU quota (v2 ``cpu.max``, v1
+  ``cpu.cfs_quota_us / cpu.cfs_period_us``).
+* Memory: ``MemTotal`` from ``/proc/meminfo``, capped by the cgroup memory
+  limit (v2 ``memory.max``, v1 ``memory.limit_in_bytes``).
+* Limits are the minimum over the process's own cgroup and all its ancestors.
+  On hybrid hosts the v1 controllers win. Missing or garbled files count as
+  "unlimited" so detection never crashes.
+* ``SKYD_CPUS`` and ``SKYD_MEMORY`` override detection when set (non-empty).
+
+Slot sizing
+-----------
+A *long* request runs in its own worker process that mostly waits on I/O
+(provisioning, ssh, setup scripts); a *short* request is a coroutine in the
+daemon's event loop. ``size_slots()`` decides how many of each may run at once::
+
+    reserve = max(1 GiB, 10% of memory)          # the OS and everything else
+    usable  = max(0, memory - reserve - daemon_base_bytes)
+    long_pool  = floor(usable * 0.5)             # memory for long workers
+    short_pool = usable - long_pool              # memory for short requests
+    long  = max(1, min(floor(cpus * 16),  long_pool  // long_worker_bytes))
+    short = max(8, min(floor(cpus * 256), short_pool // short_request_bytes))
+
+The short pool is the half *not set aside* for long workers, rather than
+"usable minus what the long workers actually use". The latter can go down when
+memory goes up (one more long worker fits, so ~48 fewer short requests do);
+the fixed split guarantees that more CPUs or more memory never yields fewer
+slots, for any calibration. With the default calibration the numbers are:
+4 CPUs / 8 GiB -> 64 long / 1024 short; 2 CPUs / 24 GiB -> 32 / 512;
+1 CPU / 1 GiB -> 1 / 8 (the minimums).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+
+# --- slot sizing constants -------------------------------------------------
+OS_RESERVE_MIN_BYTES = GiB  # never leave less than this for the rest of the VM
+OS_RESERVE_FRACTION = 0.10  # ...or this share of memory, whichever is larger
+LONG_MEMORY_SHARE = 0.5  # share of usable memory set aside for long workers
+LONG_SLOTS_PER_CPU = 16  # long workers mostly wait on I/O, so many per CPU
+SHORT_SLOTS_PER_CPU = 256  # short requests are cheap coroutines
+MIN_LONG_SLOTS = 1
+MIN_SHORT_SLOTS = 8
+
+# --- team-use minimum ------------------------------------------------------
+MIN_CPUS = 2
+MIN_MEMORY_BYTES = 2 * GiB
+
+# --- detection constants ---------------------------------------------------
+CPU_FLOOR = 0.1  # a tiny quota still lets us run something
+CGROUP_V1_UNLIMITED = 2**60  # v1 reports "no limit" as a huge page-aligned number
+DEFAULT_CFS_PERIOD_US = 100_000
+ENV_CPUS = "SKYD_CPUS"
+ENV_MEMORY = "SKYD_MEMORY"
+
+
+# ===========================================================================
+# Sizes
+# ===========================================================================
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
+
+
+def parse_size(text: str) -> int:
+    """Parse a human memory size into bytes.
+
+    Accepts a number (integer or decimal) with an optional unit K, M, G or T,
+    optionally followed by "i" and/or "B", case-insensitively: "8G", "8Gi",
+    "8GiB", "8gb", "1.5G", "512M", "1024K", "1048576", "1048576B".
+    All units are binary (powers of 1024): "8GB" means 8 GiB, because that is
+    what people mean when they size a VM or a pod.
+    """
+    match = _SIZE_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"invalid size {text!r}: use e.g. 8G, 512M")
+    number, unit, binary, byte_suffix = match.groups()
+    if binary and not unit:  # a bare "i" ("12i", "12iB") is not a unit
+        raise ValueError(f"invalid size {text!r}: use e.g. 8G, 512M")
+    # Fraction keeps big byte counts exact (a float would round above 2**53).
+    return round(Fraction(number) * _UNIT_BYTES[unit.lower()])
+
+
+def format_size(n: int) -> str:
+    """Render bytes for humans: "8.0 GiB", "512 MiB", "1.5 MiB", "900 KiB".
+
+    GiB and TiB always show one decimal; smaller units show one only when
+    the value is not a whole number of that unit.
+    """
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, name in ((TiB, "TiB"), (GiB, "GiB")):
+        if n >= unit:
+            return f"{sign}{n / unit:.1f} {name}"
+    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
+        if n >= unit:
+            if n % unit == 0:
+                return f"{sign}{n // unit} {name}"
+            return f"{sign}{n / unit:.1f} {name}"
+    return f"{sign}{n} B"
+
+
+def format_cpus(cpus: float) -> str:
+    """"1 CPU", "2 CPUs", "1.5 CPUs"."""
+    count = f"{round(cpus, 2):g}"
+    return f"{count} CPU" if count == "1" else f"{count} CPUs"
+
+
+# ===========================================================================
+# Hardware detection
+# ===========================================================================
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpus: float  # effective CPUs (may be fractional, e.g. cgroup quota 1.5)
+    memory_bytes: int  # effective memory
+    cpu_source: str  # where the CPU figure came from, for humans
+    memory_source: str  # where the memory figure came from, for humans
+
+
+@dataclass(frozen=True)
+class _Limit:
+    value: float  # CPUs or bytes
+    source: str
+
+
+def detect(
+    root: str | os.PathLike = "/",
+    pid: str = "self",
+    env: Mapping[str, str] | None = None,
+) -> Hardware:
+    """Detect the CPUs and memory available to process `pid` under `root`.
+
+    Raises ValueError only for invalid SKYD_CPUS / SKYD_MEMORY overrides;
+    unreadable system files are treated as "no limit".
+    """
+    env = os.environ if env is None else env
+    root_path = Path(root)
+    cpu_override = _env_cpus(env)
+    memory_override = _env_memory(env)
+
+    cgroup = _CgroupView(root_path, pid)
+
+    if cpu_override is not None:
+        cpu = _Limit(cpu_override, f"env {ENV_CPUS}")
+    else:
+        cpu = _smallest(_count_cpus(root_path, pid), cgroup.cpu_limit())
+        cpu = _Limit(max(cpu.value, CPU_FLOOR), cpu.source)
+
+    if memory_override is not None:
+        memory = _Limit(memory_override, f"env {ENV_MEMORY}")
+    else:
+        memory = _smallest(_physical_memory(root_path), cgroup.memory_limit())
+
+    return Hardware(
+        cpus=float(cpu.value),
+        memory_bytes=max(1, int(memory.value)),
+        cpu_source=cpu.source,
+        memory_source=memory.source,
+    )
+
+
+def _smallest(base: _Limit, limit: _Limit | None) -> _Limit:
+    """The cgroup limit if it is strictly tighter than the base figure."""
+    if limit is not None and limit.value < base.value:
+        return limit
+    return base
+
+
+# --- environment overrides -------------------------------------------------
+
+
+def _env_value(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name)
+    # An empty variable counts as unset, so `SKYD_CPUS= skyd ...` clears it.
+    if value is None or not value.strip():
+        return None
+    return value.strip()
+
+
+def _env_cpus(env: Mapping[str, str]) -> float | None:
+    text = _env_value(env, ENV_CPUS)
+    if text is None:
+        return None
+    try:
+        cpus = float(text)
+    except ValueError:
+        cpus = math.nan
+    if not math.isfinite(cpus) or cpus <= 0:
+        raise ValueError(f"{ENV_CPUS}={text!r} is invalid: use a positive number of CPUs, e.g. 4 or 1.5")
+    return cpus
+
+
+def _env_memory(env: Mapping[str, str]) -> int | None:
+    text = _env_value(env, ENV_MEMORY)
+    if text is None:
+        return None
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_MEMORY}: {exc}") from None
+    if size <= 0:
+        raise ValueError(f"{ENV_MEMORY}={text!r} is invalid: memory must be more than 0")
+    return size
+
+
+# --- CPUs and physical memory ------------------------------------------------
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _is_real_root(root: Path) -> bool:
+    try:
+        return root.resolve() == Path("/")
+    except OSError:
+        return False
+
+
+def _count_cpus(root: Path, pid: str) -> _Limit:
+    if _is_real_root(root):
+        try:
+            count = len(os.sched_getaffinity(0 if pid == "self" else int(pid)))
+        except (AttributeError, OSError, ValueError):
+            count = 0
+        if count > 0:
+            return _Limit(count, f"affinity ({format_cpus(count)})")
+    else:
+        online = root / "sys/devices/system/cpu/online"
+        count = parse_cpu_list(_read_text(online) or "")
+        if count > 0:
+            return _Limit(count, f"/sys/devices/system/cpu/online ({format_cpus(count)})")
+    count = os.cpu_count() or 0
+    if count > 0:
+        return _Limit(count, f"os.cpu_count() ({format_cpus(count)})")
+    return _Limit(1, "fallback (1 CPU)")
+
+
+def parse_cpu_list(text: str) -> int:
+    """Count CPUs in a kernel CPU list like "0-3,5,7-8"; 0 when garbled."""
+    text = text.strip()
+    if not text:
+        return 0
+    count = 0
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        if not first.isdigit() or (sep and not last.isdigit()):
+            return 0
+        low, high = int(first), int(last) if sep else int(first)
+        if high < low:
+            return 0
+        count += high - low + 1
+    return count
+
+
+def _physical_memory(root: Path) -> _Limit:
+    text = _read_text(root / "proc/meminfo") or ""
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key.strip() == "MemTotal":
+            fields = rest.split()
+            if fields and fields[0].isdigit() and int(fields[0]) > 0:
+                return _Limit(int(fields[0]) * KiB, "/proc/meminfo")
+            break
+    # meminfo unreadable: the kernel's page count is the next best thing.
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        total = 0
+    if total > 0:
+        return _Limit(total, "sysconf (no /proc/meminfo)")
+    return _Limit(OS_RESERVE_MIN_BYTES, "fallback (no /proc/meminfo)")
+
+
+# --- cgroups ------------------------------------------------------------------
+
+
+class _CgroupView:
+    """The cgroup limits that apply to one process under a (possibly fake) root."""
+
+    def __init__(self, root: Path, pid: str) -> None:
+        self.root = root
+        self.base = root / "sys/fs/cgroup"
+        self.v2_path, self.v1_paths = parse_proc_cgroup(_read_text(root / "proc" / pid / "cgroup") or "")
+        # A cgroup.controllers file at the top means a pure v2 host: any
+        # directory named "memory" there is a child cgroup, not a v1 hierarchy.
+        self.pure_v2 = (self.base / "cgroup.controllers").is_file()
+
+    def cpu_limit(self) -> _Limit | None:
+        v1_mount = self._v1_mount("cpu")
+        if v1_mount is not None:
+            return self._walk_min(v1_mount, self.v1_paths.get("cpu", "/"), _v1_cpu, "cgroup v1 cpu.cfs_quota_us")
+        v2_mount = self._v2_mount()
+        if v2_mount is not None:
+            return self._walk_min(v2_mount, self.v2_path or "/", _v2_cpu, "cgroup v2 cpu.max")
+        return None
+
+    def memory_limit(self) -> _Limit | None:
+        v1_mount = self._v1_mount("memory")
+        if v1_mount is not None:
+            return self._walk_min(
+                v1_mount, self.v1_paths.get("memory", "/"), _v1_memory, "cgroup v1 memory.limit_in_bytes"
+            )
+        v2_mount = self._v2_mount()
+        if v2_mount is not None:
+            return self._walk_min(v2_mount, self.v2_path or "/", _v2_memory, "cgroup v2 memory.max")
+        return None
+
+    def _v1_mount(self, controller: str) -> Path | None:
+        """The v1 hierarchy holding `controller`, e.g. sys/fs/cgroup/cpu,cpuacct."""
+        if self.pure_v2:
+            return None
+        try:
+            entries = sorted(self.base.iterdir())
+        except OSError:
+            return None
+        for entry in entries:
+            if controller in entry.name.split(",") and entry.is_dir():
+                return entry
+        return None
+
+    def _v2_mount(self) -> Path | None:
+        if self.pure_v2:
+            return self.base
+        unified = self.base / "unified"  # hybrid hosts mount v2 here
+        if (unified / "cgroup.controllers").is_file():
+            return unified
+        return None
+
+    def _walk_min(
+        self, mount: Path, cgroup_path: str, read_level: Callable[[Path], float | None], label: str
+    ) -> _Limit | None:
+        """Smallest limit over the process's cgroup and its ancestors."""
+        best: _Limit | None = None
+        for level in _own_and_ancestors(mount, cgroup_path):
+            value = read_level(level)
+            if value is not None and (best is None or value < best.value):
+                best = _Limit(value, f"{label} at {self._display(level)}")
+        return best
+
+    def _display(self, path: Path) -> str:
+        """Show paths as they would appear on the real machine."""
+        try:
+            return "/" + path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def parse_proc_cgroup(text: str) -> tuple[str | None, dict[str, str]]:
+    """Parse /proc/<pid>/cgroup into (v2 path, {v1 controller: path})."""
+    v2_path: str | None = None
+    v1_paths: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) != 3:
+            continue  # garbled line: skip it, keep the rest
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2_path = path
+        else:
+            for controller in controllers.split(","):
+                if controller:
+                    v1_paths[controller] = path
+    return v2_path, v1_paths
+
+
+def _own_and_ancestors(mount: Path, cgroup_path: str) -> list[Path]:
+    """Directories from the process's cgroup up to the mount root, leaf first.
+
+    With cgroup namespaces the named path often does not exist under the mount
+    (or climbs above it with ".."); then the mount root is the process's cgroup.
+    """
+    parts = [p for p in cgroup_path.strip().split("/") if p and p != "."]
+    if ".." in parts or not (mount.joinpath(*parts)).is_dir():
+        parts = []
+    levels = [mount.joinpath(*parts[:depth]) for depth in range(len(parts), 0, -1)]
+    levels.append(mount)
+    return levels
+
+
+def _read_int(path: Path) -> int | None:
+    text = _read_text(path)
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def _v2_cpu(level: Path) -> float | None:
+    fields = (_read_text(level / "cpu.max") or "").split()
+    if not fields or fields[0] == "max":
+        return None
+    try:
+        quota = int(fields[0])
+        period = int(fields[1]) if len(fields) > 1 else DEFAULT_CFS_PERIOD_US
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def _v2_memory(level: Path) -> int | None:
+    text = (_read_text(level / "memory.max") or "").strip()
+    if text == "max" or not text.isdigit():
+        return None
+    value = int(text)
+    return value if value > 0 else None
+
+
+def _v1_cpu(level: Path) -> float | None:
+    quota = _read_int(level / "cpu.cfs_quota_us")
+    period = _read_int(level / "cpu.cfs_period_us")
+    if quota is None or period is None or quota <= 0 or period <= 0:
+        return None  # -1 means unlimited
+    return quota / period
+
+
+def _v1_memory(level: Path) -> int | None:
+    value = _read_int(level / "memory.limit_in_bytes")
+    if value is None or value <= 0 or value >= CGROUP_V1_UNLIMITED:
+        return None
+    return value
+
+
+# ===========================================================================
+# Calibration
+# ===========================================================================
+
+
+@dataclass(frozen=True)
+class Calibration:
+    long_worker_bytes: int  # unique memory of one running long-request worker, with headroom
+    short_request_bytes: int  # memory of one in-flight short request (a coroutine + buffers), with headroom
+    daemon_base_bytes: int  # the daemon's own idle footprint
+    source: str  # the file path, or "built-in defaults"
+
+
+DEFAULT_CALIBRATION = Calibration(
+    long_worker_bytes=24 * MiB,
+    short_request_bytes=512 * KiB,
+    daemon_base_bytes=64 * MiB,
+    source="built-in defaults",
+)
+
+_CALIBRATION_KEYS = ("long_worker_bytes", "short_request_bytes", "daemon_base_bytes")
+
+
+class CalibrationError(ValueError):
+    """A calibration file exists but cannot be used."""
+
+
+def _valid_bytes(value: object) -> bool:
+    # bool is an int subclass; `true` is not a byte count.
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def load_calibration(path: str | os.PathLike | None) -> Calibration:
+    """Load a calibration file; defaults when `path` is None or does not exist.
+
+    Missing keys take their default; extra keys are ignored.
+    """
+    if path is None:
+        return DEFAULT_CALIBRATION
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return DEFAULT_CALIBRATION
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CalibrationError(f"calibration file {path}: cannot read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"calibration file {path}: invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CalibrationError(f"calibration file {path}: expected a JSON object, got {type(data).__name__}")
+    values = {}
+    for key in _CALIBRATION_KEYS:
+        value = data.get(key, getattr(DEFAULT_CALIBRATION, key))
+        if not _valid_bytes(value):
+            raise CalibrationError(
+                f"calibration file {path}: {key!r} must be a positive integer number of bytes, got {value!r}"
+            )
+        values[key] = value
+    return Calibration(**values, source=str(path))
+
+
+def write_calibration(
+    path: str | os.PathLike,
+    long_worker_bytes: int,
+    short_request_bytes: int,
+    daemon_base_bytes: int,
+    extra: dict | None = None,
+) -> None:
+    """Write a calibration file atomically (temp file + rename) as pretty JSON."""
+    values = {
+        "long_worker_bytes": long_worker_bytes,
+        "short_request_bytes": short_request_bytes,
+        "daemon_base_bytes": daemon_base_bytes,
+    }
+    for key, value in values.items():
+        if not _valid_bytes(value):
+            raise CalibrationError(f"{key!r} must be a positive integer number of bytes, got {value!r}")
+    data = {**(extra or {}), **values}  # extra keys never shadow the real ones
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except OSError:
+            pass
+        raise
+
+
+# ===========================================================================
+# Slot sizing and minimums
+# ===========================================================================
+
+
+@dataclass(frozen=True)
+class Slots:
+    long: int
+    short: int
+    long_bound: str  # which limit decided it: "cpu", "memory" or "minimum"
+    short_bound: str
+
+
+def usable_memory(memory_bytes: int, calib: Calibration) -> int:
+    """Memory left for requests after the OS reserve and the daemon itself."""
+    reserve = max(OS_RESERVE_MIN_BYTES, int(memory_bytes * OS_RESERVE_FRACTION))
+    return max(0, memory_bytes - reserve - calib.daemon_base_bytes)
+
+
+def _bounded(cpu_cap: int, memory_cap: int, minimum: int) -> tuple[int, str]:
+    best = min(cpu_cap, memory_cap)
+    if best < minimum:
+        return minimum, "minimum"
+    return best, "cpu" if cpu_cap <= memory_cap else "memory"
+
+
+def size_slots(hw: Hardware, calib: Calibration) -> Slots:
+    """How many long and short requests may run at once (see module docstring)."""
+    usable = usable_memory(hw.memory_bytes, calib)
+    long_pool = int(usable * LONG_MEMORY_SHARE)
+    short_pool = usable - long_pool
+    long, long_bound = _bounded(
+        math.floor(hw.cpus * LONG_SLOTS_PER_CPU), long_pool // calib.long_worker_bytes, MIN_LONG_SLOTS
+    )
+    short, short_bound = _bounded(
+        math.floor(hw.cpus * SHORT_SLOTS_PER_CPU), short_pool // calib.short_request_bytes, MIN_SHORT_SLOTS
+    )
+    return Slots(long=long, short=short, long_bound=long_bound, short_bound=short_bound)
+
+
+def check_minimum(hw: Hardware) -> list[str]:
+    """Human messages for each way `hw` falls short of team use; empty if fine."""
+    problems = []
+    if hw.cpus < MIN_CPUS:
+        problems.append(
+            f"{format_cpus(hw.cpus)} available, skyd needs at least {MIN_CPUS} for team use "
+            f"(short by {round(MIN_CPUS - hw.cpus, 2):g}); found via {hw.cpu_source}"
+        )
+    if hw.memory_bytes < MIN_MEMORY_BYTES:
+        problems.append(
+            f"{format_size(hw.memory_bytes)} memory available, skyd needs at least "
+            f"{format_size(MIN_MEMORY_BYTES)} for team use "
+            f"(short by {format_size(MIN_MEMORY_BYTES - hw.memory_bytes)}); found via {hw.memory_source}"
+        )
+    return problems

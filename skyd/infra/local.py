@@ -1,0 +1,253 @@
+"""The `local` infra: a cluster is a set of sandbox nodes on the daemon's own host.
+
+A node is a directory (`<state>/clusters/<name>/node-<rank>`) with the task's workdir in
+`sky_workdir/`. A job on a node is a detached runner (its own session, not a child of
+the daemon or of the worker) that runs the task's `run` with bash and writes the exit
+status to `<jobdir>/exit_code` when it ends — so the outcome is recorded even while the
+daemon is down, and the daemon learns it at once through a pidfd when it is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, Mapping
+
+from skyd.infra.base import JobHandle, NodeProc, Outcome
+from skyd.protocol import ErrorCode, NodeInfo, SkydError
+
+LOCAL_IP = "127.0.0.1"
+WORKDIR = "sky_workdir"
+_TAIL_LINES = 20
+
+# The runner: run the user's script, then record how it ended. Cancel writes the
+# `cancelled` marker first, then signals the whole session.
+RUNNER = r'''
+jobdir=$1
+bash "$jobdir/run.sh" < /dev/null
+rc=$?
+printf '%s\n' "$rc" > "$jobdir/exit_code.tmp" && mv "$jobdir/exit_code.tmp" "$jobdir/exit_code"
+exit $rc
+'''
+
+
+def cluster_root(state_dir: str | Path) -> Path:
+    return Path(state_dir) / "clusters"
+
+
+def cluster_dir(state_dir: str | Path, name: str) -> Path:
+    return cluster_root(state_dir) / name
+
+
+def prepare_cluster_dir(state_dir: str | Path, name: str, uid: int, gid: int) -> Path:
+    """Run before the worker drops privileges: the sandbox belongs to the requester."""
+    root = cluster_root(state_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    d = root / name
+    d.mkdir(mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(d, uid, gid)
+    return d
+
+
+def provision(state_dir: str, name: str, num_nodes: int) -> list[NodeInfo]:
+    nodes = []
+    for rank in range(num_nodes):
+        path = cluster_dir(state_dir, name) / f"node-{rank}"
+        (path / WORKDIR).mkdir(parents=True, exist_ok=True)
+        (path / "jobs").mkdir(exist_ok=True)
+        nodes.append(NodeInfo(rank=rank, ip=LOCAL_IP, host="local", path=str(path)))
+    return nodes
+
+
+def sync_workdir(nodes: list[NodeInfo], src: str) -> None:
+    source = Path(src).expanduser()
+    if not source.is_dir():
+        raise SkydError(ErrorCode.INVALID_TASK, f"workdir {src} does not exist or is not a directory")
+    for n in nodes:
+        dst = Path(n.path) / WORKDIR
+        shutil.copytree(source, dst, dirs_exist_ok=True, symlinks=True)
+
+
+def sync_file_mounts(nodes: list[NodeInfo], mounts: Mapping[str, str]) -> None:
+    """Copy local paths onto each node; targets are relative to the node (or ~)."""
+    for target, src in mounts.items():
+        source = Path(src).expanduser()
+        if not source.exists():
+            raise SkydError(ErrorCode.INVALID_TASK, f"file_mounts: source {src} does not exist")
+        for n in nodes:
+            dst = Path(n.path) / target.lstrip("/").removeprefix("~/")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, dst, dirs_exist_ok=True, symlinks=True)
+            else:
+                shutil.copy2(source, dst)
+
+
+def _pump(stream, prefix: bytes, tail: list[bytes]) -> None:
+    for line in iter(stream.readline, b""):
+        tail.append(line)
+        del tail[:-_TAIL_LINES]
+        sys.stdout.buffer.write(prefix + line)
+        sys.stdout.buffer.flush()
+
+
+def run_setup(nodes: list[NodeInfo], script: str, envs: Callable[[NodeInfo], dict]) -> None:
+    """Run setup on every node at once; fail with where and how if any node fails."""
+    procs = []
+    for n in nodes:
+        p = subprocess.Popen(["bash", "-c", script], cwd=Path(n.path) / WORKDIR, env=envs(n),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+        prefix = f"(node-{n.rank}) ".encode() if len(nodes) > 1 else b""
+        tail: list[bytes] = []
+        t = threading.Thread(target=_pump, args=(p.stdout, prefix, tail), daemon=True)
+        t.start()
+        procs.append((n, p, t, tail))
+    failures = []
+    for n, p, t, tail in procs:
+        rc = p.wait()
+        t.join()
+        if rc != 0:
+            failures.append((n, rc, tail))
+    if failures:
+        n, rc, tail = failures[0]
+        last = b"".join(tail).decode(errors="replace").rstrip()
+        raise SkydError(ErrorCode.FAILED,
+                        f"setup failed on node {n.rank} ({n.host}) with exit status {rc}",
+                        f"last lines of output:\n{last}" if last else "")
+
+
+def start_job(nodes: list[NodeInfo], job_id: int, run: str,
+              envs: Callable[[NodeInfo], dict]) -> JobHandle:
+    procs = []
+    for n in nodes:
+        jobdir = Path(n.path) / "jobs" / str(job_id)
+        jobdir.mkdir(parents=True, exist_ok=True)
+        (jobdir / "run.sh").write_text(run)
+        log = jobdir / "run.log"
+        with open(log, "ab") as out:
+            p = subprocess.Popen(["sh", "-c", RUNNER, "skyd-job", str(jobdir)],
+                                 cwd=Path(n.path) / WORKDIR, env=envs(n),
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, close_fds=True)
+        procs.append(NodeProc(rank=n.rank, pid=p.pid, start=process_start(p.pid) or 0,
+                              jobdir=str(jobdir), log=str(log)))
+    return JobHandle(nodes=procs)
+
+
+def teardown(state_dir: str, name: str) -> None:
+    shutil.rmtree(cluster_dir(state_dir, name), ignore_errors=True)
+
+
+# ---- used by the daemon: cheap, non-blocking in practice -------------------------------
+
+def process_start(pid: int) -> int | None:
+    """Start time of a live process in clock ticks, None when it is gone (or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] == b"Z":
+        return None
+    return int(fields[19])
+
+
+def _alive(np: NodeProc) -> bool:
+    start = process_start(np.pid)
+    return start is not None and (np.start == 0 or start == np.start)
+
+
+def _exit_code(np: NodeProc) -> int | None:
+    try:
+        return int(Path(np.jobdir, "exit_code").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def job_outcome(handle: JobHandle) -> Outcome | None:
+    """None while any node still runs; else how the job ended."""
+    if any(_alive(np) for np in handle.nodes):
+        return None
+    if Path(handle.nodes[0].jobdir, "cancelled").exists():
+        return Outcome("CANCELLED", None, "cancelled")
+    codes = [(np, _exit_code(np)) for np in handle.nodes]
+    for np, code in codes:
+        if code is None:
+            return Outcome("FAILED", None, f"the job's process on node {np.rank} was killed")
+    for np, code in codes:
+        if code != 0:
+            return Outcome("FAILED", code, f"exit status {code} on node {np.rank}")
+    return Outcome("SUCCEEDED", 0)
+
+
+def _session_members(sid: int) -> list[int]:
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            members.append(int(entry.name))
+    return members
+
+
+def signal_job(handle: JobHandle, sig: int) -> None:
+    for np in handle.nodes:
+        if not _alive(np):
+            continue
+        try:
+            os.killpg(np.pid, sig)
+        except OSError:
+            pass
+        for pid in _session_members(np.pid):  # processes that left the group
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+
+def mark_cancelled(handle: JobHandle) -> None:
+    for np in handle.nodes:
+        try:
+            Path(np.jobdir, "cancelled").touch()
+        except OSError:
+            pass
+
+
+async def wait_exit(handle: JobHandle) -> None:
+    """Return when every node's runner has exited: pidfds, no polling."""
+    loop = asyncio.get_running_loop()
+    for np in handle.nodes:
+        if not _alive(np):
+            continue
+        try:
+            fd = os.pidfd_open(np.pid)
+        except OSError:
+            continue
+        done = loop.create_future()
+        loop.add_reader(fd, lambda d=done: d.done() or d.set_result(None))
+        try:
+            if _alive(np):      # it may have exited between the check and the open
+                await done
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def log_sources(handle: JobHandle) -> list[tuple[bytes, str]]:
+    """(line prefix, log path) per node; no prefix for a single node."""
+    if len(handle.nodes) == 1:
+        return [(b"", handle.nodes[0].log)]
+    return [(f"(node-{np.rank}) ".encode(), np.log) for np in handle.nodes]
+

@@ -1,0 +1,27 @@
+"""Request handlers by domain. Long handlers run in worker processes; short and inline
+handlers are coroutines in the daemon's loop (see skyd.ops.api and skyd.ops.queries)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from skyd import protocol
+from skyd.workerproto import Assignment
+
+
+def long_handler(op_type: type[protocol.Op]) -> Callable:
+    from skyd.ops import clusters
+    return {
+        protocol.Launch: clusters.launch,
+        protocol.Exec: clusters.exec_,
+        protocol.Stop: clusters.stop,
+        protocol.Start: clusters.start,
+        protocol.Down: clusters.down,
+    }[op_type]
+
+
+def prepare_as_root(a: Assignment, op: protocol.Op) -> None:
+    """Work that needs the daemon's privileges, done before the worker drops them."""
+    if isinstance(op, (protocol.Launch, protocol.Start)) and a.cluster is not None:
+        from skyd.infra import local
+        local.prepare_cluster_dir(a.state_dir, a.cluster.name, a.uid, a.gid)

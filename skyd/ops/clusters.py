@@ -1,0 +1,184 @@
+"""Long cluster requests: plain blocking functions that run in a worker process.
+
+Each reports state changes to the daemon as they happen (SaveCluster, SaveJob), so a
+daemon restart finds the truth in SQLite, and an interrupted launch can be finished
+instead of repeated.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import msgspec
+
+from skyd.infra import local
+from skyd.infra.base import JobHandle, handle_dec, handle_enc, node_ips
+from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
+                           LaunchResult, NodeInfo, SkydError)
+from skyd.taskspec import Task
+from skyd.worker import WorkerContext
+from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
+
+_BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def task_env(ctx: WorkerContext, task: Task, cluster: ClusterRecord, node: NodeInfo,
+             job_id: int | None, setup: bool) -> dict[str, str]:
+    """A clean environment: the task's envs and secrets and SkyPilot's variables,
+    never the daemon's own environment."""
+    a = ctx.assignment
+    env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
+    env.setdefault("PATH", _DEFAULT_PATH)
+    env.update(HOME=a.home, USER=a.user, LOGNAME=a.user, SHELL="/bin/bash",
+               PYTHONUNBUFFERED="1")
+    env.update(task.envs)
+    env.update(task.secrets)
+    ips = node_ips(cluster.nodes)
+    prefix = "SKYPILOT_SETUP_" if setup else "SKYPILOT_"
+    env[prefix + "NODE_RANK"] = str(node.rank)
+    env[prefix + "NODE_IPS"] = ips
+    env[prefix + "NUM_NODES"] = str(cluster.num_nodes)
+    env["SKYPILOT_NUM_GPUS_PER_NODE"] = "0"
+    env["SKYPILOT_CLUSTER_NAME"] = cluster.name
+    if job_id is not None:
+        stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(a.jobs[0].record.submitted_at))
+        env["SKYPILOT_TASK_ID"] = f"sky-{stamp}_{cluster.name}_{job_id}"
+        env["SKYPILOT_JOB_ID"] = str(job_id)
+    env["SKYPILOT_CLUSTER_INFO"] = msgspec.json.encode(
+        {"cluster_name": cluster.name, "infra": cluster.infra,
+         "num_nodes": cluster.num_nodes}).decode()
+    return env
+
+
+def _save_job(ctx: WorkerContext, job: JobRecord, status: str, handle: JobHandle | None = None,
+              **changes) -> JobRecord:
+    job = msgspec.structs.replace(job, status=status, **changes)
+    ctx.send(SaveJob(job, handle_enc.encode(handle) if handle else None))
+    return job
+
+
+def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup: bool) -> int | None:
+    """Sync files, optionally run setup, start `run` as the assigned job."""
+    entry = ctx.assignment.jobs[0] if ctx.assignment.jobs else None
+    if entry is not None and (entry.record.status == "RUNNING"
+                              or entry.record.status in JOB_FINISHED):
+        ctx.say(f"Job {entry.record.job_id} was already started; not starting it again.")
+        return entry.record.job_id
+    if task.workdir:
+        ctx.say(f"Syncing workdir {task.workdir} to {cluster.num_nodes} node(s)...")
+        local.sync_workdir(cluster.nodes, task.workdir)
+    if task.file_mounts:
+        ctx.say(f"Syncing {len(task.file_mounts)} file mount(s)...")
+        local.sync_file_mounts(cluster.nodes, task.file_mounts)
+    job = entry.record if entry else None
+    if with_setup and task.setup:
+        if job is not None:
+            job = _save_job(ctx, job, "SETTING_UP")
+        ctx.say("Running setup...")
+        try:
+            local.run_setup(cluster.nodes, task.setup,
+                            lambda n: task_env(ctx, task, cluster, n, None, setup=True))
+        except SkydError:
+            if job is not None:
+                _save_job(ctx, job, "FAILED_SETUP", ended_at=time.time())
+            raise
+        ctx.say("Setup done.")
+    if job is None:
+        return None
+    handle = local.start_job(cluster.nodes, job.job_id, task.run or "",
+                             lambda n: task_env(ctx, task, cluster, n, job.job_id, setup=False))
+    _save_job(ctx, job, "RUNNING", handle, started_at=time.time())
+    ctx.say(f"Job {job.job_id} started on cluster {cluster.name}.")
+    return job.job_id
+
+
+def launch(ctx: WorkerContext) -> LaunchResult:
+    op: Launch = ctx.op  # type: ignore[assignment]
+    a = ctx.assignment
+    cluster = a.cluster
+    assert cluster is not None, "the daemon assigns the cluster record"
+    if cluster.status != "UP" or len(cluster.nodes) != cluster.num_nodes:
+        ctx.say(f"Provisioning cluster {cluster.name} on {cluster.infra} "
+                f"({cluster.num_nodes} node{'s' if cluster.num_nodes > 1 else ''})...")
+        nodes = local.provision(a.state_dir, cluster.name, cluster.num_nodes)
+        cluster = msgspec.structs.replace(cluster, nodes=nodes, status="INIT")
+        ctx.send(SaveCluster(cluster))
+        with_setup = True
+    else:
+        ctx.say(f"Reusing cluster {cluster.name} (UP).")
+        with_setup = True  # SkyPilot runs setup again on a re-launch
+    try:
+        job_id = _run_task(ctx, op.task, cluster, with_setup)
+    except SkydError:
+        raise
+    if cluster.status != "UP":
+        cluster = msgspec.structs.replace(cluster, status="UP", status_reason="",
+                                          last_use=time.time())
+        ctx.send(SaveCluster(cluster))
+    return LaunchResult(cluster=cluster.name, job_id=job_id)
+
+
+def exec_(ctx: WorkerContext) -> LaunchResult:
+    op: Exec = ctx.op  # type: ignore[assignment]
+    cluster = _require_up(ctx)
+    job_id = _run_task(ctx, op.task, cluster, with_setup=False)
+    return LaunchResult(cluster=cluster.name, job_id=job_id)
+
+
+def _require_up(ctx: WorkerContext) -> ClusterRecord:
+    cluster = ctx.assignment.cluster
+    if cluster is None:
+        raise SkydError(ErrorCode.NOT_FOUND, "the cluster no longer exists")
+    if cluster.status != "UP":
+        raise SkydError(ErrorCode.CONFLICT, f"cluster {cluster.name} is {cluster.status}, not UP",
+                        f"start it with: skyctl start {cluster.name}")
+    return cluster
+
+
+def _kill_jobs(ctx: WorkerContext, entries: list[JobEntry], why: str) -> None:
+    live = [(e.record, handle_dec.decode(e.handle)) for e in entries if e.handle]
+    for _, h in live:
+        local.mark_cancelled(h)
+        local.signal_job(h, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline and any(local.job_outcome(h) is None for _, h in live):
+        time.sleep(0.05)
+    for rec, h in live:
+        local.signal_job(h, signal.SIGKILL)
+        ctx.say(f"Job {rec.job_id} {why}.")
+
+
+def stop(ctx: WorkerContext) -> ClusterRecord:
+    cluster = ctx.assignment.cluster
+    assert cluster is not None
+    ctx.say(f"Stopping cluster {cluster.name}...")
+    _kill_jobs(ctx, ctx.assignment.jobs, "killed by stop")
+    cluster = msgspec.structs.replace(cluster, status="STOPPED", status_reason="stopped by user",
+                                      last_use=time.time())
+    ctx.send(SaveCluster(cluster))
+    return cluster
+
+
+def start(ctx: WorkerContext) -> ClusterRecord:
+    cluster = ctx.assignment.cluster
+    assert cluster is not None
+    ctx.say(f"Starting cluster {cluster.name}...")
+    nodes = local.provision(ctx.assignment.state_dir, cluster.name, cluster.num_nodes)
+    cluster = msgspec.structs.replace(cluster, status="UP", nodes=nodes, status_reason="",
+                                      last_use=time.time())
+    ctx.send(SaveCluster(cluster))
+    return cluster
+
+
+def down(ctx: WorkerContext) -> str:
+    cluster = ctx.assignment.cluster
+    assert cluster is not None
+    ctx.say(f"Tearing down cluster {cluster.name}...")
+    _kill_jobs(ctx, ctx.assignment.jobs, "killed by down")
+    local.teardown(ctx.assignment.state_dir, cluster.name)
+    ctx.send(DropCluster(cluster.name))
+    ctx.say(f"Cluster {cluster.name} is down.")
+    return cluster.name

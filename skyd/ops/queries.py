@@ -1,0 +1,123 @@
+"""Short cluster requests: `status`, `queue`, `logs`, `cancel`. Coroutines in the loop."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, AsyncIterator
+
+from skyd.infra import local
+from skyd.infra.base import handle_dec
+from skyd.logs import follow_files
+from skyd.protocol import (JOB_FINISHED, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
+                           JobLogs, JobQueue, JobRecord, SkydError)
+from skyd.scheduler import Caller
+
+if TYPE_CHECKING:
+    from skyd.daemon import Daemon
+
+
+async def status(d: "Daemon", caller: Caller, op: ClusterStatus) -> list[ClusterRecord]:
+    entries = d.state.clusters
+    if op.clusters:
+        missing = [n for n in op.clusters if n not in entries]
+        if missing:
+            raise SkydError(ErrorCode.NOT_FOUND, f"cluster {missing[0]!r} does not exist")
+        picked = [entries[n].record for n in op.clusters]
+    else:
+        picked = [e.record for e in entries.values()]
+    return [c for c in picked if op.all_users or c.uid == caller.uid]
+
+
+async def _jobs(d: "Daemon", cluster: str) -> list[JobRecord]:
+    stored = {j.job_id: j for j in await d.store.jobs_of(cluster)}
+    for (c, jid), live in d.state.jobs.items():
+        if c == cluster:
+            stored[jid] = live.record        # memory is ahead of the last commit
+    return sorted(stored.values(), key=lambda j: j.job_id, reverse=True)
+
+
+async def queue(d: "Daemon", caller: Caller, op: JobQueue) -> list[JobRecord]:
+    d.state.require(op.cluster, caller.uid, caller.admin)
+    jobs = await _jobs(d, op.cluster)
+    if op.skip_finished:
+        jobs = [j for j in jobs if j.status not in JOB_FINISHED]
+    return jobs
+
+
+async def cancel(d: "Daemon", caller: Caller, op: CancelJobs) -> list[int]:
+    d.state.require(op.cluster, caller.uid, caller.admin)
+    if not op.all and not op.job_ids:
+        raise SkydError(ErrorCode.BAD_REQUEST, "name the jobs to cancel, or pass --all")
+    live = {jid: j for (c, jid), j in d.state.jobs.items() if c == op.cluster}
+    ids = sorted(live) if op.all else op.job_ids
+    done = []
+    for jid in ids:
+        job = live.get(jid)
+        if job is None:
+            if not op.all and not await d.store.get_job(op.cluster, jid):
+                raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no job {jid}")
+            continue
+        if await d.state.cancel_job(op.cluster, jid):
+            done.append(jid)
+            continue
+        # Not started yet: cancel the request that would start it, before it does.
+        req = d.scheduler.active(job.record.request_id or "")
+        if req is not None and await d.scheduler.cancel(req):
+            done.append(jid)
+    return done
+
+
+class JobLogStream:
+    """The chunks of a job's log, then the job's final record."""
+
+    def __init__(self, d: "Daemon", cluster: str, job_id: int, follow: bool, offset: int):
+        self.d, self.cluster, self.job_id = d, cluster, job_id
+        self.follow, self.offset = follow, offset
+
+    def _live(self):
+        return self.d.state.jobs.get((self.cluster, self.job_id))
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        live = self._live()
+        # Until the job has a handle (its launch is still setting up) there is no log yet.
+        while live is not None and live.handle is None and self.follow:
+            seen = live.topic.version
+            await live.topic.wait(seen)
+            live = self._live()
+        handle = live.handle if live is not None else await self._stored_handle()
+        if handle is None:
+            return
+        topic = live.topic if live is not None else None
+
+        async def wait_change(delay: float) -> None:
+            if topic is not None:
+                await topic.wait(topic.version, delay)
+
+        async for data in follow_files(local.log_sources(handle), self.offset, self.follow,
+                                       lambda: self._live() is None, wait_change):
+            yield data
+
+    async def _stored_handle(self):
+        row = await self.d.store.get_job(self.cluster, self.job_id)
+        return handle_dec.decode(row[1]) if row and row[1] else None
+
+    async def final(self) -> JobRecord:
+        live = self._live()
+        if live is not None:
+            return live.record
+        row = await self.d.store.get_job(self.cluster, self.job_id)
+        if row is None:
+            raise SkydError(ErrorCode.NOT_FOUND, f"job {self.job_id} no longer exists")
+        return row[0]
+
+
+async def logs(d: "Daemon", caller: Caller, op: JobLogs) -> JobLogStream:
+    entry = d.state.require(op.cluster, caller.uid, caller.admin)
+    job_id = op.job_id
+    if job_id is None:
+        job_id = entry.next_job_id - 1
+        if job_id < 1:
+            raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no jobs yet")
+    if (op.cluster, job_id) not in d.state.jobs and not await d.store.get_job(op.cluster, job_id):
+        raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no job {job_id}",
+                        f"list its jobs with: skyctl queue {op.cluster}")
+    return JobLogStream(d, op.cluster, job_id, op.follow, op.offset)

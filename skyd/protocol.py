@@ -1,0 +1,359 @@
+"""The wire contract between skyctl and skyd.
+
+A frame is a 4-byte big-endian length followed by a msgpack body. Every body is one of
+the message Structs below, tagged by the field "t". A request's arguments are an `Op`,
+tagged by the field "op"; each Op declares once which queue runs it and what it returns.
+
+This module imports only msgspec and the standard library, because skyctl imports it
+and its cold start is part of the product.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from typing import Any, ClassVar
+
+import msgspec
+
+from skyd.taskspec import Task
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1          # oldest client this server still speaks to
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+HEADER = struct.Struct(">I")
+
+
+class Queue(str, enum.Enum):
+    LONG = "long"      # minutes of blocking work, in a worker process
+    SHORT = "short"    # milliseconds, a coroutine in the daemon's loop
+    INLINE = "inline"  # control (cancel, info): answered at once, never queued
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+class ErrorCode(str, enum.Enum):
+    BAD_REQUEST = "bad_request"                  # malformed frame or wrong types
+    TOO_LARGE = "too_large"                      # frame over the size limit
+    UNSUPPORTED_VERSION = "unsupported_version"  # client too old or too new
+    UNKNOWN_OP = "unknown_op"
+    INVALID_TASK = "invalid_task"
+    NOT_FOUND = "not_found"
+    AMBIGUOUS = "ambiguous"                      # an id prefix matching several
+    PERMISSION_DENIED = "permission_denied"
+    CONFLICT = "conflict"                        # e.g. cluster busy or in the wrong state
+    UNAVAILABLE = "unavailable"                  # shutting down, or no capacity
+    FAILED = "failed"                            # the request ran and failed
+    INTERNAL = "internal"
+
+
+class Error(msgspec.Struct, tag="error", tag_field="t", omit_defaults=True):
+    code: ErrorCode
+    message: str
+    hint: str = ""
+
+
+class SkydError(Exception):
+    """Raised by handlers; the server sends it to the client as an Error frame."""
+
+    def __init__(self, code: ErrorCode, message: str, hint: str = ""):
+        super().__init__(message)
+        self.code, self.message, self.hint = code, message, hint
+
+    def to_wire(self) -> Error:
+        return Error(self.code, self.message, self.hint)
+
+
+# ---- records returned by requests -------------------------------------------------
+
+class RequestRecord(msgspec.Struct, omit_defaults=True):
+    id: str
+    name: str
+    queue: Queue
+    status: Status
+    user: str
+    uid: int
+    created_at: float
+    cluster: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class NodeInfo(msgspec.Struct, omit_defaults=True):
+    rank: int
+    ip: str
+    host: str            # where it lives: "local" or the ssh host
+    path: str = ""       # the node's sandbox directory (local infra)
+
+
+class ClusterRecord(msgspec.Struct, omit_defaults=True):
+    name: str
+    status: str          # INIT, UP, STOPPED
+    infra: str
+    num_nodes: int
+    user: str
+    uid: int
+    launched_at: float
+    resources: str = ""
+    nodes: list[NodeInfo] = []
+    last_use: float = 0.0
+    status_reason: str = ""
+
+
+class JobRecord(msgspec.Struct, omit_defaults=True):
+    cluster: str
+    job_id: int
+    name: str
+    status: str          # PENDING, SETTING_UP, RUNNING, SUCCEEDED, FAILED, CANCELLED
+    user: str
+    uid: int
+    submitted_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    request_id: str | None = None
+
+
+JOB_FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"})
+
+
+class LaunchResult(msgspec.Struct):
+    cluster: str
+    job_id: int | None
+
+
+class ServerInfo(msgspec.Struct):
+    version: str
+    protocol: int
+    pid: int
+    started_at: float
+    state_dir: str
+    socket: str
+    user: str
+    uid: int
+    admin: bool
+    long_slots: int
+    short_slots: int
+    long_running: int
+    long_pending: int
+    short_running: int
+    short_pending: int
+    slots_source: str
+
+
+# ---- operations (a request's arguments) ---------------------------------------------
+
+class Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=True):
+    schedule: ClassVar[Queue]
+    result: ClassVar[Any] = None
+    idempotent: ClassVar[bool] = False   # safe to run again after a server restart
+    streams: ClassVar[bool] = False      # answers with a log stream before its result
+
+    def target_cluster(self) -> str | None:
+        return getattr(self, "cluster", None)
+
+
+class Launch(Op, tag="launch"):
+    schedule = Queue.LONG
+    result = LaunchResult
+    idempotent = True
+    task: Task
+    cluster: str | None = None
+
+
+class Exec(Op, tag="exec"):
+    schedule = Queue.LONG
+    result = LaunchResult
+    task: Task
+    cluster: str
+
+
+class Stop(Op, tag="stop"):
+    schedule = Queue.LONG
+    result = ClusterRecord
+    idempotent = True
+    cluster: str
+
+
+class Start(Op, tag="start"):
+    schedule = Queue.LONG
+    result = ClusterRecord
+    idempotent = True
+    cluster: str
+
+
+class Down(Op, tag="down"):
+    schedule = Queue.LONG
+    result = str
+    idempotent = True
+    cluster: str
+
+
+class ClusterStatus(Op, tag="status"):
+    schedule = Queue.SHORT
+    result = list[ClusterRecord]
+    clusters: list[str] = []
+    all_users: bool = False
+
+
+class JobQueue(Op, tag="queue"):
+    schedule = Queue.SHORT
+    result = list[JobRecord]
+    cluster: str
+    skip_finished: bool = False
+
+
+class JobLogs(Op, tag="logs"):
+    schedule = Queue.SHORT
+    result = JobRecord
+    streams = True
+    cluster: str
+    job_id: int | None = None     # None: the latest job
+    follow: bool = True
+    offset: int = 0               # resume after this many bytes
+
+
+class CancelJobs(Op, tag="cancel"):
+    schedule = Queue.SHORT
+    result = list[int]
+    cluster: str
+    job_ids: list[int] = []
+    all: bool = False
+
+
+class ApiStatus(Op, tag="api_status"):
+    schedule = Queue.SHORT
+    result = list[RequestRecord]
+    request_ids: list[str] = []
+    all_statuses: bool = False
+    all_users: bool = False
+    limit: int = 50
+
+
+class ApiLogs(Op, tag="api_logs"):
+    schedule = Queue.SHORT
+    result = RequestRecord
+    streams = True
+    request_id: str
+    follow: bool = True
+    offset: int = 0
+
+
+class ApiCancel(Op, tag="api_cancel"):
+    schedule = Queue.INLINE
+    result = list[str]
+    request_ids: list[str] = []
+    all: bool = False
+    all_users: bool = False
+
+
+class ApiInfo(Op, tag="api_info"):
+    schedule = Queue.INLINE
+    result = ServerInfo
+
+
+AnyOp = (Launch | Exec | Stop | Start | Down | ClusterStatus | JobQueue | JobLogs
+         | CancelJobs | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
+OPS: dict[str, type[Op]] = {c.__struct_config__.tag: c for c in AnyOp.__args__}
+
+
+# ---- frames -------------------------------------------------------------------------
+
+class Hello(msgspec.Struct, tag="hello", tag_field="t"):
+    protocol: int
+    client: str = ""
+
+
+class Submit(msgspec.Struct, tag="submit", tag_field="t"):
+    op: AnyOp
+    wait: bool = True    # False: answer "accepted" and return (--async)
+
+
+class Welcome(msgspec.Struct, tag="welcome", tag_field="t"):
+    protocol: int
+    server_version: str
+    user: str
+    uid: int
+    admin: bool
+
+
+class Accepted(msgspec.Struct, tag="accepted", tag_field="t"):
+    request_id: str
+    queue: Queue
+    ahead: int = 0       # requests ahead of it in its queue
+
+
+class Chunk(msgspec.Struct, tag="chunk", tag_field="t"):
+    data: bytes
+
+
+class Notice(msgspec.Struct, tag="notice", tag_field="t"):
+    message: str         # progress for people: queued, started, reconnecting...
+
+
+class End(msgspec.Struct, tag="end", tag_field="t"):
+    offset: int          # bytes of log delivered so far: resume from here
+
+
+class Result(msgspec.Struct, tag="result", tag_field="t", omit_defaults=True):
+    request_id: str
+    status: Status
+    value: Any = None
+    error: Error | None = None
+
+
+ClientMsg = Hello | Submit
+ServerMsg = Welcome | Accepted | Chunk | Notice | End | Result | Error
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_frame(msg: Any) -> bytes:
+    buf = bytearray(4)
+    _encoder.encode_into(msg, buf, 4)
+    HEADER.pack_into(buf, 0, len(buf) - 4)
+    return bytes(buf)
+
+
+# ---- blocking helpers (skyctl and workers use plain sockets) --------------------------
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("connection closed by peer")
+        got += k
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    (size,) = HEADER.unpack(recv_exact(sock, 4))
+    if size > max_frame:
+        raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {max_frame}")
+    return recv_exact(sock, size)
+
+
+def send_msg(sock: socket.socket, msg: Any) -> None:
+    sock.sendall(encode_frame(msg))

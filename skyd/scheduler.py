@@ -1,0 +1,401 @@
+"""Two FIFO queues, each behind its own bound, and the life of every request.
+
+Long requests (launch, exec, stop, start, down) are durable before they are accepted,
+wait in arrival order (a request on a cluster also waits for earlier ones on the same
+cluster), and each runs in its own worker process. Short requests are coroutines in the
+loop, admitted in arrival order by a FIFO semaphore; being read-only, they live in memory
+only (a bounded ring of recent ones for `api status -a`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from skyd import protocol
+from skyd.logs import RequestLog, Topic
+from skyd.protocol import Error, ErrorCode, Op, Queue, RequestRecord, SkydError, Status
+from skyd.state import ClusterState
+from skyd.store import Store
+from skyd.workerproto import Assignment, Done
+from skyd.workers import Worker, WorkerPool
+
+log = logging.getLogger("skyd.scheduler")
+_enc = msgspec.msgpack.Encoder()
+_op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
+
+INTERRUPTED = "interrupted by server restart"
+SHORT_RING = 1000
+
+
+class Caller(msgspec.Struct):
+    uid: int
+    gid: int
+    user: str
+    home: str
+    admin: bool
+
+
+class FifoSlots:
+    """A counting semaphore that admits waiters strictly in arrival order."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.in_use = 0
+        self.peak = 0
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    async def acquire(self) -> None:
+        if self.in_use < self.size and not self._waiters:
+            self._take()
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()          # granted just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def _take(self) -> None:
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+
+    def release(self) -> None:
+        self.in_use -= 1
+        while self._waiters and self.in_use < self.size:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._take()
+                fut.set_result(None)
+
+
+class Request:
+    """A request's runtime beside its persisted row: never stored itself."""
+
+    __slots__ = ("record", "op", "op_bytes", "log", "topic", "result", "worker",
+                 "cancel_requested", "done")
+
+    def __init__(self, record: RequestRecord, op: Op, op_bytes: bytes | None = None):
+        self.record = record
+        self.op = op
+        self.op_bytes = op_bytes
+        self.log: RequestLog | None = None
+        self.topic = Topic()
+        self.result: Any = None            # msgpack bytes of the value, or an Error
+        self.worker: Worker | None = None
+        self.cancel_requested = False
+        self.done = asyncio.get_running_loop().create_future()
+
+
+class Scheduler:
+    def __init__(self, store: Store, pool: WorkerPool, state: ClusterState, logs_dir: Path,
+                 long_slots: int, short_slots: int, kill_grace: float = 3.0):
+        self.store = store
+        self.pool = pool
+        self.state = state
+        self.logs_dir = logs_dir
+        self.long_slots = long_slots
+        self.short = FifoSlots(short_slots)
+        self.kill_grace = kill_grace
+        self.long_pending: dict[str, Request] = {}     # insertion order is FIFO order
+        self.long_running: dict[str, Request] = {}
+        self.long_peak = 0
+        self.short_live: dict[str, Request] = {}
+        self.short_ring: collections.deque[RequestRecord] = collections.deque(maxlen=SHORT_RING)
+        self._tasks: set[asyncio.Task] = set()
+        self.accepting = True
+        self.counters = collections.Counter()
+
+    # ---- lookup ------------------------------------------------------------------------
+
+    def active(self, request_id: str) -> Request | None:
+        return (self.long_running.get(request_id) or self.long_pending.get(request_id)
+                or self.short_live.get(request_id))
+
+    def log_path(self, request_id: str) -> Path:
+        return self.logs_dir / f"{request_id}.log"
+
+    def queued_launch(self, cluster: str) -> bool:
+        return any(isinstance(r.op, protocol.Launch) and r.record.cluster == cluster
+                   for r in self.long_pending.values())
+
+    # ---- long requests -------------------------------------------------------------------
+
+    async def submit_long(self, op: Op, caller: Caller) -> tuple[Request, int]:
+        """Make the request durable, queue it, and say how many are ahead of it."""
+        if not self.accepting:
+            raise SkydError(ErrorCode.UNAVAILABLE, "the server is shutting down",
+                            "retry in a few seconds")
+        op = self.state.check_submit(op, caller.uid, caller.admin, self.queued_launch)
+        record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
+                               queue=Queue.LONG, status=Status.PENDING, user=caller.user,
+                               uid=caller.uid, created_at=time.time(),
+                               cluster=op.target_cluster())
+        op_bytes = _enc.encode(op)
+        req = Request(record, op, op_bytes)
+        await self.store.add_request(record, op_bytes)   # durable before "accepted"
+        ahead = len(self.long_pending) + max(0, len(self.long_running) - self.long_slots + 1)
+        self.long_pending[record.id] = req
+        self.counters["long_accepted"] += 1
+        self._dispatch()
+        return req, ahead
+
+    def _dispatch(self) -> None:
+        if len(self.long_running) >= self.long_slots or not self.long_pending:
+            return
+        busy = {r.record.cluster for r in self.long_running.values() if r.record.cluster}
+        for req in list(self.long_pending.values()):
+            if len(self.long_running) >= self.long_slots:
+                break
+            cluster = req.record.cluster
+            if cluster is not None:
+                if cluster in busy:
+                    continue
+                busy.add(cluster)      # later requests on it wait for this one
+            del self.long_pending[req.record.id]
+            # The slot is taken before the task starts and given back in its
+            # done-callback, so no exception or cancellation can leak it.
+            self.long_running[req.record.id] = req
+            self.long_peak = max(self.long_peak, len(self.long_running))
+            self._spawn(self._run_long(req), lambda _t, r=req: self._release_long(r))
+
+    def _release_long(self, req: Request) -> None:
+        self.long_running.pop(req.record.id, None)
+        if not req.done.done():
+            # The task died without recording an outcome (a bug): never leave a waiter hanging.
+            log.error("request %s ended without an outcome", req.record.id)
+            req.done.set_result(None)
+        self._dispatch()
+
+    def _spawn(self, coro: Awaitable, on_done: Callable[[asyncio.Task], None] | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        if on_done is not None:
+            task.add_done_callback(on_done)
+
+    async def _run_long(self, req: Request) -> None:
+        rec = req.record
+        req.log = RequestLog(self.log_path(rec.id))
+        try:
+            cluster, jobs = await self.state.prepare(req.op, rec)
+        except SkydError as e:
+            await self._finish(req, Status.FAILED, error=e.to_wire())
+            return
+        rec.started_at = time.time()
+        rec.status = Status.RUNNING
+        await self.store.mark_running(rec.id, rec.started_at)   # before any work starts
+        req.topic.notify()
+        worker = await self.pool.take()
+        req.worker = worker
+        if req.cancel_requested:
+            self.pool.release(worker)
+            worker.signal_group(signal.SIGKILL)
+            await self._finish(req, Status.CANCELLED)
+            return
+        req.log.line(f"running {rec.name} in worker process {worker.pid}")
+        assert req.op_bytes is not None
+        await worker.assign(Assignment(
+            request_id=rec.id, op=req.op_bytes, uid=rec.uid, gid=self._gid(rec.uid),
+            user=rec.user, home=self._home(rec.uid), state_dir=self.state.state_dir,
+            cluster=cluster, jobs=jobs))
+        pump = asyncio.get_running_loop().create_task(self._pump(worker, req.log))
+        done: Done | None = None
+        try:
+            async for msg in worker.messages():
+                if isinstance(msg, Done):
+                    done = msg
+                else:
+                    await self.state.apply(msg)
+            code = await worker.wait_exit()
+        finally:
+            worker.signal_group(signal.SIGKILL)   # anything it left in its group
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(pump, 1.0)
+            pump.cancel()
+            self.pool.release(worker)
+        if req.cancel_requested:
+            await self._finish(req, Status.CANCELLED)
+        elif done is None:
+            why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            await self._finish(req, Status.FAILED, error=Error(
+                ErrorCode.INTERNAL, f"the worker process died without a result ({why})"))
+        elif done.error is not None:
+            await self._finish(req, Status.FAILED, error=done.error)
+        else:
+            await self._finish(req, Status.SUCCEEDED, value=done.value)
+
+    @staticmethod
+    async def _pump(worker: Worker, out: RequestLog) -> None:
+        reader = worker.log_reader
+        assert reader is not None
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            out.append(data)
+
+    @staticmethod
+    def _gid(uid: int) -> int:
+        from skyd.worker import user_identity
+        return user_identity(uid)[1]
+
+    @staticmethod
+    def _home(uid: int) -> str:
+        from skyd.worker import user_identity
+        return user_identity(uid)[2]
+
+    async def _finish(self, req: Request, status: Status, value: Any = None,
+                      error: Error | None = None) -> None:
+        rec = req.record
+        rec.status = status
+        rec.finished_at = time.time()
+        if error is not None:
+            rec.error = error.message
+            req.result = error
+            blob = _enc.encode(error)
+        else:
+            blob = _enc.encode(value)
+            req.result = blob
+        if status is not Status.SUCCEEDED and rec.queue is Queue.LONG:
+            await self.state.fail_unstarted_job(rec.id, "cancelled" if status is Status.CANCELLED
+                                                else rec.error or "failed")
+        if req.log is not None:
+            req.log.line(f"request {status.value}" + (f": {rec.error}" if rec.error else ""))
+        if rec.queue is Queue.LONG:
+            await self.store.finish_request(rec.id, status, rec.finished_at, blob, rec.error)
+        self.counters[f"{rec.queue.value}_{status.value}"] += 1
+        if req.log is not None:
+            req.log.close()
+        req.topic.notify()
+        if not req.done.done():
+            req.done.set_result(None)
+
+    # ---- cancel (out of band: never queued behind the work it cancels) -------------------
+
+    async def cancel(self, req: Request) -> bool:
+        rid = req.record.id
+        if rid in self.long_pending:
+            del self.long_pending[rid]
+            await self._finish(req, Status.CANCELLED)
+            self._dispatch()
+            return True
+        if rid in self.long_running:
+            if not req.cancel_requested:
+                req.cancel_requested = True
+                if req.log is not None:
+                    req.log.line("cancel requested: stopping the worker's process group")
+                worker = req.worker
+                if worker is not None:
+                    worker.signal_group(signal.SIGTERM)
+                    asyncio.get_running_loop().call_later(
+                        self.kill_grace, worker.signal_group, signal.SIGKILL)
+            return True
+        return False
+
+    # ---- short requests -------------------------------------------------------------------
+
+    def new_short(self, op: Op, caller: Caller) -> Request:
+        record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
+                               queue=Queue.SHORT, status=Status.PENDING, user=caller.user,
+                               uid=caller.uid, created_at=time.time(),
+                               cluster=op.target_cluster())
+        return Request(record, op)
+
+    async def run_short(self, req: Request, handler: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `handler` when a short slot is free, in arrival order."""
+        rid = req.record.id
+        self.short_live[rid] = req
+        try:
+            await self.short.acquire()
+            try:
+                req.record.status = Status.RUNNING
+                req.record.started_at = time.time()
+                value = await handler()
+            finally:
+                self.short.release()
+        except SkydError as e:
+            await self._finish(req, Status.FAILED, error=e.to_wire())
+            raise
+        except asyncio.CancelledError:
+            await self._finish(req, Status.CANCELLED)
+            raise
+        finally:
+            self.short_live.pop(rid, None)
+            self.short_ring.append(req.record)
+        await self._finish(req, Status.SUCCEEDED)
+        return value
+
+    def spawn_short(self, req: Request, handler: Callable[[], Awaitable[Any]]) -> None:
+        """--async for a short request: run it in the background."""
+        async def run() -> None:
+            with contextlib.suppress(SkydError):
+                await self.run_short(req, handler)
+        self._spawn(run())
+
+    # ---- start-up and shutdown ---------------------------------------------------------
+
+    async def recover(self) -> tuple[int, int, int]:
+        """Queue again what was pending, in its original order; re-run what was running
+        if that is safe, fail it otherwise. Returns (requeued, rerun, failed)."""
+        requeued = rerun = failed = 0
+        for stored in await self.store.active_requests():
+            op = _op_dec.decode(stored.op)
+            req = Request(stored.record, op, stored.op)
+            rec = req.record
+            if rec.status is Status.RUNNING:
+                if type(op).idempotent:
+                    rec.status, rec.started_at = Status.PENDING, None
+                    self.store.mark_pending(rec.id)
+                    RequestLog(self.log_path(rec.id)).line(
+                        "the server restarted while this ran; running it again (it is idempotent)")
+                    rerun += 1
+                else:
+                    await self._finish_stale(req)
+                    failed += 1
+                    continue
+            else:
+                requeued += 1
+            self.long_pending[rec.id] = req
+        await self.store.flush()
+        self._dispatch()
+        return requeued, rerun, failed
+
+    async def _finish_stale(self, req: Request) -> None:
+        req.log = RequestLog(self.log_path(req.record.id))
+        await self._finish(req, Status.FAILED, error=Error(
+            ErrorCode.FAILED, INTERRUPTED, "it was not re-run because it is not idempotent; "
+            "submit it again if needed"))
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting; let running long requests finish for a while; then stop them.
+        Their rows stay RUNNING, so the next start re-runs or fails them as it should."""
+        self.accepting = False
+        self.long_slots = len(self.long_running)   # start nothing new
+        running = [r.done for r in self.long_running.values()]
+        if running and drain_timeout > 0:
+            await asyncio.wait(running, timeout=drain_timeout)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.pool.shutdown()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task

@@ -1,0 +1,227 @@
+"""One client connection: handshake, then read a frame, dispatch it, write the answer.
+
+Bad input of any kind becomes an Error frame; the connection (when it can still be
+framed) and the daemon carry on. A client that goes away mid-request leaves an
+accepted request running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from skyd import protocol
+from skyd.logs import follow, read_from
+from skyd.ops import api, queries
+from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Queue, Result,
+                           SkydError, Status, Submit, Welcome)
+from skyd.scheduler import Caller
+
+if TYPE_CHECKING:
+    from skyd.daemon import Daemon
+
+log = logging.getLogger("skyd.session")
+_dec = msgspec.msgpack.Decoder(protocol.ClientMsg)
+_blob_dec = msgspec.msgpack.Decoder()
+
+SHORT_HANDLERS = {
+    protocol.ClusterStatus: queries.status,
+    protocol.JobQueue: queries.queue,
+    protocol.JobLogs: queries.logs,
+    protocol.CancelJobs: queries.cancel,
+    protocol.ApiStatus: api.api_status,
+    protocol.ApiLogs: api.api_logs_source,
+}
+INLINE_HANDLERS = {
+    protocol.ApiCancel: api.api_cancel,
+    protocol.ApiInfo: api.api_info,
+}
+
+
+class _Hangup(Exception):
+    """The stream can no longer be framed: answer, then close the connection."""
+
+
+class _Skip(Exception):
+    """The frame was answered with an Error; read the next one."""
+
+
+def _decode_error(e: msgspec.ValidationError) -> Error:
+    text = str(e)
+    if text.startswith("Invalid value") and text.endswith("at `$.op.op`"):
+        return Error(ErrorCode.UNKNOWN_OP, f"unknown operation: {text.split(chr(39))[1]!r}",
+                     "upgrade skyd if the client is newer: skyctl api info shows both versions")
+    if "at `$.op.task" in text:
+        return Error(ErrorCode.INVALID_TASK, f"invalid task: {text}")
+    return Error(ErrorCode.BAD_REQUEST, f"malformed request: {text}")
+
+
+class Session:
+    def __init__(self, d: "Daemon", reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 caller: Caller):
+        self.d = d
+        self.reader, self.writer = reader, writer
+        self.caller = caller
+
+    # ---- framing ----------------------------------------------------------------------
+
+    async def _read(self) -> Any:
+        head = await self.reader.readexactly(4)
+        (size,) = protocol.HEADER.unpack(head)
+        if size > self.d.config.max_frame:
+            await self._send(Error(ErrorCode.TOO_LARGE,
+                                   f"frame of {size} bytes exceeds the limit of "
+                                   f"{self.d.config.max_frame} bytes"))
+            raise _Hangup
+        body = await self.reader.readexactly(size)
+        try:
+            return _dec.decode(body)
+        except msgspec.ValidationError as e:
+            await self._send(_decode_error(e))
+        except msgspec.DecodeError as e:
+            await self._send(Error(ErrorCode.BAD_REQUEST, f"malformed frame: {e}"))
+        raise _Skip
+
+    async def _send(self, msg: Any) -> None:
+        self.writer.write(protocol.encode_frame(msg))
+        await self.writer.drain()
+
+    # ---- the connection ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if await self._handshake():
+                while True:
+                    try:
+                        msg = await self._read()
+                    except _Skip:
+                        continue
+                    if not isinstance(msg, Submit):
+                        await self._send(Error(ErrorCode.BAD_REQUEST, "expected a request frame"))
+                        continue
+                    await self._handle(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, _Hangup):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - one connection's bug must not take the daemon down
+            log.exception("connection from uid %s failed", self.caller.uid)
+        finally:
+            self.writer.close()
+
+    async def _handshake(self) -> bool:
+        try:
+            hello = await self._read()
+        except _Skip:
+            return False
+        if not isinstance(hello, Hello):
+            await self._send(Error(ErrorCode.BAD_REQUEST, "a connection starts with a hello frame"))
+            return False
+        if hello.protocol > protocol.PROTOCOL_VERSION:
+            await self._send(Error(ErrorCode.UNSUPPORTED_VERSION,
+                                   f"this client speaks protocol v{hello.protocol}, newer than the "
+                                   f"server's v{protocol.PROTOCOL_VERSION}",
+                                   "upgrade skyd on the server, or use a matching skyctl"))
+            return False
+        if hello.protocol < protocol.MIN_PROTOCOL_VERSION:
+            await self._send(Error(ErrorCode.UNSUPPORTED_VERSION,
+                                   f"this client speaks protocol v{hello.protocol}; the server "
+                                   f"needs v{protocol.MIN_PROTOCOL_VERSION} or newer",
+                                   "upgrade skyctl: pip install -U skyd"))
+            return False
+        c = self.caller
+        await self._send(Welcome(protocol.PROTOCOL_VERSION, self.d.version, c.user, c.uid, c.admin))
+        return True
+
+    async def _handle(self, sub: Submit) -> None:
+        op = sub.op
+        try:
+            if op.schedule is Queue.INLINE:
+                value = await INLINE_HANDLERS[type(op)](self.d, self.caller, op)
+                await self._send(Result("", Status.SUCCEEDED, value))
+            elif op.schedule is Queue.SHORT:
+                await self._short(op, sub.wait)
+            else:
+                req, ahead = await self.d.scheduler.submit_long(op, self.caller)
+                await self._send(Accepted(req.record.id, Queue.LONG, ahead))
+                if sub.wait:
+                    await self.stream_request(req.record.id, 0, True)
+        except SkydError as e:
+            await self._send(e.to_wire())
+        except (ConnectionError, asyncio.IncompleteReadError, _Hangup, asyncio.CancelledError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            log.exception("request %s failed inside the server", type(op).__name__)
+            await self._send(Error(ErrorCode.INTERNAL, f"internal error: {type(e).__name__}: {e}",
+                                   "this is a bug in skyd; the server log has the details"))
+
+    async def _short(self, op: protocol.Op, wait: bool) -> None:
+        s = self.d.scheduler
+        req = s.new_short(op, self.caller)
+        handler = SHORT_HANDLERS[type(op)]
+        call = lambda: handler(self.d, self.caller, op)  # noqa: E731
+        if not wait:
+            s.spawn_short(req, call)
+            await self._send(Accepted(req.record.id, Queue.SHORT, s.short.waiting))
+            return
+        value = await s.run_short(req, call)
+        if isinstance(op, protocol.ApiLogs):
+            await self.stream_request(value, op.offset, op.follow)
+        elif isinstance(value, queries.JobLogStream):
+            offset = op.offset
+            async for data in value.chunks():
+                offset += len(data)
+                await self._send(Chunk(data))
+            await self._send(End(offset))
+            await self._send(Result(req.record.id, Status.SUCCEEDED, await value.final()))
+        else:
+            await self._send(Result(req.record.id, Status.SUCCEEDED, value))
+
+    async def stream_request(self, rid: str, offset: int, follow_log: bool) -> None:
+        """A request's log from `offset` (following it while it runs), then its result."""
+        s = self.d.scheduler
+        req = s.active(rid)
+        path = s.log_path(rid)
+        if req is not None and follow_log:
+            async for data in follow(path, offset, req.topic, req.done.done):
+                offset += len(data)
+                await self._send(Chunk(data))
+            await req.done
+        else:
+            while data := read_from(path, offset):
+                offset += len(data)
+                await self._send(Chunk(data))
+        await self._send(End(offset))
+        await self._send(await self._result(rid))
+
+    async def _result(self, rid: str) -> Result:
+        req = self.d.scheduler.active(rid)
+        if req is not None and not req.done.done():
+            return Result(rid, req.record.status)
+        if req is not None:
+            return _result_of(rid, req.record.status, req.result)
+        for rec in self.d.scheduler.short_ring:
+            if rec.id == rid:
+                return Result(rid, rec.status,
+                              error=Error(ErrorCode.FAILED, rec.error) if rec.error else None)
+        row = await self.d.store.get_request(rid)
+        if row is None:
+            raise SkydError(ErrorCode.NOT_FOUND, f"request {rid} no longer exists")
+        rec, blob = row
+        if not rec.status.finished:
+            return Result(rid, rec.status)
+        return _result_of(rid, rec.status, blob)
+
+
+def _result_of(rid: str, status: Status, stored: Any) -> Result:
+    if isinstance(stored, Error):
+        return Result(rid, status, error=stored)
+    if status is Status.FAILED and stored is not None:
+        err = msgspec.convert(_blob_dec.decode(stored), Error)
+        return Result(rid, status, error=err)
+    if status is Status.CANCELLED:
+        return Result(rid, status, error=Error(ErrorCode.FAILED, "the request was cancelled"))
+    return Result(rid, status, msgspec.Raw(stored) if stored else None)

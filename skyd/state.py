@@ -1,0 +1,298 @@
+"""Clusters and jobs as the daemon knows them: in memory, written through to the store.
+
+Workers report changes (SaveCluster, SaveJob, DropCluster); the daemon applies them here,
+the single writer. Running jobs are watched through pidfds, so their end is recorded the
+moment it happens — and, after a restart, reconciled from what the nodes wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import msgspec
+
+from skyd.infra import local
+from skyd.infra.base import JobHandle, handle_dec
+from skyd.logs import Topic
+from skyd import protocol
+from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, SkydError
+from skyd.store import Store
+from skyd.taskspec import Task, infra_kind, parse_amount
+from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
+
+log = logging.getLogger("skyd.state")
+
+
+@dataclass
+class ClusterEntry:
+    record: ClusterRecord
+    next_job_id: int = 1
+
+
+@dataclass
+class LiveJob:
+    record: JobRecord
+    handle: JobHandle | None = None
+    handle_bytes: bytes | None = None
+    topic: Topic = field(default_factory=Topic)
+    watcher: asyncio.Task | None = None
+
+
+class ClusterState:
+    def __init__(self, store: Store, state_dir: str):
+        self.store = store
+        self.state_dir = state_dir
+        self.clusters: dict[str, ClusterEntry] = {}
+        self.jobs: dict[tuple[str, int], LiveJob] = {}    # jobs not yet finished
+        self._closing = False
+
+    # ---- start-up ----------------------------------------------------------------------
+
+    async def load(self) -> None:
+        for record, next_id in await self.store.load_clusters():
+            self.clusters[record.name] = ClusterEntry(record, next_id)
+        for record, handle in await self.store.active_jobs():
+            live = LiveJob(record, handle_dec.decode(handle) if handle else None, handle)
+            self.jobs[(record.cluster, record.job_id)] = live
+            if live.handle is not None:
+                self._watch(live)
+
+    # ---- clusters ----------------------------------------------------------------------
+
+    def get(self, name: str) -> ClusterEntry | None:
+        return self.clusters.get(name)
+
+    def require(self, name: str, uid: int, admin: bool) -> ClusterEntry:
+        entry = self.clusters.get(name)
+        if entry is None:
+            raise SkydError(ErrorCode.NOT_FOUND, f"cluster {name!r} does not exist",
+                            "list clusters with: skyctl status")
+        if entry.record.uid != uid and not admin:
+            raise SkydError(ErrorCode.PERMISSION_DENIED,
+                            f"cluster {name!r} belongs to {entry.record.user}")
+        return entry
+
+    async def save_cluster(self, record: ClusterRecord) -> None:
+        entry = self.clusters.get(record.name)
+        if entry is None:
+            entry = self.clusters[record.name] = ClusterEntry(record)
+        entry.record = record
+        await self.store.save_cluster(record, entry.next_job_id)
+
+    async def drop_cluster(self, name: str) -> None:
+        self.clusters.pop(name, None)
+        for key in [k for k in self.jobs if k[0] == name]:
+            live = self.jobs.pop(key)
+            if live.watcher is not None:
+                live.watcher.cancel()
+            live.topic.notify()
+        await self.store.delete_cluster(name)
+
+    # ---- jobs --------------------------------------------------------------------------
+
+    async def new_job(self, cluster: str, name: str, uid: int, user: str,
+                      request_id: str) -> JobRecord:
+        entry = self.clusters[cluster]
+        job = JobRecord(cluster=cluster, job_id=entry.next_job_id, name=name, status="PENDING",
+                        user=user, uid=uid, submitted_at=time.time(), request_id=request_id)
+        entry.next_job_id += 1
+        self.jobs[(cluster, job.job_id)] = LiveJob(job)
+        self.store.save_cluster(entry.record, entry.next_job_id)
+        await self.store.save_job(job, None)
+        return job
+
+    def job_of_request(self, request_id: str) -> LiveJob | None:
+        for live in self.jobs.values():
+            if live.record.request_id == request_id:
+                return live
+        return None
+
+    def live_jobs(self, cluster: str) -> list[JobEntry]:
+        return [JobEntry(j.record, j.handle_bytes) for (c, _), j in self.jobs.items()
+                if c == cluster]
+
+    async def save_job(self, record: JobRecord, handle: bytes | None) -> None:
+        key = (record.cluster, record.job_id)
+        live = self.jobs.get(key)
+        if live is None:
+            live = self.jobs[key] = LiveJob(record)
+        live.record = record
+        if handle is not None:
+            live.handle_bytes, live.handle = handle, handle_dec.decode(handle)
+        await self.store.save_job(record, live.handle_bytes)
+        if record.status in JOB_FINISHED:
+            self.jobs.pop(key, None)
+            if live.watcher is not None and live.watcher is not asyncio.current_task():
+                live.watcher.cancel()
+        elif live.handle is not None and live.watcher is None:
+            self._watch(live)
+        live.topic.notify()
+
+    async def fail_unstarted_job(self, request_id: str, reason: str) -> None:
+        """A launch or exec that ended before its job started: the job cannot run now."""
+        live = self.job_of_request(request_id)
+        if live is not None and live.record.status in ("PENDING", "SETTING_UP"):
+            status = "CANCELLED" if reason == "cancelled" else "FAILED"
+            await self.save_job(msgspec.structs.replace(live.record, status=status,
+                                                        ended_at=time.time()), None)
+
+    async def apply(self, msg: SaveCluster | SaveJob | DropCluster) -> None:
+        if isinstance(msg, SaveCluster):
+            await self.save_cluster(msg.record)
+        elif isinstance(msg, SaveJob):
+            await self.save_job(msg.record, msg.handle)
+        elif isinstance(msg, DropCluster):
+            await self.drop_cluster(msg.name)
+
+    def _watch(self, live: LiveJob) -> None:
+        live.watcher = asyncio.get_running_loop().create_task(
+            self._watch_job(live), name=f"job-{live.record.cluster}-{live.record.job_id}")
+
+    async def _watch_job(self, live: LiveJob) -> None:
+        assert live.handle is not None
+        while True:
+            outcome = local.job_outcome(live.handle)
+            if outcome is not None:
+                break
+            await local.wait_exit(live.handle)
+            await asyncio.sleep(0)
+        if outcome.status == "FAILED":
+            # One node failed: the job has failed; stop its other nodes.
+            local.signal_job(live.handle, signal.SIGKILL)
+        rec = msgspec.structs.replace(live.record, status=outcome.status,
+                                      exit_code=outcome.exit_code, ended_at=time.time())
+        await self.save_job(rec, None)
+
+    async def cancel_job(self, cluster: str, job_id: int) -> bool:
+        live = self.jobs.get((cluster, job_id))
+        if live is None:
+            return False
+        if live.handle is None:
+            # Not started yet (its launch/exec is still queued or setting up).
+            return False
+        local.mark_cancelled(live.handle)
+        local.signal_job(live.handle, signal.SIGTERM)
+        asyncio.get_running_loop().call_later(3.0, local.signal_job, live.handle, signal.SIGKILL)
+        return True
+
+    def job_topic(self, cluster: str, job_id: int) -> Topic | None:
+        live = self.jobs.get((cluster, job_id))
+        return live.topic if live else None
+
+    async def close(self) -> None:
+        self._closing = True
+        for live in self.jobs.values():
+            if live.watcher is not None:
+                live.watcher.cancel()
+                with contextlib.suppress(BaseException):
+                    await live.watcher
+
+    # ---- what a long request needs before it runs ----------------------------------------
+
+    def check_submit(self, op: protocol.Op, uid: int, admin: bool,
+                     queued_launch: Callable[[str], bool]) -> protocol.Op:
+        """Refuse at submission what can never run; name a launch's cluster if unnamed."""
+        if isinstance(op, protocol.Launch):
+            kind, _ = infra_kind(op.task.resources.infra)
+            if kind != "local":
+                raise SkydError(ErrorCode.INVALID_TASK,
+                                f"resources.infra: {op.task.resources.infra!r} is not available "
+                                "on this server yet (use 'local')")
+            if op.cluster is None:
+                op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
+            check_cluster_name(op.cluster)
+            entry = self.clusters.get(op.cluster)
+            if entry is not None:
+                self.require(op.cluster, uid, admin)
+                if entry.record.num_nodes != op.task.num_nodes:
+                    raise SkydError(ErrorCode.CONFLICT,
+                                    f"cluster {op.cluster!r} has {entry.record.num_nodes} node(s); "
+                                    f"the task asks for {op.task.num_nodes}",
+                                    "use another cluster name, or down this one first")
+            check_fits_local(op.task)
+            return op
+        name = op.target_cluster()
+        if name is not None:
+            if name not in self.clusters and queued_launch(name):
+                return op       # its launch is queued ahead of it
+            self.require(name, uid, admin)
+        return op
+
+    async def prepare(self, op: protocol.Op, req: protocol.RequestRecord
+                      ) -> tuple[ClusterRecord | None, list[JobEntry]]:
+        """At dispatch: the cluster as it is now, and the job this request creates."""
+        name = op.target_cluster()
+        if name is None:
+            return None, []
+        entry = self.clusters.get(name)
+        if isinstance(op, protocol.Launch):
+            if entry is None:
+                record = ClusterRecord(name=name, status="INIT", infra="local",
+                                       num_nodes=op.task.num_nodes, user=req.user, uid=req.uid,
+                                       launched_at=time.time(), last_use=time.time(),
+                                       resources=describe_resources(op.task))
+                await self.save_cluster(record)
+                entry = self.clusters[name]
+        if entry is None:
+            raise SkydError(ErrorCode.NOT_FOUND, f"cluster {name!r} does not exist")
+        if isinstance(op, (protocol.Launch, protocol.Exec)):
+            if isinstance(op, protocol.Exec) and entry.record.status != "UP":
+                raise SkydError(ErrorCode.CONFLICT,
+                                f"cluster {name!r} is {entry.record.status}, not UP",
+                                f"start it with: skyctl start {name}")
+            live = self.job_of_request(req.id)
+            if live is None and op.task.run is not None:
+                await self.new_job(name, op.task.name or "-", req.uid, req.user, req.id)
+                live = self.job_of_request(req.id)
+            jobs = [JobEntry(live.record, live.handle_bytes)] if live else []
+            return entry.record, jobs
+        return entry.record, self.live_jobs(name)
+
+
+_CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+
+
+def check_cluster_name(name: str) -> None:
+    if not _CLUSTER_NAME.match(name):
+        raise SkydError(ErrorCode.BAD_REQUEST,
+                        f"invalid cluster name {name!r}: use 1-63 letters, digits and '-', "
+                        "starting and ending with a letter or digit")
+
+
+def generate_cluster_name(uid: int) -> str:
+    from skyd.worker import user_identity
+    user = re.sub(r"[^a-z0-9]", "", user_identity(uid)[0].lower())[:16] or "user"
+    return f"sky-{secrets.token_hex(2)}-{user}"
+
+
+def describe_resources(task: Task) -> str:
+    parts = []
+    if task.resources.cpus is not None:
+        parts.append(f"cpus={task.resources.cpus}")
+    if task.resources.memory is not None:
+        parts.append(f"mem={task.resources.memory}")
+    return ", ".join(parts) or "-"
+
+
+def check_fits_local(task: Task) -> None:
+    """A local node is this host: refuse requests it can never satisfy."""
+    from skyd import hardware
+    hw = hardware.detect()
+    cpus = parse_amount("cpus", task.resources.cpus)
+    if cpus is not None and not cpus.fits(hw.cpus):
+        raise SkydError(ErrorCode.INVALID_TASK,
+                        f"resources.cpus: {task.resources.cpus} requested, but local nodes "
+                        f"have {hw.cpus:g} CPUs")
+    mem = parse_amount("memory", task.resources.memory)
+    if mem is not None and not mem.fits(hw.memory_bytes / 2**30):
+        raise SkydError(ErrorCode.INVALID_TASK,
+                        f"resources.memory: {task.resources.memory} GiB requested, but local "
+                        f"nodes have {hw.memory_bytes / 2**30:.1f} GiB")

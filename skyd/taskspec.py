@@ -1,0 +1,154 @@
+"""Task YAML: a SkyPilot-compatible subset, decoded straight into typed Structs.
+
+Imports only msgspec and the standard library: skyctl validates a task before it
+sends it, and the daemon validates it again when the frame arrives.
+
+Supported fields: name, workdir, num_nodes, resources {cpus, memory, infra},
+envs, secrets, file_mounts, setup, run. Anything else is an error naming the field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+# Values YAML may give for an env var; they are turned into strings.
+EnvValue = str | int | float | bool | None
+
+SUPPORTED_TOP = ("name", "workdir", "num_nodes", "resources", "envs", "secrets",
+                 "file_mounts", "setup", "run")
+SUPPORTED_RESOURCES = ("cpus", "memory", "infra")
+MAX_NUM_NODES = 64
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_AMOUNT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*$", re.IGNORECASE)
+
+
+class TaskError(ValueError):
+    """A task that cannot be accepted; the message names the field."""
+
+
+class Resources(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    cpus: int | float | str | None = None     # 4, "4", "4+" (at least 4)
+    memory: int | float | str | None = None   # GiB: 8, "8+", "8GB"
+    infra: str | None = None                  # "local" (default) or "ssh/POOL"
+
+
+class Task(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    name: str | None = None
+    workdir: str | None = None
+    num_nodes: int = 1
+    resources: Resources = msgspec.field(default_factory=Resources)
+    envs: dict[str, EnvValue] = msgspec.field(default_factory=dict)
+    secrets: dict[str, EnvValue] = msgspec.field(default_factory=dict)
+    file_mounts: dict[str, str] = msgspec.field(default_factory=dict)
+    setup: str | None = None
+    run: str | None = None
+
+    def __repr__(self) -> str:  # secrets never reach a log or a traceback
+        shown = {f: getattr(self, f) for f in self.__struct_fields__ if f != "secrets"}
+        shown["secrets"] = {k: "<redacted>" for k in self.secrets}
+        return f"Task({shown!r})"
+
+    __str__ = __repr__
+
+
+class Amount(msgspec.Struct, frozen=True):
+    """A resource request: `value` exactly, or at least `value` when `at_least`."""
+    value: float
+    at_least: bool
+
+    def fits(self, available: float) -> bool:
+        return available >= self.value
+
+
+def parse_amount(field: str, raw: int | float | str | None) -> Amount | None:
+    if raw is None:
+        return None
+    if isinstance(raw, bool):
+        raise TaskError(f"resources.{field}: expected a number like 4 or '4+', got {raw!r}")
+    if isinstance(raw, (int, float)):
+        if raw <= 0:
+            raise TaskError(f"resources.{field}: must be positive, got {raw}")
+        return Amount(float(raw), False)
+    m = _AMOUNT_RE.match(raw)
+    if not m or float(m.group(1)) <= 0:
+        raise TaskError(f"resources.{field}: expected a number like 4 or '4+', got {raw!r}")
+    return Amount(float(m.group(1)), bool(m.group(2)))
+
+
+def _env_str(value: EnvValue) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _friendly(err: msgspec.ValidationError) -> str:
+    """Turn msgspec's message into one that names the field in task terms."""
+    text = str(err)
+    m = re.match(r"Object contains unknown field `([^`]+)`(?: - at `\$(.*)`)?", text)
+    if m:
+        field, where = m.group(1), (m.group(2) or "").lstrip(".")
+        if where == "resources":
+            return (f"unsupported field `resources.{field}` "
+                    f"(skyd supports resources: {', '.join(SUPPORTED_RESOURCES)})")
+        prefix = f"{where}." if where else ""
+        return (f"unsupported field `{prefix}{field}` "
+                f"(skyd supports: {', '.join(SUPPORTED_TOP)})")
+    text = text.replace(" - at `$.", " at `").replace(" - at `$`", "")
+    return text
+
+
+def task_from_obj(obj: Any) -> Task:
+    """Validate a parsed YAML document (or wire value) into a normalised Task."""
+    if obj is None:
+        raise TaskError("the task is empty")
+    if not isinstance(obj, dict):
+        raise TaskError(f"a task must be a mapping of fields, got {type(obj).__name__}")
+    try:
+        task = msgspec.convert(obj, Task)
+    except msgspec.ValidationError as e:
+        raise TaskError(_friendly(e)) from None
+    return normalise(task)
+
+
+def normalise(task: Task) -> Task:
+    """Check values that types alone cannot, and turn env values into strings."""
+    if task.name is not None and not _NAME_RE.match(task.name):
+        raise TaskError(f"name: {task.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
+    if not 1 <= task.num_nodes <= MAX_NUM_NODES:
+        raise TaskError(f"num_nodes: must be between 1 and {MAX_NUM_NODES}, got {task.num_nodes}")
+    for label, mapping in (("envs", task.envs), ("secrets", task.secrets)):
+        for key in mapping:
+            if not _ENV_NAME_RE.match(key):
+                raise TaskError(f"{label}: {key!r} is not a valid environment variable name")
+    overlap = set(task.envs) & set(task.secrets)
+    if overlap:
+        raise TaskError(f"secrets: {sorted(overlap)[0]!r} is also in envs; name it once")
+    parse_amount("cpus", task.resources.cpus)
+    parse_amount("memory", task.resources.memory)
+    infra_kind(task.resources.infra)
+    for dst, src in task.file_mounts.items():
+        if not dst or not src:
+            raise TaskError("file_mounts: both the target and the source must be non-empty")
+        if "://" in src:
+            raise TaskError(f"file_mounts: {dst}: only local paths are supported, got {src!r}")
+    if task.run is None and task.setup is None:
+        raise TaskError("the task has neither `run` nor `setup`: nothing to do")
+    envs = {k: _env_str(v) for k, v in task.envs.items()}
+    secrets = {k: _env_str(v) for k, v in task.secrets.items()}
+    return msgspec.structs.replace(task, envs=envs, secrets=secrets)
+
+
+def infra_kind(infra: str | None) -> tuple[str, str | None]:
+    """'local' -> ('local', None); 'ssh/pool' -> ('ssh', 'pool')."""
+    if infra is None or infra == "local":
+        return "local", None
+    kind, _, pool = infra.partition("/")
+    if kind == "ssh" and pool:
+        return "ssh", pool
+    raise TaskError(f"resources.infra: unsupported infra {infra!r} (use 'local' or 'ssh/POOL')")

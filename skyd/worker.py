@@ -1,0 +1,115 @@
+"""The child side of a long request: runs in a process forked from the preloaded forkserver.
+
+A worker starts as an idle spare: its own process group, tied to its parent's life,
+blocked reading its Assignment. Once assigned it sends its output to the log socket,
+drops to the requester's identity, runs the blocking handler, reports Done and exits.
+One process per request: cancelling the request is killing this process group.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pwd
+import signal
+import socket
+import sys
+import traceback
+
+import msgspec
+
+from skyd import protocol
+from skyd.protocol import Error, ErrorCode, SkydError
+from skyd.workerproto import Assignment, Done
+
+_PR_SET_PDEATHSIG = 1
+_assign_dec = msgspec.msgpack.Decoder(Assignment)
+_op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
+
+
+def _die_with_parent() -> None:
+    """SIGKILL this process when the forkserver (and so the daemon) goes away."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        return
+
+
+class WorkerContext:
+    """What a long handler may use: its assignment and a channel to the daemon."""
+
+    def __init__(self, ctrl: socket.socket, assignment: Assignment, op: protocol.Op):
+        self._ctrl = ctrl
+        self.assignment = assignment
+        self.op = op
+
+    def send(self, msg) -> None:
+        protocol.send_msg(self._ctrl, msg)
+
+    @staticmethod
+    def say(text: str) -> None:
+        """A progress line for the request log."""
+        print(text, flush=True)
+
+
+def _become_user(a: Assignment, parent: int) -> None:
+    """Run as the person who asked, never with more privilege than they have."""
+    if os.geteuid() != 0 or a.uid == 0:
+        return
+    os.initgroups(a.user, a.gid)
+    os.setgid(a.gid)
+    os.setuid(a.uid)
+    _die_with_parent()              # a credential change clears the parent-death signal
+    if os.getppid() != parent:
+        os._exit(1)
+    os.environ["HOME"], os.environ["USER"], os.environ["LOGNAME"] = a.home, a.user, a.user
+
+
+def spare_main(ctrl: socket.socket, log: socket.socket) -> None:
+    os.setpgid(0, 0)
+    _die_with_parent()
+    parent = os.getppid()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        frame = protocol.recv_frame(ctrl)
+    except (ConnectionError, OSError):
+        os._exit(0)                 # retired spare
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    log.close()
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    done = _run(ctrl, frame, parent)
+    try:
+        protocol.send_msg(ctrl, done)
+    except OSError:
+        pass
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def _run(ctrl: socket.socket, frame: bytes, parent: int) -> Done:
+    try:
+        a = _assign_dec.decode(frame)
+        op = _op_dec.decode(a.op)
+        from skyd.ops import long_handler, prepare_as_root
+        prepare_as_root(a, op)
+        _become_user(a, parent)
+        value = long_handler(type(op))(WorkerContext(ctrl, a, op))
+        return Done(value=value)
+    except SkydError as e:
+        return Done(error=e.to_wire())
+    except Exception as e:  # noqa: BLE001 - reported as the request's failure
+        traceback.print_exc()
+        return Done(error=Error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+
+def user_identity(uid: int) -> tuple[str, int, str]:
+    """(name, primary gid, home) for a uid; placeholders for ids without an entry."""
+    try:
+        pw = pwd.getpwuid(uid)
+        return pw.pw_name, pw.pw_gid, pw.pw_dir
+    except KeyError:
+        return f"uid{uid}", uid, "/"
