@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import signal
 import time
@@ -35,6 +36,8 @@ _op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
 
 INTERRUPTED = "interrupted by server restart"
 SHORT_RING = 1000
+# The short request a handler is serving (so `api status` need not list itself).
+current_request: contextvars.ContextVar[str] = contextvars.ContextVar("current_request", default="")
 
 
 class Caller(msgspec.Struct):
@@ -200,9 +203,9 @@ class Scheduler:
         except SkydError as e:
             await self._finish(req, Status.FAILED, error=e.to_wire())
             return
-        rec.started_at = time.time()
-        rec.status = Status.RUNNING
-        await self.store.mark_running(rec.id, rec.started_at)   # before any work starts
+        started = time.time()
+        await self.store.mark_running(rec.id, started)   # durable before any work starts
+        rec.started_at, rec.status = started, Status.RUNNING
         req.topic.notify()
         worker = await self.pool.take()
         req.worker = worker
@@ -329,6 +332,7 @@ class Scheduler:
             try:
                 req.record.status = Status.RUNNING
                 req.record.started_at = time.time()
+                current_request.set(rid)
                 value = await handler()
             finally:
                 self.short.release()

@@ -207,6 +207,9 @@ class Store:
                     await self._rollback()
                     if not item.future.done():
                         item.future.set_exception(e)
+                else:
+                    if not item.future.done():
+                        item.future.set_result(None)
             return
         for item in batch:
             if not item.future.done():

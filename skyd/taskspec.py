@@ -100,6 +100,8 @@ def _friendly(err: msgspec.ValidationError) -> str:
         return (f"unsupported field `{prefix}{field}` "
                 f"(skyd supports: {', '.join(SUPPORTED_TOP)})")
     text = text.replace(" - at `$.", " at `").replace(" - at `$`", "")
+    if text.endswith(("at `run`", "at `setup`")) and "Expected `str" in text:
+        text += " (quote the command in YAML, e.g. run: 'true')"
     return text
 
 

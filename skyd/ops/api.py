@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from skyd import protocol
 from skyd.protocol import (ApiCancel, ApiInfo, ApiLogs, ApiStatus, ErrorCode, RequestRecord,
                            SkydError)
-from skyd.scheduler import Caller, Request
+from skyd.scheduler import Caller, Request, current_request
 
 if TYPE_CHECKING:
     from skyd.daemon import Daemon
@@ -62,9 +62,10 @@ async def api_status(d: "Daemon", caller: Caller, op: ApiStatus) -> list[Request
                 out.append(rec)
         return out
     s = d.scheduler
+    me = current_request.get()
     active = [r.record for r in (*s.long_running.values(), *s.long_pending.values(),
                                  *s.short_live.values())
-              if _visible(caller, r.record, op.all_users)]
+              if _visible(caller, r.record, op.all_users) and r.record.id != me]
     if not op.all_statuses:
         active.sort(key=lambda r: r.created_at, reverse=True)
         return active[:limit]

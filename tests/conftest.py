@@ -1,0 +1,263 @@
+"""The real-daemon fixture: a `skyd serve` process in a temporary state directory on a
+temporary socket, talked to through the real skyctl (in-process Connection, or real
+subprocesses). Every test cleans up the processes it started."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from skyctl.connection import Connection, Unreachable
+from skyd import protocol
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("SKYD_HOST", None)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+class Daemon:
+    """A real skyd process. `args` are extra `skyd serve` flags."""
+
+    def __init__(self, state_dir: Path, args: list[str] | None = None):
+        self.state_dir = state_dir
+        self.socket = state_dir / "skyd.sock"
+        self.args = list(args or [])
+        self.proc: subprocess.Popen | None = None
+        self.log_path = state_dir.parent / f"{state_dir.name}.daemon.log"
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, extra: list[str] | None = None, wait: bool = True) -> "Daemon":
+        cmd = [sys.executable, "-m", "skyd", "serve", "--state-dir", str(self.state_dir),
+               "--socket", str(self.socket), *self.args, *(extra or [])]
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=_env(), start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"skyd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                Connection(str(self.socket), "test").connect().close()
+                return
+            except Unreachable:
+                time.sleep(0.05)
+        raise RuntimeError(f"skyd did not answer within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return code
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self, extra: list[str] | None = None, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start(extra)
+
+    # ---- talking to it ------------------------------------------------------------------
+
+    def connect(self) -> Connection:
+        return Connection(str(self.socket), "test").connect()
+
+    def call(self, op: protocol.Op):
+        with self.connect() as c:
+            return c.call(op)
+
+    def frames(self, op: protocol.Op, wait: bool = True) -> list:
+        with self.connect() as c:
+            return list(c.submit(op, wait))
+
+    def submit_async(self, op: protocol.Op) -> str:
+        msgs = self.frames(op, wait=False)
+        assert isinstance(msgs[-1], protocol.Accepted), msgs
+        return msgs[-1].request_id
+
+    def skyctl(self, *args: str, timeout: float = 60, check: bool = False,
+               user: tuple[int, int] | None = None, **kw) -> subprocess.CompletedProcess:
+        env = _env()
+        env["SKYD_HOST"] = self.host
+        pre = None
+        if user is not None:
+            uid, gid = user
+            env["HOME"] = "/tmp"
+
+            def pre() -> None:
+                os.setgroups([])
+                os.setgid(gid)
+                os.setuid(uid)
+        p = subprocess.run([sys.executable, "-m", "skyctl", *args], capture_output=True,
+                           text=True, timeout=timeout, env=env, preexec_fn=pre, **kw)
+        if check and p.returncode != 0:
+            raise AssertionError(f"skyctl {' '.join(args)} -> {p.returncode}\n"
+                                 f"stdout:\n{p.stdout}\nstderr:\n{p.stderr}")
+        return p
+
+    def request(self, rid: str) -> protocol.RequestRecord:
+        return self.call(protocol.ApiStatus(request_ids=[rid]))[0]
+
+    def wait_request(self, rid: str, timeout: float = 30.0) -> protocol.RequestRecord:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rec = self.request(rid)
+            if rec.status.finished:
+                return rec
+            time.sleep(0.05)
+        raise AssertionError(f"request {rid} did not finish within {timeout}s: {rec}")
+
+    def wait_job(self, cluster: str, job_id: int, timeout: float = 30.0) -> protocol.JobRecord:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = {j.job_id: j for j in self.call(protocol.JobQueue(cluster=cluster))}
+            job = jobs.get(job_id)
+            if job is not None and job.status in protocol.JOB_FINISHED:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} on {cluster} did not finish within {timeout}s: {job}")
+
+
+def processes_mentioning(path: Path) -> list[int]:
+    """Processes whose command line names `path` (job runners name their job dir)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_leftovers(state_dir: Path) -> list[int]:
+    """Kill every process whose command line names the state dir (job runners, setups)."""
+    pids = processes_mentioning(state_dir)
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return pids
+
+
+def write_task(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text(body)
+    return path
+
+
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def wait_until(pred, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()
+
+
+@pytest.fixture
+def workdir():
+    # Short paths: a Unix socket path must fit in 107 bytes.
+    d = Path(tempfile.mkdtemp(prefix="skyd-t-", dir="/tmp"))
+    yield d
+    kill_leftovers(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def make_daemon(workdir):
+    daemons: list[Daemon] = []
+
+    def make(*args: str, start: bool = True, name: str = "state") -> Daemon:
+        d = Daemon(workdir / name, ["--skip-resources-check", "--drain-timeout", "2", *args])
+        daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in daemons:
+        if d.proc is not None:
+            d.stop(signal.SIGTERM)
+        kill_leftovers(d.state_dir)
+
+
+@pytest.fixture
+def daemon(make_daemon) -> Daemon:
+    return make_daemon()
+
+
+def raw_frames(sock_path: Path, payloads: list[bytes], hello: bool = True,
+               read: int = 1) -> list:
+    """Send raw frames (for bad-input tests) and decode `read` answers per payload."""
+    dec = msgspec.msgpack.Decoder(protocol.ServerMsg)
+    out = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(sock_path))
+        if hello:
+            protocol.send_msg(s, protocol.Hello(protocol.PROTOCOL_VERSION, "test"))
+            out.append(dec.decode(protocol.recv_frame(s)))
+        for p in payloads:
+            s.sendall(p)
+            for _ in range(read):
+                try:
+                    out.append(dec.decode(protocol.recv_frame(s)))
+                except (ConnectionError, OSError):
+                    out.append(None)
+    return out

@@ -1,0 +1,98 @@
+"""skyctl stays thin, finds its server, and answers with meaningful exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from skyctl import endpoint
+
+HEAVY = {"asyncio", "aiosqlite", "aiohttp", "uvloop", "psutil", "yaml", "sqlite3",
+         "prompt_toolkit", "multiprocessing", "skyd.scheduler", "skyd.store", "skyd.daemon",
+         "skyd.session", "skyd.workers", "skyd.state", "skyd.hardware"}
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          "print(json.dumps(sorted(sys.modules)))"],
+                         capture_output=True, text=True, check=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize("code", [
+    "import skyctl.cli",
+    "import skyctl.cli; skyctl.cli.build_parser().parse_args(['status'])",
+])
+def test_importing_the_client_loads_none_of_the_daemon(code):
+    loaded = _modules_after(code)
+    assert not (loaded & HEAVY), sorted(loaded & HEAVY)
+
+
+def test_help_for_every_command():
+    for args in (["--help"], ["launch", "--help"], ["exec", "--help"], ["api", "status", "--help"],
+                 ["api", "cancel", "--help"], ["logs", "--help"], ["down", "--help"]):
+        p = subprocess.run([sys.executable, "-m", "skyctl", *args], capture_output=True,
+                           text=True)
+        assert p.returncode == 0, (args, p.stderr)
+        assert "usage: skyctl" in p.stdout
+
+
+def test_usage_error_exits_2():
+    p = subprocess.run([sys.executable, "-m", "skyctl", "queue"], capture_output=True, text=True)
+    assert p.returncode == 2
+
+
+def test_unreachable_daemon_exits_4(workdir):
+    env = dict(os.environ, SKYD_HOST=f"unix://{workdir}/nothing.sock")
+    p = subprocess.run([sys.executable, "-m", "skyctl", "status"], capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 4
+    assert "no skyd socket" in p.stderr and "skyd serve" in p.stderr
+
+
+def test_endpoint_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("SKYD_HOST", raising=False)
+    assert endpoint.resolve(None)[0] == str(tmp_path / "state" / "skyd" / "skyd.sock")
+    cfg = tmp_path / "skyctl" / "config.toml"
+    cfg.parent.mkdir()
+    cfg.write_text('host = "unix:///from/config.sock"\n')
+    assert endpoint.resolve(None) == ("/from/config.sock", str(cfg))
+    monkeypatch.setenv("SKYD_HOST", "unix:///from/env.sock")
+    assert endpoint.resolve(None) == ("/from/env.sock", "SKYD_HOST")
+    assert endpoint.resolve("unix:///from/flag.sock") == ("/from/flag.sock", "--host")
+    with pytest.raises(endpoint.EndpointError):
+        endpoint.resolve("http://example")
+
+
+def test_api_info_and_json_output(daemon):
+    p = daemon.skyctl("api", "info", "--json", check=True)
+    info = json.loads(p.stdout)
+    assert info["protocol"] == 1 and info["admin"] is True
+    assert info["long_slots"] >= 1 and info["short_slots"] >= 1
+    p = daemon.skyctl("api", "info", check=True)
+    assert "long queue:" in p.stdout and "\033[" not in p.stdout
+
+
+def test_ctrl_c_detaches_and_says_how_to_reattach(daemon, workdir):
+    import signal
+    import time
+    env = dict(os.environ, SKYD_HOST=daemon.host, NO_COLOR="1")
+    client = subprocess.Popen([sys.executable, "-m", "skyctl", "launch", "-c", "cc",
+                               "--env", "A=1", "sleep 30"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.5)
+    client.send_signal(signal.SIGINT)
+    out, err = client.communicate(timeout=10)
+    assert client.returncode == 130
+    assert "skyctl" in err and ("logs" in err)
+    # detaching cancels nothing
+    from skyd import protocol
+    assert daemon.call(protocol.JobQueue(cluster="cc"))[0].status == "RUNNING"

@@ -1,0 +1,136 @@
+"""The request path end to end on the local infra: launch, exec, status, queue, logs,
+cancel, down — through the real skyctl, synchronously and with --async."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from conftest import pid_alive, wait_until, write_task
+from skyd import protocol
+
+
+def test_launch_sync_follows_setup_and_job_output(daemon, workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "data.txt").write_text("payload\n")
+    task = write_task(workdir, "t.yaml", f"""
+name: hello
+workdir: {src}
+envs:
+  GREETING: hi
+  NUMBER: 3
+secrets:
+  TOKEN: s3cret
+setup: echo "setup sees $GREETING"
+run: |
+  echo "rank=$SKYPILOT_NODE_RANK nodes=$SKYPILOT_NUM_NODES ips=$SKYPILOT_NODE_IPS"
+  echo "task=$SKYPILOT_TASK_ID number=$NUMBER token=$TOKEN"
+  cat data.txt
+""")
+    p = daemon.skyctl("launch", str(task), "-c", "c1", "-y")
+    assert p.returncode == 0, p.stderr
+    assert "setup sees hi" in p.stdout
+    assert "rank=0 nodes=1 ips=127.0.0.1" in p.stdout
+    assert "_c1_1 number=3 token=s3cret" in p.stdout
+    assert "payload" in p.stdout
+    assert "SUCCEEDED" in p.stderr
+    clusters = daemon.call(protocol.ClusterStatus())
+    assert [(c.name, c.status, c.num_nodes) for c in clusters] == [("c1", "UP", 1)]
+    jobs = daemon.call(protocol.JobQueue(cluster="c1"))
+    assert [(j.job_id, j.name, j.status, j.exit_code) for j in jobs] == [(1, "hello", "SUCCEEDED", 0)]
+
+
+def test_async_prints_only_the_request_id(daemon, workdir):
+    p = daemon.skyctl("launch", "--async", "-c", "c2", "echo from-async")
+    assert p.returncode == 0, p.stderr
+    rid = p.stdout.strip()
+    assert len(rid) == 36 and rid.count("-") == 4, p.stdout
+    rec = daemon.wait_request(rid)
+    assert rec.status is protocol.Status.SUCCEEDED
+    job = daemon.wait_job("c2", 1)
+    assert job.status == "SUCCEEDED"
+    logs = daemon.skyctl("logs", "c2", "1", "--no-follow")
+    assert logs.stdout == "from-async\n"
+    # the request's own log: following a finished request prints it and its result
+    api_logs = daemon.skyctl("api", "logs", rid[:8])
+    assert api_logs.returncode == 0
+    assert "Job 1 started on cluster c2" in api_logs.stdout
+
+
+def test_exec_reuses_cluster_without_setup_and_keeps_order(daemon, workdir):
+    marker = workdir / "setup-runs"
+    task = write_task(workdir, "t.yaml", f"""
+setup: echo x >> {marker}; sleep 0.5
+run: echo job-$SKYPILOT_JOB_ID
+""")
+    launch_id = daemon.skyctl("launch", "--async", "-c", "c3", str(task)).stdout.strip()
+    # exec right away: it must wait for the cluster's launch, then run without setup
+    exec_id = daemon.skyctl("exec", "--async", "-c", "c3", str(task)).stdout.strip()
+    launch, exe = daemon.wait_request(launch_id), daemon.wait_request(exec_id)
+    assert launch.status is exe.status is protocol.Status.SUCCEEDED
+    assert exe.started_at >= launch.finished_at
+    assert marker.read_text() == "x\n"          # setup ran once: exec skips it
+    assert daemon.wait_job("c3", 2).status == "SUCCEEDED"
+    out = daemon.skyctl("logs", "c3", "2", "--no-follow").stdout
+    assert out == "job-2\n"
+
+
+def test_failing_job_and_failing_setup(daemon, workdir):
+    p = daemon.skyctl("launch", "-c", "c4", "echo about-to-fail; exit 7")
+    assert p.returncode == 1
+    assert "about-to-fail" in p.stdout
+    assert "FAILED (exit status 7)" in p.stderr
+    bad_setup = write_task(workdir, "s.yaml", "setup: echo broken-setup; exit 3\nrun: echo never\n")
+    p = daemon.skyctl("launch", "-c", "c5", str(bad_setup))
+    assert p.returncode == 1
+    assert "setup failed on node 0" in p.stderr and "exit status 3" in p.stderr
+    assert "broken-setup" in p.stderr      # the last lines travel with the error
+    jobs = daemon.call(protocol.JobQueue(cluster="c5"))
+    assert [j.status for j in jobs] == ["FAILED_SETUP"]
+
+
+def test_status_queue_json_and_down(daemon, workdir):
+    daemon.skyctl("launch", "-c", "c6", "-d", "sleep 30", check=True)
+    status = json.loads(daemon.skyctl("status", "--json", check=True).stdout)
+    assert status[0]["name"] == "c6" and status[0]["status"] == "UP"
+    queue = json.loads(daemon.skyctl("queue", "c6", "--json", check=True).stdout)
+    assert queue[0]["status"] == "RUNNING"
+    cancel = daemon.skyctl("cancel", "c6", "1", check=True)
+    assert "Cancelled job(s) 1" in cancel.stdout
+    assert daemon.wait_job("c6", 1).status == "CANCELLED"
+    daemon.skyctl("down", "c6", "-y", check=True)
+    assert daemon.call(protocol.ClusterStatus()) == []
+    assert not (daemon.state_dir / "clusters" / "c6").exists()
+
+
+def test_down_kills_running_jobs(daemon, workdir):
+    daemon.skyctl("launch", "-c", "c7", "-d", "echo $$ > pid; sleep 60", check=True)
+    pid_file = daemon.state_dir / "clusters" / "c7" / "node-0" / "sky_workdir" / "pid"
+    assert wait_until(pid_file.exists)
+    assert wait_until(lambda: pid_file.read_text().strip() != "")
+    pid = int(pid_file.read_text())
+    assert pid_alive(pid)
+    daemon.skyctl("down", "c7", check=True)
+    assert wait_until(lambda: not pid_alive(pid), 5)
+
+
+def test_multi_node_local_cluster(daemon, workdir):
+    task = write_task(workdir, "mn.yaml", """
+num_nodes: 2
+run: echo "node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"
+""")
+    p = daemon.skyctl("launch", "-c", "mn", str(task))
+    assert p.returncode == 0, p.stderr
+    assert "(node-0) node 0 of 2" in p.stdout
+    assert "(node-1) node 1 of 2" in p.stdout
+
+
+def test_logs_follow_streams_while_running(daemon, workdir):
+    daemon.skyctl("launch", "-c", "f1", "-d",
+                  "for i in 1 2 3; do echo line-$i; sleep 0.3; done", check=True)
+    start = time.monotonic()
+    p = daemon.skyctl("logs", "f1", "1")
+    assert p.returncode == 0
+    assert p.stdout == "line-1\nline-2\nline-3\n"
+    assert time.monotonic() - start < 10
