@@ -51,6 +51,7 @@ class Daemon:
                                    self.long_slots, self.short_slots, config.kill_grace)
         self._admin_gid = group_id(config.admin_group)
         self._server: asyncio.AbstractServer | None = None
+        self._bound: str | None = None        # the socket file we created (and so remove)
         self._sessions: set[asyncio.Task] = set()
         self._gc: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
@@ -75,7 +76,10 @@ class Daemon:
         if requeued or rerun or failed:
             log.info("recovered requests: %d queued again, %d re-run, %d failed as interrupted",
                      requeued, rerun, failed)
-        sock = systemd.adopted_socket() or bind_unix(cfg.socket_path, cfg.socket_group)
+        sock = systemd.adopted_socket()
+        if sock is None:
+            sock = bind_unix(cfg.socket_path, cfg.socket_group)
+            self._bound = str(cfg.socket_path)
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
         self._gc = asyncio.get_running_loop().create_task(self._gc_loop(), name="retention-gc")
         log.info("skyd %s listening on %s: %d long slots, %d short slots (%s)", self.version,
@@ -104,9 +108,9 @@ class Daemon:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if not systemd.adopted_socket():
+        if self._bound is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.config.socket_path)
+                os.unlink(self._bound)
         log.info("stopped")
 
     # ---- connections ---------------------------------------------------------------------
