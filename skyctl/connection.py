@@ -76,7 +76,17 @@ class Connection:
     def submit(self, op: protocol.Op, wait: bool = True) -> Iterator[ServerMsg]:
         """Send one request; yield its frames up to and including the last one."""
         assert self.sock is not None
-        protocol.send_msg(self.sock, Submit(op, wait))
+        try:
+            protocol.send_msg(self.sock, Submit(op, wait))
+        except (BrokenPipeError, ConnectionResetError):
+            # The server may refuse a frame before reading all of it (too large): its
+            # reason is already waiting in our receive buffer.
+            try:
+                msg = self.read()
+            except (ConnectionError, OSError, msgspec.DecodeError):
+                raise ConnectionError("the daemon closed the connection") from None
+            yield msg
+            return
         while True:
             msg = self.read()
             yield msg

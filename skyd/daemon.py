@@ -15,7 +15,7 @@ from pathlib import Path
 
 from skyd import __version__, hardware, protocol, systemd
 from skyd.config import Config
-from skyd.listeners import bind_unix, group_id, peer_caller
+from skyd.listeners import bind_unix, group_id, is_admin, peer_caller
 from skyd.scheduler import Caller, Scheduler
 from skyd.session import Session
 from skyd.state import ClusterState
@@ -45,7 +45,8 @@ class Daemon:
         self.slots_source = (f"{self.hardware.cpus:g} CPUs ({self.hardware.cpu_source}), "
                              f"{hardware.format_size(self.hardware.memory_bytes)} "
                              f"({self.hardware.memory_source}); {self.calibration.source}")
-        self.state = ClusterState(self.store, str(config.state_dir))
+        self.state = ClusterState(self.store, str(config.state_dir), self.hardware,
+                                  self.is_admin)
         self.pool = WorkerPool(spares=config.spares)
         self.scheduler = Scheduler(self.store, self.pool, self.state, config.logs_dir,
                                    self.long_slots, self.short_slots, config.kill_grace)
@@ -67,8 +68,17 @@ class Daemon:
                 raise StartupError("not enough resources for team use:\n  " +
                                    "\n  ".join(problems) +
                                    "\n(start anyway with --skip-resources-check)")
-        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        cfg.logs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Private by default: the database holds every request (secrets included) and the
+        # logs their output. The state dir stays traversable so that people can reach
+        # their own local clusters (each 0700, theirs) and, by default, the socket (0600).
+        os.umask(0o077)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(cfg.state_dir, 0o711)
+        cfg.logs_dir.mkdir(parents=True, exist_ok=True)
+        for path in (cfg.db_path, *(cfg.db_path.with_name(cfg.db_path.name + s)
+                                    for s in ("-wal", "-shm"))):
+            if path.exists():
+                os.chmod(path, 0o600)       # tighten files made by an older version
         await self.store.open()
         await self.state.load()
         await self.pool.start()
@@ -126,6 +136,9 @@ class Daemon:
             pass
         finally:
             self._sessions.discard(task)
+
+    def is_admin(self, uid: int) -> bool:
+        return is_admin(uid, self._admin_gid)
 
     def info(self, caller: Caller) -> protocol.ServerInfo:
         s = self.scheduler

@@ -26,16 +26,20 @@ def peer_caller(sock: socket.socket, admin_gid: int | None) -> Caller:
     _pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                   _CRED.size))
     name, _, home = user_identity(uid)
-    admin = uid == 0 or uid == os.geteuid() or (admin_gid is not None and _in_group(name, gid,
-                                                                                    admin_gid))
-    return Caller(uid=uid, gid=gid, user=name, home=home, admin=admin)
+    return Caller(uid=uid, gid=gid, user=name, home=home, admin=is_admin(uid, admin_gid))
 
 
-def _in_group(user: str, gid: int, group_gid: int) -> bool:
-    if gid == group_gid:
+def is_admin(uid: int, admin_gid: int | None) -> bool:
+    """Root, the daemon's own user, and members of the admin group."""
+    if uid == 0 or uid == os.geteuid():
+        return True
+    if admin_gid is None:
+        return False
+    name, gid, _ = user_identity(uid)
+    if gid == admin_gid:
         return True
     try:
-        return user in grp.getgrgid(group_gid).gr_mem
+        return name in grp.getgrgid(admin_gid).gr_mem
     except KeyError:
         return False
 

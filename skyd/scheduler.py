@@ -136,9 +136,12 @@ class Scheduler:
     def log_path(self, request_id: str) -> Path:
         return self.logs_dir / f"{request_id}.log"
 
-    def queued_launch(self, cluster: str) -> bool:
-        return any(isinstance(r.op, protocol.Launch) and r.record.cluster == cluster
-                   for r in self.long_pending.values())
+    def queued_launch_owner(self, cluster: str) -> int | None:
+        """The uid whose queued (or running) launch will create `cluster`, if any."""
+        for r in (*self.long_running.values(), *self.long_pending.values()):
+            if isinstance(r.op, protocol.Launch) and r.record.cluster == cluster:
+                return r.record.uid
+        return None
 
     # ---- long requests -------------------------------------------------------------------
 
@@ -147,7 +150,7 @@ class Scheduler:
         if not self.accepting:
             raise SkydError(ErrorCode.UNAVAILABLE, "the server is shutting down",
                             "retry in a few seconds")
-        op = self.state.check_submit(op, caller.uid, caller.admin, self.queued_launch)
+        op = self.state.check_submit(op, caller.uid, caller.admin, self.queued_launch_owner)
         record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
                                queue=Queue.LONG, status=Status.PENDING, user=caller.user,
                                uid=caller.uid, created_at=time.time(),

@@ -25,7 +25,8 @@ from skyd.logs import Topic
 from skyd import protocol
 from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, SkydError
 from skyd.store import Store
-from skyd.taskspec import Task, infra_kind, parse_amount
+from skyd.hardware import Hardware
+from skyd.taskspec import Task, TaskError, infra_kind, normalise, parse_amount
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
 
 log = logging.getLogger("skyd.state")
@@ -47,9 +48,12 @@ class LiveJob:
 
 
 class ClusterState:
-    def __init__(self, store: Store, state_dir: str):
+    def __init__(self, store: Store, state_dir: str, host: Hardware,
+                 is_admin: Callable[[int], bool]):
         self.store = store
         self.state_dir = state_dir
+        self.host = host              # what a local node has
+        self.is_admin = is_admin
         self.clusters: dict[str, ClusterEntry] = {}
         self.jobs: dict[tuple[str, int], LiveJob] = {}    # jobs not yet finished
         self._closing = False
@@ -64,6 +68,9 @@ class ClusterState:
             self.jobs[(record.cluster, record.job_id)] = live
             if live.handle is not None:
                 self._watch(live)
+
+    def check_fits_local(self, task: Task) -> None:
+        check_fits_local(self.host, task)
 
     # ---- clusters ----------------------------------------------------------------------
 
@@ -198,8 +205,14 @@ class ClusterState:
     # ---- what a long request needs before it runs ----------------------------------------
 
     def check_submit(self, op: protocol.Op, uid: int, admin: bool,
-                     queued_launch: Callable[[str], bool]) -> protocol.Op:
-        """Refuse at submission what can never run; name a launch's cluster if unnamed."""
+                     queued_launch_owner: Callable[[str], int | None]) -> protocol.Op:
+        """Refuse at submission what can never run; name a launch's cluster if unnamed.
+        The task is validated again here: the daemon trusts no client's checks."""
+        if isinstance(op, (protocol.Launch, protocol.Exec)):
+            try:
+                op = msgspec.structs.replace(op, task=normalise(op.task))
+            except TaskError as e:
+                raise SkydError(ErrorCode.INVALID_TASK, f"invalid task: {e}") from None
         if isinstance(op, protocol.Launch):
             kind, _ = infra_kind(op.task.resources.infra)
             if kind != "local":
@@ -209,22 +222,37 @@ class ClusterState:
             if op.cluster is None:
                 op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
             check_cluster_name(op.cluster)
+            self._check_owner(op.cluster, uid, admin, queued_launch_owner)
             entry = self.clusters.get(op.cluster)
-            if entry is not None:
-                self.require(op.cluster, uid, admin)
-                if entry.record.num_nodes != op.task.num_nodes:
-                    raise SkydError(ErrorCode.CONFLICT,
-                                    f"cluster {op.cluster!r} has {entry.record.num_nodes} node(s); "
-                                    f"the task asks for {op.task.num_nodes}",
-                                    "use another cluster name, or down this one first")
-            check_fits_local(op.task)
+            if entry is not None and entry.record.num_nodes != op.task.num_nodes:
+                raise SkydError(ErrorCode.CONFLICT,
+                                f"cluster {op.cluster!r} has {entry.record.num_nodes} node(s); "
+                                f"the task asks for {op.task.num_nodes}",
+                                "use another cluster name, or down this one first")
+            self.check_fits_local(op.task)
             return op
         name = op.target_cluster()
         if name is not None:
-            if name not in self.clusters and queued_launch(name):
-                return op       # its launch is queued ahead of it
-            self.require(name, uid, admin)
+            self._check_owner(name, uid, admin, queued_launch_owner, must_exist=True)
         return op
+
+    def _check_owner(self, name: str, uid: int, admin: bool,
+                     queued_launch_owner: Callable[[str], int | None],
+                     must_exist: bool = False) -> None:
+        """A cluster, or the queued launch that will create it, belongs to one person."""
+        if name in self.clusters:
+            self.require(name, uid, admin)
+            return
+        owner = queued_launch_owner(name)
+        if owner is None:
+            if must_exist:
+                self.require(name, uid, admin)      # raises NOT_FOUND
+            return
+        if owner != uid and not admin:
+            from skyd.worker import user_identity
+            raise SkydError(ErrorCode.PERMISSION_DENIED,
+                            f"cluster {name!r} belongs to {user_identity(owner)[0]} "
+                            "(its launch is queued)")
 
     async def prepare(self, op: protocol.Op, req: protocol.RequestRecord
                       ) -> tuple[ClusterRecord | None, list[JobEntry]]:
@@ -243,6 +271,10 @@ class ClusterState:
                 entry = self.clusters[name]
         if entry is None:
             raise SkydError(ErrorCode.NOT_FOUND, f"cluster {name!r} does not exist")
+        if entry.record.uid != req.uid and not self.is_admin(req.uid):
+            # Checked at submission too; the owner may have changed since (down + launch).
+            raise SkydError(ErrorCode.PERMISSION_DENIED,
+                            f"cluster {name!r} belongs to {entry.record.user}")
         if isinstance(op, (protocol.Launch, protocol.Exec)):
             if isinstance(op, protocol.Exec) and entry.record.status != "UP":
                 raise SkydError(ErrorCode.CONFLICT,
@@ -282,10 +314,8 @@ def describe_resources(task: Task) -> str:
     return ", ".join(parts) or "-"
 
 
-def check_fits_local(task: Task) -> None:
+def check_fits_local(hw, task: Task) -> None:
     """A local node is this host: refuse requests it can never satisfy."""
-    from skyd import hardware
-    hw = hardware.detect()
     cpus = parse_amount("cpus", task.resources.cpus)
     if cpus is not None and not cpus.fits(hw.cpus):
         raise SkydError(ErrorCode.INVALID_TASK,

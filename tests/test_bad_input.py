@@ -219,12 +219,6 @@ def test_a_real_oversized_launch_through_the_cli_exits_2(make_daemon, workdir):
     assert_serving(d)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a request frame larger than the socket buffers is reported as 'the daemon closed "
-    "the connection before accepting the request' (exit 4, unreachable) instead of TOO_LARGE "
-    "(exit 2): session.Session._read answers TOO_LARGE and closes without draining the body, "
-    "while skyctl.connection.Connection.submit only reads after sendall() of the whole "
-    "frame, which fails with EPIPE; the TOO_LARGE frame already sent is never read"))
 def test_an_oversized_launch_bigger_than_the_socket_buffers_still_says_too_large(
         make_daemon, workdir):
     d = make_daemon("--max-frame", "65536")
@@ -371,35 +365,15 @@ def test_missing_task_file_exits_2(daemon, workdir):
 
 
 # ---- tasks the client would refuse, sent straight over the wire ---------------------------------
-# taskspec: "the daemon validates it again when the frame arrives". A raw client can skip
-# skyctl's checks; the daemon must refuse such a task as INVALID_TASK before accepting it.
-
-_WIRE_BUG = ("BUG: skyd never runs taskspec.normalise() on a task from the wire "
-             "(session.py/state.check_submit); ")
-
+# The daemon validates a task again when the frame arrives: a raw client can skip skyctl's
+# checks; the daemon must refuse such a task as INVALID_TASK before accepting it.
 
 @pytest.mark.parametrize("task", [
-    pytest.param(Task(run="echo hi", resources=Resources(infra="gcp")), id="unknown-infra",
-                 marks=pytest.mark.xfail(strict=True, reason=_WIRE_BUG + (
-                     "state.check_submit calls infra_kind() which raises TaskError, a "
-                     "ValueError, not SkydError: the client gets INTERNAL 'this is a bug in "
-                     "skyd' instead of INVALID_TASK"))),
-    pytest.param(Task(run="echo hi", resources=Resources(cpus="lots")), id="bad-cpus",
-                 marks=pytest.mark.xfail(strict=True, reason=_WIRE_BUG + (
-                     "state.check_fits_local calls parse_amount() which raises TaskError: "
-                     "INTERNAL instead of INVALID_TASK"))),
-    pytest.param(Task(name="idle"), id="neither-run-nor-setup",
-                 marks=pytest.mark.xfail(strict=True, reason=_WIRE_BUG + (
-                     "a task with neither run nor setup is accepted and creates a cluster"))),
-    pytest.param(Task(run="echo hi", num_nodes=0), id="zero-nodes",
-                 marks=pytest.mark.xfail(strict=True, reason=_WIRE_BUG + (
-                     "num_nodes=0 is accepted: a 0-node cluster is created UP and job 1 "
-                     "'starts' on no node"))),
-    pytest.param(Task(run="echo hi", envs={"A=B": "1"}), id="bad-env-name",
-                 marks=pytest.mark.xfail(strict=True, reason=_WIRE_BUG + (
-                     "an invalid env name is accepted; the launch then fails in the worker "
-                     "with INTERNAL 'ValueError: illegal environment variable name' and "
-                     "leaves the cluster in INIT"))),
+    pytest.param(Task(run="echo hi", resources=Resources(infra="gcp")), id="unknown-infra"),
+    pytest.param(Task(run="echo hi", resources=Resources(cpus="lots")), id="bad-cpus"),
+    pytest.param(Task(name="idle"), id="neither-run-nor-setup"),
+    pytest.param(Task(run="echo hi", num_nodes=0), id="zero-nodes"),
+    pytest.param(Task(run="echo hi", envs={"A=B": "1"}), id="bad-env-name"),
 ])
 def test_task_the_client_would_refuse_is_invalid_task_on_the_wire(daemon, task):
     before = long_ids(daemon)
@@ -503,32 +477,36 @@ def test_request_id_matching_nothing_or_not_hex(daemon):
 
 
 def test_ambiguous_request_prefix_lists_the_candidates(daemon):
-    ids: list[str] = []
+    # Synchronous launches, and no polling: every short request (api status...) is kept in
+    # a ring that prefixes also match, so make none before the ambiguous lookups.
     by_first: dict[str, str] = {}
     pair = None
     for i in range(17):                        # 16 hex digits: 17 ids must share one
-        rid = daemon.submit_async(setup_only(f"amb{i}"))
-        ids.append(rid)
+        msgs = daemon.frames(setup_only(f"amb{i}"))
+        assert isinstance(msgs[-1], Result) and msgs[-1].status is Status.SUCCEEDED, msgs
+        rid = msgs[0].request_id
         if rid[0] in by_first:
             pair = (by_first[rid[0]], rid)
             break
         by_first[rid[0]] = rid
     assert pair is not None
-    for rid in ids:
-        assert daemon.wait_request(rid).status is Status.SUCCEEDED
     prefix = pair[0][0]
+    # At most 2 long + 3 short requests can match below: the listing (5) shows both ids.
     for op in (protocol.ApiStatus(request_ids=[prefix]), protocol.ApiLogs(request_id=prefix),
                protocol.ApiCancel(request_ids=[prefix])):
         msgs = daemon.frames(op)
         err = msgs[-1]
-        assert isinstance(err, Error) and err.code is ErrorCode.AMBIGUOUS, (op, msgs)
+        assert len(msgs) == 1 and isinstance(err, Error), (op, msgs)
+        assert err.code is ErrorCode.AMBIGUOUS, (op, err)
+        assert f"{prefix!r} matches" in err.message
         assert pair[0] in err.message and pair[1] in err.message, err
         assert "more of the id" in err.hint
     p = daemon.skyctl("api", "status", prefix)
-    assert p.returncode == 2 and "matches" in p.stderr and pair[0] in p.stderr, p.stderr
-    # A longer prefix resolves to exactly one.
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "matches" in p.stderr and pair[0] in p.stderr and pair[1] in p.stderr, p.stderr
+    # A longer prefix resolves to exactly one; nothing was cancelled.
     recs = daemon.call(protocol.ApiStatus(request_ids=[pair[1][:8]]))
-    assert [r.id for r in recs] == [pair[1]]
+    assert [(r.id, r.status) for r in recs] == [(pair[1], Status.SUCCEEDED)]
 
 
 def test_cancel_of_a_finished_request_is_conflict(daemon):

@@ -96,3 +96,51 @@ def test_ctrl_c_detaches_and_says_how_to_reattach(daemon, workdir):
     # detaching cancels nothing
     from skyd import protocol
     assert daemon.call(protocol.JobQueue(cluster="cc"))[0].status == "RUNNING"
+
+
+def test_shell_runs_commands_with_completion(daemon):
+    """The interactive shell on a real pseudo-terminal: Tab completes, commands run."""
+    import pty
+    import select
+    import time
+    daemon.skyctl("launch", "-c", "shellc", "-d", "true", check=True)
+    import fcntl
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))
+    env = dict(os.environ, SKYD_HOST=daemon.host, NO_COLOR="1", TERM="xterm",
+               HOME=str(daemon.state_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "skyctl", "shell"], stdin=slave, stdout=slave,
+                            stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(needle: bytes, timeout: float = 15) -> bool:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        return needle in seen
+
+    try:
+        assert read_until(b"skyctl>"), seen[-2000:]
+        os.write(master, b"queue shel")
+        time.sleep(0.5)
+        os.write(master, b"\t")
+        assert read_until(b"queue shellc"), seen[-300:]     # Tab completed the cluster
+        os.write(master, b"\r")
+        assert read_until(b"Job queue of cluster shellc"), seen[-300:]
+        os.write(master, b"api info\r")
+        assert read_until(b"long queue:")
+        os.write(master, b"exit\r")
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)

@@ -48,8 +48,12 @@ def prepare_cluster_dir(state_dir: str | Path, name: str, uid: int, gid: int) ->
     """Run before the worker drops privileges: the sandbox belongs to the requester."""
     root = cluster_root(state_dir)
     root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711)     # owners reach their own cluster; nobody lists the others
     d = root / name
-    d.mkdir(mode=0o700, exist_ok=True)
+    try:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        return d              # it keeps the owner it was created for
     if os.geteuid() == 0:
         os.chown(d, uid, gid)
     return d
