@@ -47,9 +47,9 @@ class Topic:
 class RequestLog:
     """The append-only log of one running request; the daemon is its only writer."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, topic: Topic):
         self.path = path
-        self.topic = Topic()
+        self.topic = topic            # the request's: its followers wake on every append
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def append(self, data: bytes) -> None:

@@ -200,7 +200,7 @@ class Scheduler:
 
     async def _run_long(self, req: Request) -> None:
         rec = req.record
-        req.log = RequestLog(self.log_path(rec.id))
+        req.log = RequestLog(self.log_path(rec.id), req.topic)
         try:
             cluster, jobs = await self.state.prepare(req.op, rec)
         except SkydError as e:
@@ -372,8 +372,10 @@ class Scheduler:
                 if type(op).idempotent:
                     rec.status, rec.started_at = Status.PENDING, None
                     self.store.mark_pending(rec.id)
-                    RequestLog(self.log_path(rec.id)).line(
-                        "the server restarted while this ran; running it again (it is idempotent)")
+                    note = RequestLog(self.log_path(rec.id), req.topic)
+                    note.line("the server restarted while this ran; running it again "
+                              "(it is idempotent)")
+                    note.close()
                     rerun += 1
                 else:
                     await self._finish_stale(req)
@@ -387,7 +389,7 @@ class Scheduler:
         return requeued, rerun, failed
 
     async def _finish_stale(self, req: Request) -> None:
-        req.log = RequestLog(self.log_path(req.record.id))
+        req.log = RequestLog(self.log_path(req.record.id), req.topic)
         await self._finish(req, Status.FAILED, error=Error(
             ErrorCode.FAILED, INTERRUPTED, "it was not re-run because it is not idempotent; "
             "submit it again if needed"))

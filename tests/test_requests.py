@@ -134,3 +134,20 @@ def test_logs_follow_streams_while_running(daemon, workdir):
     assert p.returncode == 0
     assert p.stdout == "line-1\nline-2\nline-3\n"
     assert time.monotonic() - start < 10
+
+
+def test_request_log_reaches_a_follower_while_the_request_runs(daemon):
+    """Followers are woken by each append, not by the request's end."""
+    from skyd.taskspec import Task
+    op = protocol.Launch(task=Task(setup="echo early-line; sleep 3"), cluster="live")
+    with daemon.connect() as conn:
+        rid = None
+        for msg in conn.submit(op):
+            if isinstance(msg, protocol.Accepted):
+                rid = msg.request_id
+            if isinstance(msg, protocol.Chunk) and b"early-line" in msg.data:
+                # the request is still running when its first output arrives
+                assert daemon.request(rid).status is protocol.Status.RUNNING
+                break
+        else:
+            raise AssertionError("the setup's output never arrived")
