@@ -121,6 +121,9 @@ class Scheduler:
         self.long_pending: dict[str, Request] = {}     # insertion order is FIFO order
         self.long_running: dict[str, Request] = {}
         self.long_peak = 0
+        # Long requests pending or running, per cluster (None: no cluster): lets a
+        # submission behind a busy cluster skip the dispatch scan altogether.
+        self._cluster_load: collections.Counter[str | None] = collections.Counter()
         self.short_live: dict[str, Request] = {}
         self.short_ring: collections.deque[RequestRecord] = collections.deque(maxlen=SHORT_RING)
         self._tasks: set[asyncio.Task] = set()
@@ -161,13 +164,18 @@ class Scheduler:
         ahead = len(self.long_pending) + max(0, len(self.long_running) - self.long_slots + 1)
         self.long_pending[record.id] = req
         self.counters["long_accepted"] += 1
-        self._dispatch()
+        free = record.cluster is None or record.cluster not in self._cluster_load
+        self._cluster_load[record.cluster] += 1
+        if free:
+            self._dispatch()    # else it waits behind its cluster: nothing new could start
         return req, ahead
 
     def _dispatch(self) -> None:
         if len(self.long_running) >= self.long_slots or not self.long_pending:
             return
         busy = {r.record.cluster for r in self.long_running.values() if r.record.cluster}
+        if None not in self._cluster_load and len(busy) == len(self._cluster_load):
+            return              # every pending request waits behind a busy cluster
         for req in list(self.long_pending.values()):
             if len(self.long_running) >= self.long_slots:
                 break
@@ -185,11 +193,18 @@ class Scheduler:
 
     def _release_long(self, req: Request) -> None:
         self.long_running.pop(req.record.id, None)
+        self._unload(req)
         if not req.done.done():
             # The task died without recording an outcome (a bug): never leave a waiter hanging.
             log.error("request %s ended without an outcome", req.record.id)
             req.done.set_result(None)
         self._dispatch()
+
+    def _unload(self, req: Request) -> None:
+        cluster = req.record.cluster
+        self._cluster_load[cluster] -= 1
+        if self._cluster_load[cluster] <= 0:
+            del self._cluster_load[cluster]
 
     def _spawn(self, coro: Awaitable, on_done: Callable[[asyncio.Task], None] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -301,6 +316,7 @@ class Scheduler:
         rid = req.record.id
         if rid in self.long_pending:
             del self.long_pending[rid]
+            self._unload(req)
             await self._finish(req, Status.CANCELLED)
             self._dispatch()
             return True
@@ -384,6 +400,7 @@ class Scheduler:
             else:
                 requeued += 1
             self.long_pending[rec.id] = req
+            self._cluster_load[rec.cluster] += 1
         await self.store.flush()
         self._dispatch()
         return requeued, rerun, failed

@@ -28,11 +28,18 @@ async def status(d: "Daemon", caller: Caller, op: ClusterStatus) -> list[Cluster
 
 
 async def _jobs(d: "Daemon", cluster: str) -> list[JobRecord]:
-    stored = {j.job_id: j for j in await d.store.jobs_of(cluster)}
-    for (c, jid), live in d.state.jobs.items():
-        if c == cluster:
-            stored[jid] = live.record        # memory is ahead of the last commit
-    return sorted(stored.values(), key=lambda j: j.job_id, reverse=True)
+    # Memory is ahead of the last commit, but a job may end while the store is read:
+    # of the two records, keep the one further along its life.
+    live = {jid: j.record for (c, jid), j in d.state.jobs.items() if c == cluster}
+    merged = {j.job_id: j for j in await d.store.jobs_of(cluster)}
+    for jid, rec in live.items():
+        if jid not in merged or _progress(rec) >= _progress(merged[jid]):
+            merged[jid] = rec
+    return sorted(merged.values(), key=lambda j: j.job_id, reverse=True)
+
+
+def _progress(job: JobRecord) -> int:
+    return 3 if job.status in JOB_FINISHED else {"RUNNING": 2, "SETTING_UP": 1}.get(job.status, 0)
 
 
 async def queue(d: "Daemon", caller: Caller, op: JobQueue) -> list[JobRecord]:
