@@ -380,6 +380,7 @@ class Scheduler:
         """Queue again what was pending, in its original order; re-run what was running
         if that is safe, fail it otherwise. Returns (requeued, rerun, failed)."""
         requeued = rerun = failed = 0
+        writes = []
         for stored in await self.store.active_requests():
             op = _op_dec.decode(stored.op)
             req = Request(stored.record, op, stored.op)
@@ -387,7 +388,7 @@ class Scheduler:
             if rec.status is Status.RUNNING:
                 if type(op).idempotent:
                     rec.status, rec.started_at = Status.PENDING, None
-                    self.store.mark_pending(rec.id)
+                    writes.append(self.store.mark_pending(rec.id))   # committed together
                     note = RequestLog(self.log_path(rec.id), req.topic)
                     note.line("the server restarted while this ran; running it again "
                               "(it is idempotent)")
@@ -401,7 +402,7 @@ class Scheduler:
                 requeued += 1
             self.long_pending[rec.id] = req
             self._cluster_load[rec.cluster] += 1
-        await self.store.flush()
+        await asyncio.gather(*writes)
         self._dispatch()
         return requeued, rerun, failed
 

@@ -112,8 +112,8 @@ class ClusterState:
                         user=user, uid=uid, submitted_at=time.time(), request_id=request_id)
         entry.next_job_id += 1
         self.jobs[(cluster, job.job_id)] = LiveJob(job)
-        self.store.save_cluster(entry.record, entry.next_job_id)
-        await self.store.save_job(job, None)
+        await asyncio.gather(self.store.save_cluster(entry.record, entry.next_job_id),
+                             self.store.save_job(job, None))    # one commit
         return job
 
     def job_of_request(self, request_id: str) -> LiveJob | None:

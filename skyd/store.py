@@ -332,8 +332,8 @@ class Store:
              c.resources, _enc.encode(c.nodes), c.status_reason, next_job_id))
 
     def delete_cluster(self, name: str) -> asyncio.Future:
-        self._write("DELETE FROM jobs WHERE cluster = ?", (name,))
-        return self._write("DELETE FROM clusters WHERE name = ?", (name,))
+        return asyncio.gather(self._write("DELETE FROM jobs WHERE cluster = ?", (name,)),
+                              self._write("DELETE FROM clusters WHERE name = ?", (name,)))
 
     async def load_clusters(self) -> list[tuple[ClusterRecord, int]]:
         rows = await self._all(

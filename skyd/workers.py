@@ -91,8 +91,9 @@ class Worker:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.proc.sentinel)
             self._exited.cancel()
-        with contextlib.suppress(Exception):
-            self.proc.close() if self.proc.exitcode is not None else None
+        if self.proc.exitcode is not None:
+            with contextlib.suppress(ValueError):
+                self.proc.close()         # frees its sentinel fd
 
 
 class WorkerPool:

@@ -106,14 +106,10 @@ def launch(ctx: WorkerContext) -> LaunchResult:
         nodes = local.provision(a.state_dir, cluster.name, cluster.num_nodes)
         cluster = msgspec.structs.replace(cluster, nodes=nodes, status="INIT")
         ctx.send(SaveCluster(cluster))
-        with_setup = True
     else:
         ctx.say(f"Reusing cluster {cluster.name} (UP).")
-        with_setup = True  # SkyPilot runs setup again on a re-launch
-    try:
-        job_id = _run_task(ctx, op.task, cluster, with_setup)
-    except SkydError:
-        raise
+    # As in SkyPilot, a launch runs setup again, also on a cluster that is already up.
+    job_id = _run_task(ctx, op.task, cluster, with_setup=True)
     if cluster.status != "UP":
         cluster = msgspec.structs.replace(cluster, status="UP", status_reason="",
                                           last_use=time.time())
