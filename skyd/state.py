@@ -12,18 +12,16 @@ import contextlib
 import logging
 import re
 import secrets
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import msgspec
 
-from skyd.infra import local
-from skyd.infra.base import JobHandle, handle_dec
+from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec
 from skyd.logs import Topic
 from skyd import protocol
-from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, SkydError
+from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, NodeInfo, SkydError
 from skyd.store import Store
 from skyd.hardware import Hardware
 from skyd.taskspec import Task, TaskError, infra_kind, normalise, parse_amount
@@ -163,17 +161,19 @@ class ClusterState:
         live.watcher = asyncio.get_running_loop().create_task(
             self._watch_job(live), name=f"job-{live.record.cluster}-{live.record.job_id}")
 
+    def infra_of(self, cluster: str) -> tuple[Infra, list[NodeInfo]]:
+        entry = self.clusters.get(cluster)
+        if entry is None:
+            return get_infra("local"), []
+        return get_infra(entry.record.infra), entry.record.nodes
+
     async def _watch_job(self, live: LiveJob) -> None:
         assert live.handle is not None
-        while True:
-            outcome = local.job_outcome(live.handle)
-            if outcome is not None:
-                break
-            await local.wait_exit(live.handle)
-            await asyncio.sleep(0)
+        infra, nodes = self.infra_of(live.record.cluster)
+        outcome = await infra.wait_outcome(live.handle, nodes)
         if outcome.status == "FAILED":
             # One node failed: the job has failed; stop its other nodes.
-            local.signal_job(live.handle, signal.SIGKILL)
+            await infra.kill(live.handle, nodes)
         rec = msgspec.structs.replace(live.record, status=outcome.status,
                                       exit_code=outcome.exit_code, ended_at=time.time())
         await self.save_job(rec, None)
@@ -185,9 +185,8 @@ class ClusterState:
         if live.handle is None:
             # Not started yet (its launch/exec is still queued or setting up).
             return False
-        local.mark_cancelled(live.handle)
-        local.signal_job(live.handle, signal.SIGTERM)
-        asyncio.get_running_loop().call_later(3.0, local.signal_job, live.handle, signal.SIGKILL)
+        infra, nodes = self.infra_of(cluster)
+        await infra.cancel(live.handle, nodes)
         return True
 
     def job_topic(self, cluster: str, job_id: int) -> Topic | None:

@@ -25,7 +25,7 @@ from skyd.workerproto import Assignment, WorkerMsg
 
 log = logging.getLogger("skyd.workers")
 
-PRELOAD = ["skyd.worker", "skyd.ops.clusters", "skyd.infra.local"]
+PRELOAD = ["skyd.worker", "skyd.ops.clusters", "skyd.infra.local", "skyd.infra.ssh"]
 _msg_dec = msgspec.msgpack.Decoder(WorkerMsg)
 
 

@@ -1,15 +1,12 @@
-"""What every infra provides, and the job handle they share.
-
-Blocking methods run in long-request worker processes; `job_outcome`, `cancel_job`,
-`wait_exit` and `log_sources` are cheap enough for the daemon's loop (a few syscalls
-or small file reads on the local infra).
-"""
+"""What every infra provides (`Infra`), and the job handle they share."""
 
 from __future__ import annotations
 
+from typing import AsyncIterator, Awaitable, Callable, Mapping
+
 import msgspec
 
-from skyd.protocol import NodeInfo
+from skyd.protocol import ClusterRecord, NodeInfo
 
 
 class NodeProc(msgspec.Struct):
@@ -37,3 +34,81 @@ handle_dec = msgspec.msgpack.Decoder(JobHandle)
 
 def node_ips(nodes: list[NodeInfo]) -> str:
     return "\n".join(n.ip for n in sorted(nodes, key=lambda n: n.rank))
+
+
+class Infra:
+    """Where a cluster's nodes live. Blocking methods run in a worker process; the
+    async ones run in the daemon's loop and must never block it."""
+
+    kind = "?"
+
+    # ---- worker side (blocking) -----------------------------------------------------
+    def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
+        raise NotImplementedError
+
+    def sync_workdir(self, nodes: list[NodeInfo], src: str) -> None:
+        raise NotImplementedError
+
+    def sync_file_mounts(self, nodes: list[NodeInfo], mounts: Mapping[str, str]) -> None:
+        raise NotImplementedError
+
+    def run_setup(self, nodes: list[NodeInfo], script: str,
+                  envs: Callable[[NodeInfo], dict]) -> None:
+        raise NotImplementedError
+
+    def start_job(self, nodes: list[NodeInfo], job_id: int, run: str,
+                  envs: Callable[[NodeInfo], dict]) -> JobHandle:
+        raise NotImplementedError
+
+    def stop_jobs(self, nodes: list[NodeInfo], handles: list[JobHandle]) -> None:
+        """Cancel these jobs and return once they are gone (SIGTERM, then SIGKILL)."""
+        raise NotImplementedError
+
+    def teardown(self, state_dir: str, cluster: ClusterRecord) -> None:
+        raise NotImplementedError
+
+    # ---- daemon side (async) ----------------------------------------------------------
+    async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
+        """Return how the job ended, once it has."""
+        raise NotImplementedError
+
+    async def cancel(self, handle: JobHandle, nodes: list[NodeInfo]) -> None:
+        raise NotImplementedError
+
+    async def kill(self, handle: JobHandle, nodes: list[NodeInfo]) -> None:
+        """What is left of a job one of whose nodes failed."""
+        raise NotImplementedError
+
+    def follow_log(self, handle: JobHandle, nodes: list[NodeInfo], offset: int, follow: bool,
+                   finished: Callable[[], bool],
+                   wait_change: Callable[[float], Awaitable[None]]) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+
+def rank_prefix(rank: int, num_nodes: int) -> bytes:
+    return f"(node-{rank}) ".encode() if num_nodes > 1 else b""
+
+
+def pump_lines(stream, prefix: bytes, tail: list[bytes], out, keep: int = 20) -> None:
+    """Copy a child's output to `out` line by line with a prefix, keeping the last lines."""
+    for line in iter(stream.readline, b""):
+        tail.append(line)
+        del tail[:-keep]
+        out.write(prefix + line)
+        out.flush()
+
+
+_INFRAS: dict[str, Infra] = {}
+
+
+def register(infra: Infra) -> None:
+    _INFRAS[infra.kind] = infra
+
+
+def get_infra(kind: str) -> Infra:
+    if kind not in _INFRAS:
+        if kind == "local":
+            import skyd.infra.local  # noqa: F401 - registers itself
+        elif kind == "ssh":
+            import skyd.infra.ssh  # noqa: F401 - registers itself
+    return _INFRAS[kind]

@@ -18,12 +18,16 @@ import threading
 from pathlib import Path
 from typing import Callable, Mapping
 
-from skyd.infra.base import JobHandle, NodeProc, Outcome
-from skyd.protocol import ErrorCode, NodeInfo, SkydError
+import signal
+import time
+
+from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, pump_lines, rank_prefix,
+                             register)
+from skyd.logs import follow_files
+from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 LOCAL_IP = "127.0.0.1"
 WORKDIR = "sky_workdir"
-_TAIL_LINES = 20
 
 # The runner: run the user's script, then record how it ended. Cancel writes the
 # `cancelled` marker first, then signals the whole session.
@@ -93,14 +97,6 @@ def sync_file_mounts(nodes: list[NodeInfo], mounts: Mapping[str, str]) -> None:
                 shutil.copy2(source, dst)
 
 
-def _pump(stream, prefix: bytes, tail: list[bytes]) -> None:
-    for line in iter(stream.readline, b""):
-        tail.append(line)
-        del tail[:-_TAIL_LINES]
-        sys.stdout.buffer.write(prefix + line)
-        sys.stdout.buffer.flush()
-
-
 def run_setup(nodes: list[NodeInfo], script: str, envs: Callable[[NodeInfo], dict]) -> None:
     """Run setup on every node at once; fail with where and how if any node fails."""
     procs = []
@@ -108,9 +104,10 @@ def run_setup(nodes: list[NodeInfo], script: str, envs: Callable[[NodeInfo], dic
         p = subprocess.Popen(["bash", "-c", script], cwd=Path(n.path) / WORKDIR, env=envs(n),
                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
-        prefix = f"(node-{n.rank}) ".encode() if len(nodes) > 1 else b""
         tail: list[bytes] = []
-        t = threading.Thread(target=_pump, args=(p.stdout, prefix, tail), daemon=True)
+        t = threading.Thread(target=pump_lines, daemon=True,
+                             args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
+                                   sys.stdout.buffer))
         t.start()
         procs.append((n, p, t, tail))
     failures = []
@@ -120,11 +117,14 @@ def run_setup(nodes: list[NodeInfo], script: str, envs: Callable[[NodeInfo], dic
         if rc != 0:
             failures.append((n, rc, tail))
     if failures:
-        n, rc, tail = failures[0]
-        last = b"".join(tail).decode(errors="replace").rstrip()
-        raise SkydError(ErrorCode.FAILED,
-                        f"setup failed on node {n.rank} ({n.host}) with exit status {rc}",
-                        f"last lines of output:\n{last}" if last else "")
+        raise setup_failed(*failures[0])
+
+
+def setup_failed(n: NodeInfo, rc: int, tail: list[bytes]) -> SkydError:
+    last = b"".join(tail).decode(errors="replace").rstrip()
+    return SkydError(ErrorCode.FAILED,
+                     f"setup failed on node {n.rank} ({n.host}) with exit status {rc}",
+                     f"last lines of output:\n{last}" if last else "")
 
 
 def start_job(nodes: list[NodeInfo], job_id: int, run: str,
@@ -251,7 +251,62 @@ async def wait_exit(handle: JobHandle) -> None:
 
 def log_sources(handle: JobHandle) -> list[tuple[bytes, str]]:
     """(line prefix, log path) per node; no prefix for a single node."""
-    if len(handle.nodes) == 1:
-        return [(b"", handle.nodes[0].log)]
-    return [(f"(node-{np.rank}) ".encode(), np.log) for np in handle.nodes]
+    return [(rank_prefix(np.rank, len(handle.nodes)), np.log) for np in handle.nodes]
 
+
+
+def _stop_jobs(handles: list[JobHandle], grace: float = 3.0) -> None:
+    for h in handles:
+        mark_cancelled(h)
+        signal_job(h, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(job_outcome(h) is None for h in handles):
+        time.sleep(0.05)
+    for h in handles:
+        signal_job(h, signal.SIGKILL)
+
+
+class LocalInfra(Infra):
+    kind = "local"
+
+    def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
+        return provision(state_dir, cluster.name, cluster.num_nodes)
+
+    def sync_workdir(self, nodes, src):
+        sync_workdir(nodes, src)
+
+    def sync_file_mounts(self, nodes, mounts):
+        sync_file_mounts(nodes, mounts)
+
+    def run_setup(self, nodes, script, envs):
+        run_setup(nodes, script, envs)
+
+    def start_job(self, nodes, job_id, run, envs):
+        return start_job(nodes, job_id, run, envs)
+
+    def stop_jobs(self, nodes, handles):
+        _stop_jobs(handles)
+
+    def teardown(self, state_dir, cluster):
+        teardown(state_dir, cluster.name)
+
+    async def wait_outcome(self, handle, nodes):
+        while True:
+            outcome = job_outcome(handle)
+            if outcome is not None:
+                return outcome
+            await wait_exit(handle)
+
+    async def cancel(self, handle, nodes):
+        mark_cancelled(handle)
+        signal_job(handle, signal.SIGTERM)
+        asyncio.get_running_loop().call_later(3.0, signal_job, handle, signal.SIGKILL)
+
+    async def kill(self, handle, nodes):
+        signal_job(handle, signal.SIGKILL)
+
+    def follow_log(self, handle, nodes, offset, follow, finished, wait_change):
+        return follow_files(log_sources(handle), offset, follow, finished, wait_change)
+
+
+register(LocalInfra())

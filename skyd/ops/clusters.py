@@ -8,13 +8,11 @@ instead of repeated.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import msgspec
 
-from skyd.infra import local
-from skyd.infra.base import JobHandle, handle_dec, handle_enc, node_ips
+from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
 from skyd.taskspec import Task
@@ -67,19 +65,20 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
                               or entry.record.status in JOB_FINISHED):
         ctx.say(f"Job {entry.record.job_id} was already started; not starting it again.")
         return entry.record.job_id
+    infra = get_infra(cluster.infra)
     if task.workdir:
         ctx.say(f"Syncing workdir {task.workdir} to {cluster.num_nodes} node(s)...")
-        local.sync_workdir(cluster.nodes, task.workdir)
+        infra.sync_workdir(cluster.nodes, task.workdir)
     if task.file_mounts:
         ctx.say(f"Syncing {len(task.file_mounts)} file mount(s)...")
-        local.sync_file_mounts(cluster.nodes, task.file_mounts)
+        infra.sync_file_mounts(cluster.nodes, task.file_mounts)
     job = entry.record if entry else None
     if with_setup and task.setup:
         if job is not None:
             job = _save_job(ctx, job, "SETTING_UP")
         ctx.say("Running setup...")
         try:
-            local.run_setup(cluster.nodes, task.setup,
+            infra.run_setup(cluster.nodes, task.setup,
                             lambda n: task_env(ctx, task, cluster, n, None, setup=True))
         except SkydError:
             if job is not None:
@@ -88,7 +87,7 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
         ctx.say("Setup done.")
     if job is None:
         return None
-    handle = local.start_job(cluster.nodes, job.job_id, task.run or "",
+    handle = infra.start_job(cluster.nodes, job.job_id, task.run or "",
                              lambda n: task_env(ctx, task, cluster, n, job.job_id, setup=False))
     _save_job(ctx, job, "RUNNING", handle, started_at=time.time())
     ctx.say(f"Job {job.job_id} started on cluster {cluster.name}.")
@@ -103,7 +102,7 @@ def launch(ctx: WorkerContext) -> LaunchResult:
     if cluster.status != "UP" or len(cluster.nodes) != cluster.num_nodes:
         ctx.say(f"Provisioning cluster {cluster.name} on {cluster.infra} "
                 f"({cluster.num_nodes} node{'s' if cluster.num_nodes > 1 else ''})...")
-        nodes = local.provision(a.state_dir, cluster.name, cluster.num_nodes)
+        nodes = get_infra(cluster.infra).provision(a.state_dir, cluster)
         cluster = msgspec.structs.replace(cluster, nodes=nodes, status="INIT")
         ctx.send(SaveCluster(cluster))
     else:
@@ -134,16 +133,11 @@ def _require_up(ctx: WorkerContext) -> ClusterRecord:
     return cluster
 
 
-def _kill_jobs(ctx: WorkerContext, entries: list[JobEntry], why: str) -> None:
+def _kill_jobs(ctx: WorkerContext, infra: Infra, cluster: ClusterRecord,
+               entries: list[JobEntry], why: str) -> None:
     live = [(e.record, handle_dec.decode(e.handle)) for e in entries if e.handle]
-    for _, h in live:
-        local.mark_cancelled(h)
-        local.signal_job(h, signal.SIGTERM)
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline and any(local.job_outcome(h) is None for _, h in live):
-        time.sleep(0.05)
-    for rec, h in live:
-        local.signal_job(h, signal.SIGKILL)
+    infra.stop_jobs(cluster.nodes, [h for _, h in live])
+    for rec, _ in live:
         ctx.say(f"Job {rec.job_id} {why}.")
 
 
@@ -151,7 +145,7 @@ def stop(ctx: WorkerContext) -> ClusterRecord:
     cluster = ctx.assignment.cluster
     assert cluster is not None
     ctx.say(f"Stopping cluster {cluster.name}...")
-    _kill_jobs(ctx, ctx.assignment.jobs, "killed by stop")
+    _kill_jobs(ctx, get_infra(cluster.infra), cluster, ctx.assignment.jobs, "killed by stop")
     cluster = msgspec.structs.replace(cluster, status="STOPPED", status_reason="stopped by user",
                                       last_use=time.time())
     ctx.send(SaveCluster(cluster))
@@ -162,7 +156,7 @@ def start(ctx: WorkerContext) -> ClusterRecord:
     cluster = ctx.assignment.cluster
     assert cluster is not None
     ctx.say(f"Starting cluster {cluster.name}...")
-    nodes = local.provision(ctx.assignment.state_dir, cluster.name, cluster.num_nodes)
+    nodes = get_infra(cluster.infra).provision(ctx.assignment.state_dir, cluster)
     cluster = msgspec.structs.replace(cluster, status="UP", nodes=nodes, status_reason="",
                                       last_use=time.time())
     ctx.send(SaveCluster(cluster))
@@ -173,8 +167,9 @@ def down(ctx: WorkerContext) -> str:
     cluster = ctx.assignment.cluster
     assert cluster is not None
     ctx.say(f"Tearing down cluster {cluster.name}...")
-    _kill_jobs(ctx, ctx.assignment.jobs, "killed by down")
-    local.teardown(ctx.assignment.state_dir, cluster.name)
+    infra = get_infra(cluster.infra)
+    _kill_jobs(ctx, infra, cluster, ctx.assignment.jobs, "killed by down")
+    infra.teardown(ctx.assignment.state_dir, cluster)
     ctx.send(DropCluster(cluster.name))
     ctx.say(f"Cluster {cluster.name} is down.")
     return cluster.name

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, AsyncIterator
 
-from skyd.infra import local
 from skyd.infra.base import handle_dec
-from skyd.logs import follow_files
 from skyd.protocol import (JOB_FINISHED, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
                            JobLogs, JobQueue, JobRecord, SkydError)
 from skyd.scheduler import Caller
@@ -99,8 +97,9 @@ class JobLogStream:
             if topic is not None:
                 await topic.wait(topic.version, delay)
 
-        async for data in follow_files(local.log_sources(handle), self.offset, self.follow,
-                                       lambda: self._live() is None, wait_change):
+        infra, nodes = self.d.state.infra_of(self.cluster)
+        async for data in infra.follow_log(handle, nodes, self.offset, self.follow,
+                                           lambda: self._live() is None, wait_change):
             yield data
 
     async def _stored_handle(self):
