@@ -29,6 +29,10 @@ def _serve_parser(sub) -> None:
     p.add_argument("--drain-timeout", type=float,
                    help="on SIGTERM, wait this long for running requests (default 10 s)")
     p.add_argument("--spares", type=int, help="idle pre-forked workers kept ready (default 2)")
+    p.add_argument("--node-pools", help="ssh node pools file (YAML; default: "
+                                        "<state-dir>/ssh_node_pools.yaml)")
+    p.add_argument("--ssh-known-hosts", help="known_hosts file for node pools "
+                                             "(default: each user's ~/.ssh/known_hosts)")
     p.add_argument("--skip-resources-check", action="store_true", default=None,
                    help="start even below the minimum for team use")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

@@ -37,6 +37,8 @@ class Config:
     kill_grace: float = 3.0               # SIGTERM -> SIGKILL when cancelling
     spares: int = 2                       # idle pre-forked workers
     skip_resources_check: bool = False
+    node_pools: Path | None = None        # ssh node pools (YAML); default <state_dir>/ssh_node_pools.yaml
+    ssh_known_hosts: Path | None = None   # default: each user's ~/.ssh/known_hosts
     log_level: str = "INFO"
 
     @property
@@ -46,6 +48,10 @@ class Config:
     @property
     def calibration_path(self) -> Path:
         return self.calibration or self.state_dir / "calibration.json"
+
+    @property
+    def node_pools_path(self) -> Path:
+        return self.node_pools or self.state_dir / "ssh_node_pools.yaml"
 
     @property
     def db_path(self) -> Path:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from skyd import __version__, hardware, protocol, systemd
 from skyd.config import Config
+from skyd.infra.base import get_infra
+from skyd.nodepools import NodePools, PoolError
 from skyd.listeners import bind_unix, group_id, is_admin, peer_caller
 from skyd.scheduler import Caller, Scheduler
 from skyd.session import Session
@@ -47,6 +49,8 @@ class Daemon:
                              f"({self.hardware.memory_source}); {self.calibration.source}")
         self.state = ClusterState(self.store, str(config.state_dir), self.hardware,
                                   self.is_admin)
+        self.state.pools = NodePools(config.node_pools_path)
+        self.state.ssh_known_hosts = str(config.ssh_known_hosts or "")
         self.pool = WorkerPool(spares=config.spares)
         self.scheduler = Scheduler(self.store, self.pool, self.state, config.logs_dir,
                                    self.long_slots, self.short_slots, config.kill_grace)
@@ -79,6 +83,13 @@ class Daemon:
                                     for s in ("-wal", "-shm"))):
             if path.exists():
                 os.chmod(path, 0o600)       # tighten files made by an older version
+        try:
+            self.state.pools.get()          # a broken pool file is reported now, not later
+        except PoolError as e:
+            raise StartupError(str(e)) from None
+        ssh = get_infra("ssh")
+        ssh.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
+        ssh.on_health = self.state.node_health
         await self.store.open()
         await self.state.load()
         await self.pool.start()

@@ -97,8 +97,12 @@ class RequestRecord(msgspec.Struct, omit_defaults=True):
 class NodeInfo(msgspec.Struct, omit_defaults=True):
     rank: int
     ip: str
-    host: str            # where it lives: "local" or the ssh host
-    path: str = ""       # the node's sandbox directory (local infra)
+    host: str            # where it lives: "local", or user@ip:port
+    path: str = ""       # the node's directory (local: absolute; ssh: under the login's home)
+    user: str = ""       # ssh: how to reach it
+    port: int = 22
+    identity_file: str = ""
+    proxy_jump: str = ""
 
 
 class ClusterRecord(msgspec.Struct, omit_defaults=True):

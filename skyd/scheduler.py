@@ -237,7 +237,7 @@ class Scheduler:
         await worker.assign(Assignment(
             request_id=rec.id, op=req.op_bytes, uid=rec.uid, gid=self._gid(rec.uid),
             user=rec.user, home=self._home(rec.uid), state_dir=self.state.state_dir,
-            cluster=cluster, jobs=jobs))
+            cluster=cluster, jobs=jobs, ssh_known_hosts=self.state.ssh_known_hosts))
         pump = asyncio.get_running_loop().create_task(self._pump(worker, req.log))
         done: Done | None = None
         try:

@@ -24,6 +24,8 @@ from skyd import protocol
 from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, NodeInfo, SkydError
 from skyd.store import Store
 from skyd.hardware import Hardware
+from skyd.infra.ssh import node_dir as ssh_node_dir
+from skyd.nodepools import NodePools, Pool, PoolError
 from skyd.taskspec import Task, TaskError, infra_kind, normalise, parse_amount
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
 
@@ -52,6 +54,8 @@ class ClusterState:
         self.state_dir = state_dir
         self.host = host              # what a local node has
         self.is_admin = is_admin
+        self.pools: NodePools | None = None
+        self.ssh_known_hosts = ""
         self.clusters: dict[str, ClusterEntry] = {}
         self.jobs: dict[tuple[str, int], LiveJob] = {}    # jobs not yet finished
         self._closing = False
@@ -69,6 +73,52 @@ class ClusterState:
 
     def check_fits_local(self, task: Task) -> None:
         check_fits_local(self.host, task)
+
+    # ---- ssh node pools -------------------------------------------------------------------
+
+    def pool(self, name: str | None, num_nodes: int) -> Pool:
+        try:
+            pools = self.pools.get() if self.pools is not None else {}
+        except PoolError as e:
+            raise SkydError(ErrorCode.INVALID_TASK, f"the node pool file is invalid: {e}") from None
+        pool = pools.get(name or "")
+        if pool is None:
+            known = ", ".join(sorted(pools)) or "none configured"
+            raise SkydError(ErrorCode.INVALID_TASK, f"resources.infra: no ssh node pool {name!r} "
+                            f"(pools: {known})")
+        if len(pool.hosts) < num_nodes:
+            raise SkydError(ErrorCode.INVALID_TASK, f"pool {name!r} has {len(pool.hosts)} host(s); "
+                            f"the task needs {num_nodes}")
+        return pool
+
+    def allocate(self, cluster: str, pool_name: str | None, num_nodes: int) -> list[NodeInfo]:
+        """Free hosts of the pool, in the pool's order: a host serves one cluster at a time."""
+        pool = self.pool(pool_name, num_nodes)
+        taken = {(n.ip, n.port) for e in self.clusters.values() if e.record.infra != "local"
+                 for n in e.record.nodes}
+        free = [h for h in pool.hosts if (h.ip, h.port) not in taken]
+        if len(free) < num_nodes:
+            raise SkydError(ErrorCode.UNAVAILABLE,
+                            f"pool {pool.name!r} has {len(free)} free host(s) of "
+                            f"{len(pool.hosts)}; the task needs {num_nodes}",
+                            "down a cluster on this pool, or add hosts to it")
+        return [NodeInfo(rank=i, ip=h.ip, host=h.address, path=ssh_node_dir(cluster, i),
+                         user=h.user, port=h.port, identity_file=h.identity_file,
+                         proxy_jump=h.proxy_jump) for i, h in enumerate(free[:num_nodes])]
+
+    def node_health(self, host: str, ok: bool, reason: str) -> None:
+        """A node started or stopped answering: its cluster's status says so."""
+        for entry in self.clusters.values():
+            rec = entry.record
+            if not any(n.host == host for n in rec.nodes):
+                continue
+            if not ok and rec.status == "UP":
+                self.store.save_cluster(_with(rec, status="UNHEALTHY", status_reason=reason),
+                                        entry.next_job_id)
+                entry.record = _with(rec, status="UNHEALTHY", status_reason=reason)
+            elif ok and rec.status == "UNHEALTHY":
+                entry.record = _with(rec, status="UP", status_reason="")
+                self.store.save_cluster(entry.record, entry.next_job_id)
 
     # ---- clusters ----------------------------------------------------------------------
 
@@ -213,11 +263,9 @@ class ClusterState:
             except TaskError as e:
                 raise SkydError(ErrorCode.INVALID_TASK, f"invalid task: {e}") from None
         if isinstance(op, protocol.Launch):
-            kind, _ = infra_kind(op.task.resources.infra)
-            if kind != "local":
-                raise SkydError(ErrorCode.INVALID_TASK,
-                                f"resources.infra: {op.task.resources.infra!r} is not available "
-                                "on this server yet (use 'local')")
+            kind, pool = infra_kind(op.task.resources.infra)
+            if kind == "ssh":
+                self.pool(pool, op.task.num_nodes)
             if op.cluster is None:
                 op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
             check_cluster_name(op.cluster)
@@ -228,7 +276,13 @@ class ClusterState:
                                 f"cluster {op.cluster!r} has {entry.record.num_nodes} node(s); "
                                 f"the task asks for {op.task.num_nodes}",
                                 "use another cluster name, or down this one first")
-            self.check_fits_local(op.task)
+            wanted = "local" if kind == "local" else f"ssh/{pool}"
+            if entry is not None and entry.record.infra != wanted:
+                raise SkydError(ErrorCode.CONFLICT,
+                                f"cluster {op.cluster!r} is on {entry.record.infra}; the task "
+                                f"asks for {wanted}")
+            if kind == "local":
+                self.check_fits_local(op.task)
             return op
         name = op.target_cluster()
         if name is not None:
@@ -262,10 +316,14 @@ class ClusterState:
         entry = self.clusters.get(name)
         if isinstance(op, protocol.Launch):
             if entry is None:
-                record = ClusterRecord(name=name, status="INIT", infra="local",
+                kind, pool = infra_kind(op.task.resources.infra)
+                record = ClusterRecord(name=name, status="INIT",
+                                       infra="local" if kind == "local" else f"ssh/{pool}",
                                        num_nodes=op.task.num_nodes, user=req.user, uid=req.uid,
                                        launched_at=time.time(), last_use=time.time(),
-                                       resources=describe_resources(op.task))
+                                       resources=describe_resources(op.task),
+                                       nodes=self.allocate(name, pool, op.task.num_nodes)
+                                       if kind == "ssh" else [])
                 await self.save_cluster(record)
                 entry = self.clusters[name]
         if entry is None:
@@ -325,3 +383,7 @@ def check_fits_local(hw, task: Task) -> None:
         raise SkydError(ErrorCode.INVALID_TASK,
                         f"resources.memory: {task.resources.memory} GiB requested, but local "
                         f"nodes have {hw.memory_bytes / 2**30:.1f} GiB")
+
+
+def _with(record: ClusterRecord, **changes) -> ClusterRecord:
+    return msgspec.structs.replace(record, **changes)

@@ -29,6 +29,7 @@ class Assignment(msgspec.Struct, tag="assign", tag_field="t"):
     cluster: ClusterRecord | None = None
     # launch/exec: the job this request creates; stop/down: the cluster's live jobs
     jobs: list[JobEntry] = []
+    ssh_known_hosts: str = ""
 
 
 class SaveCluster(msgspec.Struct, tag="save_cluster", tag_field="t"):

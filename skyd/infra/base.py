@@ -105,7 +105,9 @@ def register(infra: Infra) -> None:
     _INFRAS[infra.kind] = infra
 
 
-def get_infra(kind: str) -> Infra:
+def get_infra(infra: str) -> Infra:
+    """The Infra for a cluster's `infra` field: "local" or "ssh/POOL"."""
+    kind = infra.partition("/")[0]
     if kind not in _INFRAS:
         if kind == "local":
             import skyd.infra.local  # noqa: F401 - registers itself

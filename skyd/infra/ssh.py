@@ -1,0 +1,335 @@
+"""The `ssh` infra: nodes are existing hosts from a node pool, reached with the system's
+ssh and rsync (so ~/.ssh/config, agents and jump hosts just work).
+
+Connections are multiplexed (ControlMaster): one handshake per host serves every command
+of a request. A node's files live under `~/.skyd/<cluster>/node-<rank>/` of the login:
+the workdir in `sky_workdir/`, each job in `jobs/<id>/` — its script, its environment
+(0600), its log and its exit status, written on the node by a detached runner, so a job
+outlives the daemon and an ssh drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets as _secrets
+import shlex
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, pump_lines, rank_prefix,
+                             register)
+from skyd.infra.local import RUNNER, setup_failed
+from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
+
+CONNECT_TIMEOUT = 10        # seconds for a TCP connect + handshake
+COMMAND_TIMEOUT = 120       # a bookkeeping command (mkdir, start a job) never takes longer
+WATCH_RETRY = (1.0, 10.0)   # back-off while a node does not answer
+KILL_GRACE = 3
+
+
+def node_dir(cluster: str, rank: int) -> str:
+    return f".skyd/{cluster}/node-{rank}"
+
+
+def _env_script(env: dict[str, str]) -> str:
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+class SshInfra(Infra):
+    kind = "ssh"
+
+    def __init__(self) -> None:
+        self.control_dir = "/tmp"
+        self.known_hosts = ""
+        # Told when a node stops or starts answering: (host, ok, reason).
+        self.on_health: Callable[[str, bool, str], None] = lambda *_: None
+
+    def configure(self, control_dir: str, known_hosts: str = "") -> None:
+        Path(control_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.control_dir, self.known_hosts = control_dir, known_hosts
+
+    # ---- commands -------------------------------------------------------------------
+
+    def ssh_options(self, node: NodeInfo) -> list[str]:
+        opts = ["-p", str(node.port), "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", "ControlPersist=120", "-o", "ServerAliveInterval=5",
+                "-o", "ServerAliveCountMax=3", "-o", "StrictHostKeyChecking=accept-new",
+                "-o", "LogLevel=ERROR"]
+        if self.known_hosts:
+            opts += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        if node.identity_file:
+            opts += ["-i", node.identity_file, "-o", "IdentitiesOnly=yes"]
+        if node.proxy_jump:
+            opts += ["-J", node.proxy_jump]
+        return opts
+
+    def ssh(self, node: NodeInfo, command: str) -> list[str]:
+        return ["ssh", *self.ssh_options(node), f"{node.user}@{node.ip}", command]
+
+    def run(self, node: NodeInfo, script: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        """Run a bookkeeping script on a node; its stdout, or a clear error."""
+        try:
+            p = subprocess.run(self.ssh(node, "bash -s"), input=script.encode(),
+                               capture_output=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise SkydError(ErrorCode.FAILED, f"{node.host}: no answer within {timeout:g}s") from None
+        if p.returncode == 255:
+            raise unreachable(node, p.stderr)
+        if p.returncode != 0:
+            raise SkydError(ErrorCode.FAILED, f"{node.host}: command failed with exit status "
+                            f"{p.returncode}", _last_lines(p.stderr))
+        return p.stdout.decode(errors="replace")
+
+    def each(self, nodes: list[NodeInfo], fn: Callable[[NodeInfo], object]) -> list:
+        """Do `fn` on every node at once; the first error wins."""
+        with ThreadPoolExecutor(max(1, len(nodes))) as pool:
+            return list(pool.map(fn, nodes))
+
+    # ---- worker side --------------------------------------------------------------------
+
+    def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
+        def prepare(n: NodeInfo) -> NodeInfo:
+            self.run(n, f"mkdir -p {n.path}/sky_workdir {n.path}/jobs && chmod 700 .skyd")
+            return n
+        return self.each(cluster.nodes, prepare)
+
+    def _rsync(self, node: NodeInfo, src: str, dst: str) -> None:
+        source = Path(src).expanduser()
+        if not source.exists():
+            raise SkydError(ErrorCode.INVALID_TASK, f"{src} does not exist")
+        shell = " ".join(shlex.quote(o) for o in ["ssh", *self.ssh_options(node)])
+        s = str(source) + ("/" if source.is_dir() else "")
+        try:
+            p = subprocess.run(["rsync", "-a", "-e", shell, s, f"{node.user}@{node.ip}:{dst}"],
+                               capture_output=True, timeout=3600)
+        except FileNotFoundError:
+            raise SkydError(ErrorCode.FAILED, "rsync is not installed on the server",
+                            "install it: apt-get install rsync") from None
+        if p.returncode != 0:
+            raise SkydError(ErrorCode.FAILED, f"copying {src} to {node.host} failed "
+                            f"(rsync exit status {p.returncode})", _last_lines(p.stderr))
+
+    def sync_workdir(self, nodes, src):
+        if not Path(src).expanduser().is_dir():
+            raise SkydError(ErrorCode.INVALID_TASK, f"workdir {src} does not exist or is not a directory")
+        self.each(nodes, lambda n: self._rsync(n, src, f"{n.path}/sky_workdir/"))
+
+    def sync_file_mounts(self, nodes, mounts):
+        for target, src in mounts.items():
+            dst = target if target.startswith("/") else f"{target.removeprefix('~/')}"
+            parent = str(Path(dst).parent)
+            self.each(nodes, lambda n: (self.run(n, f"mkdir -p {shlex.quote(parent)}"),
+                                        self._rsync(n, src, dst)))
+
+    def run_setup(self, nodes, script, envs):
+        procs = []
+        for n in nodes:
+            body = (_env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
+                    f"bash -c {shlex.quote(script)} < /dev/null\n")
+            p = subprocess.Popen(self.ssh(n, "bash -s"), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            p.stdin.write(body.encode())
+            p.stdin.close()
+            tail: list[bytes] = []
+            t = threading.Thread(target=pump_lines, daemon=True,
+                                 args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
+                                       sys.stdout.buffer))
+            t.start()
+            procs.append((n, p, t, tail))
+        for n, p, t, tail in procs:
+            rc = p.wait()
+            t.join()
+            if rc == 255:
+                raise unreachable(n, b"".join(tail))
+            if rc != 0:
+                raise setup_failed(n, rc, tail)
+
+    def start_job(self, nodes, job_id, run, envs):
+        def start(n: NodeInfo) -> NodeProc:
+            eof = "SKYD_" + _secrets.token_hex(8)
+            jobdir = f"$HOME/{n.path}/jobs/{job_id}"
+            script = (f"set -e\njobdir={jobdir}\nmkdir -p \"$jobdir\"\numask 077\n"
+                      f"cat > \"$jobdir/run.sh\" <<'{eof}'\n{run}\n{eof}\n"
+                      f"cat > \"$jobdir/env.sh\" <<'{eof}'\n{_env_script(envs(n))}{eof}\n"
+                      f"cat > \"$jobdir/runner.sh\" <<'{eof}'\n. \"$1/env.sh\"\n{RUNNER}\n{eof}\n"
+                      f"cd {n.path}/sky_workdir\n"
+                      "setsid sh \"$jobdir/runner.sh\" \"$jobdir\" > \"$jobdir/run.log\" 2>&1 "
+                      "< /dev/null &\n"
+                      "pid=$!\necho $pid\nawk '{print $22}' /proc/$pid/stat 2>/dev/null || echo 0\n"
+                      "echo \"$jobdir\"\n")
+            out = self.run(n, script).split()
+            return NodeProc(rank=n.rank, pid=int(out[0]), start=int(out[1]), jobdir=out[2],
+                            log=f"{out[2]}/run.log")
+        return JobHandle(nodes=self.each(nodes, start))
+
+    def stop_jobs(self, nodes, handles):
+        by_rank = {n.rank: n for n in nodes}
+        for h in handles:
+            self.each([by_rank[np.rank] for np in h.nodes if np.rank in by_rank],
+                      lambda n, h=h: self.run(n, _kill_script(_proc(h, n.rank), True)))
+
+    def teardown(self, state_dir, cluster):
+        def remove(n: NodeInfo) -> None:
+            try:
+                self.run(n, f"rm -rf {n.path}; rmdir .skyd/{cluster.name} 2>/dev/null; true")
+            except SkydError as e:
+                print(f"warning: could not clean {n.host}: {e.message}", flush=True)
+        self.each(cluster.nodes, remove)
+
+    # ---- daemon side -----------------------------------------------------------------------
+
+    async def _arun(self, node: NodeInfo, script: str,
+                    timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        proc = await asyncio.create_subprocess_exec(
+            *self.ssh(node, "bash -s"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(script.encode()), timeout)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            proc.kill()
+            await proc.wait()
+            raise
+        return proc.returncode or 0, out, err
+
+    async def _node_outcome(self, node: NodeInfo, np: NodeProc) -> str:
+        """Wait on the node until its part of the job is over: an exit code, 'cancelled'
+        or 'lost'. Retries (and reports the node unhealthy) while it does not answer."""
+        script = (f"pid={np.pid}; start={np.start}; jobdir={shlex.quote(np.jobdir)}\n"
+                  "alive() { [ \"$(awk '{print $22}' /proc/$pid/stat 2>/dev/null)\" = \"$start\" ]; }\n"
+                  "while alive; do sleep 0.2; done\n"
+                  "if [ -e \"$jobdir/cancelled\" ]; then echo cancelled\n"
+                  "elif [ -e \"$jobdir/exit_code\" ]; then cat \"$jobdir/exit_code\"\n"
+                  "else echo lost; fi\n")
+        delay = WATCH_RETRY[0]
+        while True:
+            rc, out, err = await self._arun(node, script)
+            if rc != 255:
+                self.on_health(node.host, True, "")
+                return out.decode().strip() or "lost"
+            self.on_health(node.host, False, f"node {node.rank} ({node.host}) does not answer: "
+                                             f"{_last_lines(err) or 'ssh failed'}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, WATCH_RETRY[1])
+
+    async def wait_outcome(self, handle, nodes):
+        by_rank = {n.rank: n for n in nodes}
+        tasks = {asyncio.ensure_future(self._node_outcome(by_rank[np.rank], np)): np
+                 for np in handle.nodes if np.rank in by_rank}
+        results: dict[int, str] = {}
+        try:
+            while tasks:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    np = tasks.pop(t)
+                    results[np.rank] = t.result()
+                    if results[np.rank] not in ("0", "cancelled"):
+                        return _outcome(results)     # one node failed: the job has failed
+        finally:
+            for t in tasks:
+                t.cancel()
+        return _outcome(results)
+
+    async def cancel(self, handle, nodes):
+        by_rank = {n.rank: n for n in nodes}
+        await asyncio.gather(*(self._arun(by_rank[np.rank], _kill_script(np, True), 30)
+                               for np in handle.nodes if np.rank in by_rank),
+                             return_exceptions=True)
+
+    async def kill(self, handle, nodes):
+        by_rank = {n.rank: n for n in nodes}
+        await asyncio.gather(*(self._arun(by_rank[np.rank], _kill_script(np, False), 30)
+                               for np in handle.nodes if np.rank in by_rank),
+                             return_exceptions=True)
+
+    async def follow_log(self, handle, nodes, offset, follow, finished, wait_change
+                         ) -> AsyncIterator[bytes]:
+        by_rank = {n.rank: n for n in nodes}
+        parts = [(np, by_rank[np.rank]) for np in handle.nodes if np.rank in by_rank]
+        start = offset + 1 if len(parts) == 1 else 1
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def tail(np: NodeProc, node: NodeInfo) -> None:
+            prefix = rank_prefix(np.rank, len(parts))
+            pid = f"--pid={np.pid} -f " if follow else ""
+            cmd = f"tail -c +{start} {pid}{shlex.quote(np.log)} 2>/dev/null; true"
+            proc = await asyncio.create_subprocess_exec(*self.ssh(node, cmd),
+                                                        stdout=subprocess.PIPE,
+                                                        stdin=subprocess.DEVNULL,
+                                                        start_new_session=True)
+            try:
+                assert proc.stdout is not None
+                if not prefix:
+                    while data := await proc.stdout.read(65536):
+                        await queue.put(data)
+                else:
+                    while line := await proc.stdout.readline():
+                        await queue.put(prefix + line)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                await proc.wait()
+                await queue.put(None)
+
+        tasks = [asyncio.ensure_future(tail(np, node)) for np, node in parts]
+        try:
+            left = len(tasks)
+            while left:
+                item = await queue.get()
+                if item is None:
+                    left -= 1
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+
+def _proc(h: JobHandle, rank: int) -> NodeProc:
+    return next(np for np in h.nodes if np.rank == rank)
+
+
+def _kill_script(np: NodeProc, graceful: bool) -> str:
+    """Mark the job cancelled and signal its session; escalate after a grace period."""
+    jobdir = shlex.quote(np.jobdir)
+    if not graceful:
+        return f"kill -KILL -- -{np.pid} 2>/dev/null; true\n"
+    return (f"touch {jobdir}/cancelled\nkill -TERM -- -{np.pid} 2>/dev/null\n"
+            f"i=0; while kill -0 {np.pid} 2>/dev/null && [ $i -lt {KILL_GRACE * 10} ]; "
+            "do sleep 0.1; i=$((i+1)); done\n"
+            f"kill -KILL -- -{np.pid} 2>/dev/null; true\n")
+
+
+def _outcome(results: dict[int, str]) -> Outcome:
+    if results.get(0) == "cancelled" or "cancelled" in results.values():
+        return Outcome("CANCELLED", None, "cancelled")
+    for rank, r in sorted(results.items()):
+        if r == "lost":
+            return Outcome("FAILED", None, f"the job's process on node {rank} was killed")
+        if r != "0":
+            code = int(r) if r.lstrip("-").isdigit() else None
+            return Outcome("FAILED", code, f"exit status {r} on node {rank}")
+    return Outcome("SUCCEEDED", 0)
+
+
+def _last_lines(data: bytes, n: int = 5) -> str:
+    return "\n".join(data.decode(errors="replace").strip().splitlines()[-n:])
+
+
+def unreachable(node: NodeInfo, stderr: bytes) -> SkydError:
+    detail = _last_lines(stderr)
+    hint = ""
+    if "Permission denied" in detail:
+        hint = "check the pool's user and identity_file"
+    elif "Host key verification failed" in detail or "IDENTIFICATION HAS CHANGED" in detail:
+        hint = "the host's key changed: check the host, then fix known_hosts"
+    return SkydError(ErrorCode.FAILED, f"cannot reach node {node.rank} ({node.host}): "
+                     f"{detail or 'ssh failed'}", hint)
+
+
+register(SshInfra())

@@ -1,0 +1,142 @@
+"""Clusters on existing machines: the `ssh` infra against real sshd servers on loopback
+addresses (127.0.0.2-4), through a real daemon and the real skyctl."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import wait_until, write_task
+from sshd import ssh_hosts  # noqa: F401 - the fixture
+from skyd import protocol
+
+
+@pytest.fixture
+def pooled(make_daemon, ssh_hosts, workdir):  # noqa: F811
+    """A daemon whose node pool `p` holds the three loopback hosts."""
+    pools = workdir / "pools.yaml"
+    pools.write_text(ssh_hosts.pool_yaml("p"))
+    d = make_daemon("--node-pools", str(pools), "--ssh-known-hosts", str(ssh_hosts.known_hosts))
+    d.hosts = ssh_hosts
+    d.pools_file = pools
+    return d
+
+
+def test_launch_exec_logs_down_on_one_host(pooled, workdir):
+    src = workdir / "src"
+    src.mkdir()
+    (src / "hello.txt").write_text("from-workdir\n")
+    task = write_task(workdir, "t.yaml", f"""
+workdir: {src}
+resources:
+  infra: ssh/p
+envs:
+  WHO: remote
+setup: echo "setup on $(hostname) as $WHO"
+run: |
+  echo "rank=$SKYPILOT_NODE_RANK ips=$SKYPILOT_NODE_IPS via=${{SSH_CONNECTION##* }}"
+  cat hello.txt
+""")
+    p = pooled.skyctl("launch", "-c", "s1", str(task))
+    assert p.returncode == 0, p.stderr
+    host = pooled.hosts[0]
+    assert "setup on" in p.stdout and "as remote" in p.stdout
+    assert f"rank=0 ips={host.ip}" in p.stdout
+    assert "from-workdir" in p.stdout
+    [c] = pooled.call(protocol.ClusterStatus())
+    assert (c.infra, c.status, [n.ip for n in c.nodes]) == ("ssh/p", "UP", [host.ip])
+    e = pooled.skyctl("exec", "-c", "s1", "echo exec-ran; cat hello.txt")
+    assert e.returncode == 0, e.stderr
+    assert "exec-ran" in e.stdout and "from-workdir" in e.stdout
+    logs = pooled.skyctl("logs", "s1", "1", "--no-follow")
+    assert "from-workdir" in logs.stdout
+    pooled.skyctl("down", "s1", check=True)
+    assert pooled.call(protocol.ClusterStatus()) == []
+
+
+def test_two_node_job_ranks_ips_and_prefixed_logs(pooled, workdir):
+    task = write_task(workdir, "mn.yaml", """
+num_nodes: 2
+resources:
+  infra: ssh/p
+run: echo "I am $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES; ips=$(echo $SKYPILOT_NODE_IPS)"
+""")
+    p = pooled.skyctl("launch", "-c", "mn", str(task))
+    assert p.returncode == 0, p.stderr
+    ips = f"{pooled.hosts[0].ip} {pooled.hosts[1].ip}"
+    assert f"(node-0) I am 0 of 2; ips={ips}" in p.stdout
+    assert f"(node-1) I am 1 of 2; ips={ips}" in p.stdout
+    # the job fails when any node's part fails
+    f = pooled.skyctl("exec", "-c", "mn", '[ "$SKYPILOT_NODE_RANK" = 1 ] && exit 5; sleep 30')
+    assert f.returncode == 1
+    assert "FAILED (exit status 5)" in f.stderr
+
+
+def test_a_host_belongs_to_one_cluster_at_a_time(pooled, workdir):
+    two = write_task(workdir, "two.yaml", "num_nodes: 2\nresources:\n  infra: ssh/p\nrun: 'true'\n")
+    pooled.skyctl("launch", "-c", "a", "-d", str(two), check=True)
+    p = pooled.skyctl("launch", "-c", "b", str(two))
+    assert p.returncode == 1
+    assert "1 free host(s) of 3" in p.stderr
+    pooled.skyctl("down", "a", check=True)
+    p = pooled.skyctl("launch", "-c", "b", str(two))
+    assert p.returncode == 0, p.stderr
+
+
+def test_cancel_and_job_surviving_a_daemon_restart(pooled, workdir):
+    task = write_task(workdir, "t.yaml", "resources:\n  infra: ssh/p\nrun: sleep 2; echo late\n")
+    pooled.skyctl("launch", "-c", "r", "-d", str(task), check=True)
+    pooled.restart()
+    job = pooled.wait_job("r", 1, 30)
+    assert job.status == "SUCCEEDED"
+    assert pooled.skyctl("logs", "r", "1", "--no-follow").stdout.strip().endswith("late")
+    pooled.skyctl("exec", "-c", "r", "-d", "sleep 300", check=True)
+    assert wait_until(lambda: pooled.call(protocol.JobQueue(cluster="r"))[0].status == "RUNNING")
+    pooled.skyctl("cancel", "r", "2", check=True)
+    assert pooled.wait_job("r", 2, 20).status == "CANCELLED"
+
+
+def test_unknown_pool_and_too_many_nodes_are_refused_at_submission(pooled, workdir):
+    p = pooled.skyctl("launch", "-c", "x", "--infra", "ssh/nope", "true")
+    assert p.returncode == 2 and "no ssh node pool 'nope'" in p.stderr and "pools: p" in p.stderr
+    p = pooled.skyctl("launch", "-c", "x", "--infra", "ssh/p", "--num-nodes", "4", "true")
+    assert p.returncode == 2 and "has 3 host(s)" in p.stderr
+    assert pooled.call(protocol.ClusterStatus()) == []
+
+
+def test_unreachable_host_fails_the_launch_naming_it_and_down_cleans_up(pooled, workdir):
+    host = pooled.hosts[0]
+    host.kill()
+    p = pooled.skyctl("launch", "-c", "dead", "--infra", "ssh/p", "true")
+    assert p.returncode == 1
+    assert f"cannot reach node 0 (root@{host.ip}:{host.port})" in p.stderr.replace(
+        f"{host.user}@", "root@")
+    [c] = pooled.call(protocol.ClusterStatus())
+    assert c.status == "INIT"                 # truthfully not up
+    pooled.skyctl("down", "dead", check=True)  # and down still cleans it up
+    assert pooled.call(protocol.ClusterStatus()) == []
+
+
+def test_setup_failure_says_where(pooled, workdir):
+    task = write_task(workdir, "t.yaml", "resources:\n  infra: ssh/p\n"
+                                         "setup: echo broken-here; exit 9\nrun: 'true'\n")
+    p = pooled.skyctl("launch", "-c", "sf", str(task))
+    assert p.returncode == 1
+    assert "setup failed on node 0" in p.stderr and "exit status 9" in p.stderr
+    assert "broken-here" in p.stderr
+
+
+def test_node_loss_mid_job_fails_it_and_marks_the_cluster(pooled, workdir):
+    task = write_task(workdir, "t.yaml", "resources:\n  infra: ssh/p\nrun: sleep 300\n")
+    pooled.skyctl("launch", "-c", "lost", "-d", str(task), check=True)
+    assert wait_until(lambda: pooled.call(protocol.JobQueue(cluster="lost"))[0].status == "RUNNING")
+    time.sleep(0.5)
+    pooled.hosts[0].kill()                    # the machine is gone, its processes with it
+    assert wait_until(lambda: pooled.call(protocol.ClusterStatus())[0].status == "UNHEALTHY", 30)
+    [c] = pooled.call(protocol.ClusterStatus())
+    assert "does not answer" in c.status_reason
+    pooled.hosts[0].restart()
+    job = pooled.wait_job("lost", 1, 40)
+    assert job.status == "FAILED"
+    assert wait_until(lambda: pooled.call(protocol.ClusterStatus())[0].status == "UP", 20)
