@@ -220,6 +220,24 @@ def cmd_cancel(ctx: Ctx, args: argparse.Namespace) -> int:
     return output.OK
 
 
+def cmd_infra(ctx: Ctx, args: argparse.Namespace) -> int:
+    hosts = ctx.call(protocol.InfraStatus(pools=args.pools))
+    if ctx.json:
+        output.print_json(hosts)
+        return output.OK
+    if not hosts:
+        print("No ssh node pools (the daemon reads them from <state-dir>/ssh_node_pools.yaml).")
+        return output.OK
+    output.table(["POOL", "HOST", "USER", "REACHABLE", "CPUS", "MEMORY", "CLUSTER"],
+                 [[h.pool, f"{h.ip}:{h.port}", h.user,
+                   output.paint("yes", "green") if h.reachable else
+                   output.paint(f"no: {h.error}", "red"),
+                   h.cpus if h.cpus is not None else "-",
+                   f"{h.memory_bytes / 2**30:.1f} GiB" if h.memory_bytes else "-",
+                   h.cluster or "-"] for h in hosts])
+    return output.OK if all(h.reachable for h in hosts) else output.FAILED
+
+
 def cmd_api_status(ctx: Ctx, args: argparse.Namespace) -> int:
     reqs = ctx.call(protocol.ApiStatus(request_ids=args.request_ids, all_statuses=args.all,
                                        all_users=args.all_users, limit=args.limit))
@@ -366,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
     _common(p)
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("infra", aliases=["check"], help="ssh node pools: hosts, reachability, "
+                                                        "CPUs, memory",
+                       description="Probe every host of the ssh node pools (exit 1 if any "
+                                   "does not answer).")
+    p.add_argument("pools", nargs="*", metavar="POOL")
+    _common(p)
+    p.set_defaults(func=cmd_infra)
 
     api = sub.add_parser("api", help="inspect and control requests").add_subparsers(
         dest="api_command", required=True, metavar="API_COMMAND")

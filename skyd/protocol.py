@@ -136,6 +136,18 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
 JOB_FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"})
 
 
+class HostRecord(msgspec.Struct, omit_defaults=True):
+    pool: str
+    ip: str
+    port: int
+    user: str
+    reachable: bool
+    cpus: int | None = None
+    memory_bytes: int | None = None
+    cluster: str | None = None       # the cluster it serves now, if any
+    error: str = ""
+
+
 class LaunchResult(msgspec.Struct):
     cluster: str
     job_id: int | None
@@ -240,6 +252,13 @@ class CancelJobs(Op, tag="cancel"):
     all: bool = False
 
 
+class InfraStatus(Op, tag="infra"):
+    """The ssh node pools and their hosts: reachable, CPUs, memory, which cluster."""
+    schedule = Queue.SHORT
+    result = list[HostRecord]
+    pools: list[str] = []
+
+
 class ApiStatus(Op, tag="api_status"):
     schedule = Queue.SHORT
     result = list[RequestRecord]
@@ -272,7 +291,7 @@ class ApiInfo(Op, tag="api_info"):
 
 
 AnyOp = (Launch | Exec | Stop | Start | Down | ClusterStatus | JobQueue | JobLogs
-         | CancelJobs | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
+         | CancelJobs | InfraStatus | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
 OPS: dict[str, type[Op]] = {c.__struct_config__.tag: c for c in AnyOp.__args__}
 
 

@@ -32,6 +32,7 @@ SHORT_HANDLERS = {
     protocol.JobQueue: queries.queue,
     protocol.JobLogs: queries.logs,
     protocol.CancelJobs: queries.cancel,
+    protocol.InfraStatus: queries.infra,
     protocol.ApiStatus: api.api_status,
     protocol.ApiLogs: api.api_logs_source,
 }

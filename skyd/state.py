@@ -76,11 +76,14 @@ class ClusterState:
 
     # ---- ssh node pools -------------------------------------------------------------------
 
-    def pool(self, name: str | None, num_nodes: int) -> Pool:
+    def pool_map(self) -> dict[str, Pool]:
         try:
-            pools = self.pools.get() if self.pools is not None else {}
+            return self.pools.get() if self.pools is not None else {}
         except PoolError as e:
             raise SkydError(ErrorCode.INVALID_TASK, f"the node pool file is invalid: {e}") from None
+
+    def pool(self, name: str | None, num_nodes: int) -> Pool:
+        pools = self.pool_map()
         pool = pools.get(name or "")
         if pool is None:
             known = ", ".join(sorted(pools)) or "none configured"

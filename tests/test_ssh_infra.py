@@ -140,3 +140,42 @@ def test_node_loss_mid_job_fails_it_and_marks_the_cluster(pooled, workdir):
     job = pooled.wait_job("lost", 1, 40)
     assert job.status == "FAILED"
     assert wait_until(lambda: pooled.call(protocol.ClusterStatus())[0].status == "UP", 20)
+
+
+def test_infra_lists_pools_with_reachability(pooled):
+    import json
+    p = pooled.skyctl("infra", "--json")
+    assert p.returncode == 0, p.stderr
+    hosts = json.loads(p.stdout)
+    assert [(h["pool"], h["ip"], h["reachable"]) for h in hosts] == \
+        [("p", h.ip, True) for h in pooled.hosts]
+    assert all(h["cpus"] >= 1 and h["memory_bytes"] > 0 for h in hosts)
+    pooled.hosts[2].kill()
+    p = pooled.skyctl("infra")
+    assert p.returncode == 1
+    assert f"{pooled.hosts[2].ip}:{pooled.hosts[2].port}" in p.stdout and "no:" in p.stdout
+
+
+def test_wrong_key_and_changed_host_key_are_explained(pooled, workdir):
+    import subprocess
+    bad_key = workdir / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(bad_key)], check=True)
+    text = pooled.pools_file.read_text().replace(str(pooled.hosts.identity_file), str(bad_key))
+    pooled.pools_file.write_text(text)         # re-read on the next launch, no restart
+    p = pooled.skyctl("launch", "-c", "k", "--infra", "ssh/p", "true")
+    assert p.returncode == 1
+    assert "Permission denied" in p.stderr and "identity_file" in p.stderr
+    pooled.skyctl("down", "k", check=True)
+    text = text.replace(str(bad_key), str(pooled.hosts.identity_file))
+    pooled.pools_file.write_text(text)
+    kh = pooled.hosts.known_hosts
+    first = pooled.hosts[0]
+    wrong = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(workdir / "fake_host")], check=True)
+    assert wrong.returncode == 0
+    fake = (workdir / "fake_host.pub").read_text().split()[:2]
+    lines = [ln for ln in kh.read_text().splitlines() if not ln.startswith(f"[{first.ip}]")]
+    kh.write_text("\n".join(lines + [f"[{first.ip}]:{first.port} {' '.join(fake)}"]) + "\n")
+    p = pooled.skyctl("launch", "-c", "hk", "--infra", "ssh/p", "true")
+    assert p.returncode == 1
+    assert "key" in p.stderr and "known_hosts" in p.stderr

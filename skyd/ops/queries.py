@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from skyd.infra.base import handle_dec
 from skyd.protocol import (JOB_FINISHED, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
-                           JobLogs, JobQueue, JobRecord, SkydError)
+                           HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord, NodeInfo,
+                           SkydError)
 from skyd.scheduler import Caller
 
 if TYPE_CHECKING:
@@ -127,3 +128,44 @@ async def logs(d: "Daemon", caller: Caller, op: JobLogs) -> JobLogStream:
         raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no job {job_id}",
                         f"list its jobs with: skyctl queue {op.cluster}")
     return JobLogStream(d, op.cluster, job_id, op.follow, op.offset)
+
+
+PROBE = "nproc; awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"
+PROBE_TIMEOUT = 15.0
+
+
+async def infra(d: "Daemon", caller: Caller, op: InfraStatus) -> list[HostRecord]:
+    """Probe every host of the pools over ssh, all at once, each bounded in time."""
+    import asyncio
+    from skyd.infra.base import get_infra
+    pools = d.state.pool_map()
+    unknown = [p for p in op.pools if p not in pools]
+    if unknown:
+        raise SkydError(ErrorCode.NOT_FOUND, f"no ssh node pool {unknown[0]!r}")
+    ssh = get_infra("ssh")
+    owner = {(n.ip, n.port): e.record.name for e in d.state.clusters.values()
+             if e.record.infra != "local" for n in e.record.nodes}
+
+    async def probe(pool: str, h) -> HostRecord:
+        node = NodeInfo(rank=0, ip=h.ip, host=h.address, user=h.user, port=h.port,
+                        identity_file=h.identity_file, proxy_jump=h.proxy_jump)
+        rec = HostRecord(pool=pool, ip=h.ip, port=h.port, user=h.user, reachable=False,
+                         cluster=owner.get((h.ip, h.port)))
+        try:
+            rc, out, err = await ssh._arun(node, PROBE, PROBE_TIMEOUT)
+        except asyncio.TimeoutError:
+            rec.error = f"no answer within {PROBE_TIMEOUT:g}s"
+            return rec
+        if rc != 0:
+            lines = err.decode(errors="replace").strip().splitlines()
+            rec.error = lines[-1] if lines else f"exit status {rc}"
+            return rec
+        fields = out.split()
+        rec.reachable = True
+        if len(fields) >= 2:
+            rec.cpus, rec.memory_bytes = int(fields[0]), int(float(fields[1]))
+        return rec
+
+    wanted = op.pools or sorted(pools)
+    return list(await asyncio.gather(*(probe(name, h) for name in wanted
+                                       for h in pools[name].hosts)))
