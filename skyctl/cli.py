@@ -149,7 +149,11 @@ def _task(args: argparse.Namespace):
 def cmd_launch(ctx: Ctx, args: argparse.Namespace) -> int:
     task = _task(args)
     if args.command == "launch":
-        op = protocol.Launch(task=task, cluster=args.cluster)
+        if args.down and args.idle_minutes_to_autostop is None:
+            args.idle_minutes_to_autostop = 0.0   # as SkyPilot: down once all jobs finish
+        op = protocol.Launch(task=task, cluster=args.cluster,
+                             idle_minutes_to_autostop=args.idle_minutes_to_autostop,
+                             down=args.down)
     else:
         op = protocol.Exec(task=task, cluster=args.cluster)
     code, result = follow_request(ctx, op, wait=not args.async_)
@@ -173,6 +177,20 @@ def cmd_lifecycle(ctx: Ctx, args: argparse.Namespace) -> int:
         code, _ = follow_request(ctx, make(cluster=name), wait=not args.async_)
         worst = worst or code
     return worst
+
+
+def cmd_autostop(ctx: Ctx, args: argparse.Namespace) -> int:
+    minutes = -1.0 if args.cancel else args.idle_minutes
+    for name in args.clusters:
+        rec = ctx.call(protocol.Autostop(cluster=name, idle_minutes=minutes, down=args.down))
+        if ctx.json:
+            output.print_json(rec)
+        elif minutes < 0:
+            print(f"Autostop cancelled for {name}.")
+        else:
+            what = "torn down" if args.down else "stopped"
+            print(f"{name} will be {what} after {minutes:g} idle minute(s).")
+    return output.OK
 
 
 def cmd_status(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -340,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and run the task as a job, following its output.")
     _task_args(p, task_required=False)
     p.add_argument("-c", "--cluster", help="cluster name (default: a generated one)")
+    p.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="MINUTES",
+                   help="stop the cluster after this many idle minutes")
+    p.add_argument("--down", action="store_true",
+                   help="with autostop: tear the cluster down instead of stopping it")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("exec", help="run a task as a new job on an existing cluster (no setup)")
@@ -357,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
         _common(p, json=False)
         p.set_defaults(func=cmd_lifecycle)
+
+    p = sub.add_parser("autostop", help="stop or tear down clusters after an idle time",
+                       description="A cluster with no job and no request for --idle-minutes "
+                                   "is stopped (or torn down with --down) by the server.")
+    p.add_argument("clusters", nargs="+", metavar="CLUSTER")
+    p.add_argument("-i", "--idle-minutes", type=float, default=5.0,
+                   help="idle minutes before stopping (default 5)")
+    p.add_argument("--down", action="store_true", help="tear down instead of stopping")
+    p.add_argument("--cancel", action="store_true", help="cancel autostop")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
+    _common(p)
+    p.set_defaults(func=cmd_autostop)
 
     p = sub.add_parser("status", help="list clusters")
     p.add_argument("clusters", nargs="*", metavar="CLUSTER")

@@ -22,11 +22,13 @@ from skyd.scheduler import Caller, Scheduler
 from skyd.session import Session
 from skyd.state import ClusterState
 from skyd.store import Store
+from skyd.worker import user_identity
 from skyd.workers import WorkerPool
 
 log = logging.getLogger("skyd")
 
 GC_INTERVAL = 3600.0
+AUTOSTOP_TICK = 1.0      # seconds between idle checks: a few dict lookups per cluster
 
 
 class StartupError(RuntimeError):
@@ -59,6 +61,7 @@ class Daemon:
         self._bound: str | None = None        # the socket file we created (and so remove)
         self._sessions: set[asyncio.Task] = set()
         self._gc: asyncio.Task | None = None
+        self._autostop: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self.stopping = asyncio.Event()
 
@@ -103,6 +106,8 @@ class Daemon:
             self._bound = str(cfg.socket_path)
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
         self._gc = asyncio.get_running_loop().create_task(self._gc_loop(), name="retention-gc")
+        self._autostop = asyncio.get_running_loop().create_task(self._autostop_loop(),
+                                                                name="autostop")
         log.info("skyd %s listening on %s: %d long slots, %d short slots (%s)", self.version,
                  cfg.socket_path, self.long_slots, self.short_slots, self.slots_source)
         systemd.notify(f"READY=1\nSTATUS=listening on {cfg.socket_path}")
@@ -117,7 +122,7 @@ class Daemon:
                  self.config.drain_timeout)
         if self._server is not None:
             self._server.close()
-        for task in (self._gc, self._watchdog):
+        for task in (self._gc, self._watchdog, self._autostop):
             if task is not None:
                 task.cancel()
         await self.scheduler.shutdown(self.config.drain_timeout)
@@ -161,6 +166,29 @@ class Daemon:
             long_running=len(s.long_running), long_pending=len(s.long_pending),
             short_running=s.short.in_use, short_pending=s.short.waiting,
             slots_source=self.slots_source)
+
+    # ---- autostop --------------------------------------------------------------------------
+
+    async def _autostop_loop(self) -> None:
+        while True:
+            await asyncio.sleep(AUTOSTOP_TICK)
+            with contextlib.suppress(Exception):
+                await self.autostop_due()
+
+    async def autostop_due(self) -> None:
+        """Stop (or tear down) clusters idle past their autostop, as their owner would."""
+        load = self.scheduler.cluster_busy
+        for entry in self.state.idle_clusters(time.time(), load):
+            rec = entry.record
+            name, gid, home = user_identity(rec.uid)
+            owner = Caller(uid=rec.uid, gid=gid, user=name, home=home,
+                           admin=self.is_admin(rec.uid))
+            op = protocol.Down(cluster=rec.name) if rec.autostop_down else \
+                protocol.Stop(cluster=rec.name)
+            entry.autostopping = True
+            req, _ = await self.scheduler.submit_long(op, owner)
+            log.info("autostop: %s idle for %g min: %s requested (%s)", rec.name, rec.autostop,
+                     req.record.name, req.record.id)
 
     # ---- retention -----------------------------------------------------------------------
 

@@ -117,6 +117,8 @@ class ClusterRecord(msgspec.Struct, omit_defaults=True):
     nodes: list[NodeInfo] = []
     last_use: float = 0.0
     status_reason: str = ""
+    autostop: float = -1.0   # idle minutes before it stops itself (-1: never)
+    autostop_down: bool = False  # ... and is torn down instead of stopped
 
 
 class JobRecord(msgspec.Struct, omit_defaults=True):
@@ -190,6 +192,8 @@ class Launch(Op, tag="launch"):
     idempotent = True
     task: Task
     cluster: str | None = None
+    idle_minutes_to_autostop: float | None = None
+    down: bool = False       # with autostop: tear down instead of stopping
 
 
 class Exec(Op, tag="exec"):
@@ -218,6 +222,15 @@ class Down(Op, tag="down"):
     result = str
     idempotent = True
     cluster: str
+
+
+class Autostop(Op, tag="autostop"):
+    """Stop (or tear down) the cluster after it has been idle this many minutes."""
+    schedule = Queue.SHORT
+    result = ClusterRecord
+    cluster: str
+    idle_minutes: float = -1.0    # -1: cancel autostop
+    down: bool = False
 
 
 class ClusterStatus(Op, tag="status"):
@@ -290,7 +303,7 @@ class ApiInfo(Op, tag="api_info"):
     result = ServerInfo
 
 
-AnyOp = (Launch | Exec | Stop | Start | Down | ClusterStatus | JobQueue | JobLogs
+AnyOp = (Launch | Exec | Stop | Start | Down | Autostop | ClusterStatus | JobQueue | JobLogs
          | CancelJobs | InfraStatus | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
 OPS: dict[str, type[Op]] = {c.__struct_config__.tag: c for c in AnyOp.__args__}
 

@@ -139,6 +139,10 @@ class Scheduler:
     def log_path(self, request_id: str) -> Path:
         return self.logs_dir / f"{request_id}.log"
 
+    def cluster_busy(self, cluster: str) -> bool:
+        """A long request on it is pending or running."""
+        return cluster in self._cluster_load
+
     def queued_launch_owner(self, cluster: str) -> int | None:
         """The uid whose queued (or running) launch will create `cluster`, if any."""
         for r in (*self.long_running.values(), *self.long_pending.values()):

@@ -33,6 +33,7 @@ SHORT_HANDLERS = {
     protocol.JobLogs: queries.logs,
     protocol.CancelJobs: queries.cancel,
     protocol.InfraStatus: queries.infra,
+    protocol.Autostop: queries.autostop,
     protocol.ApiStatus: api.api_status,
     protocol.ApiLogs: api.api_logs_source,
 }

@@ -36,6 +36,8 @@ log = logging.getLogger("skyd.state")
 class ClusterEntry:
     record: ClusterRecord
     next_job_id: int = 1
+    last_busy: float = 0.0        # last seen with a job or a request (memory only)
+    autostopping: bool = False    # its autostop request is queued
 
 
 @dataclass
@@ -109,6 +111,32 @@ class ClusterState:
                          user=h.user, port=h.port, identity_file=h.identity_file,
                          proxy_jump=h.proxy_jump) for i, h in enumerate(free[:num_nodes])]
 
+    def busy(self, name: str) -> bool:
+        return any(c == name for c, _ in self.jobs)
+
+    async def set_autostop(self, name: str, uid: int, admin: bool, minutes: float,
+                           down: bool) -> ClusterRecord:
+        entry = self.require(name, uid, admin)
+        entry.record = _with(entry.record, autostop=minutes, autostop_down=down,
+                             last_use=time.time())
+        entry.autostopping = False
+        await self.store.save_cluster(entry.record, entry.next_job_id)
+        return entry.record
+
+    def idle_clusters(self, now: float, busy: Callable[[str], bool]) -> list[ClusterEntry]:
+        """UP clusters idle for longer than their autostop, not yet being stopped."""
+        due = []
+        for entry in self.clusters.values():
+            rec = entry.record
+            if rec.autostop < 0 or rec.status != "UP" or entry.autostopping:
+                continue
+            if busy(rec.name) or self.busy(rec.name):
+                entry.last_busy = now
+                continue
+            if now - max(entry.last_busy, rec.last_use) >= rec.autostop * 60:
+                due.append(entry)
+        return due
+
     def node_health(self, host: str, ok: bool, reason: str) -> None:
         """A node started or stopped answering: its cluster's status says so."""
         for entry in self.clusters.values():
@@ -142,6 +170,8 @@ class ClusterState:
         entry = self.clusters.get(record.name)
         if entry is None:
             entry = self.clusters[record.name] = ClusterEntry(record)
+        if record.status != entry.record.status:
+            entry.autostopping = False
         entry.record = record
         await self.store.save_cluster(record, entry.next_job_id)
 

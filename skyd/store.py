@@ -75,6 +75,11 @@ MIGRATIONS: list[str] = [
     CREATE INDEX jobs_active ON jobs(status)
         WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'FAILED_SETUP', 'CANCELLED');
     """,
+    # v2: autostop
+    """
+    ALTER TABLE clusters ADD COLUMN autostop REAL NOT NULL DEFAULT -1;
+    ALTER TABLE clusters ADD COLUMN autostop_down INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _REQ_COLS = "id, name, queue, status, uid, user, cluster, created_at, started_at, finished_at, error"
@@ -105,7 +110,7 @@ def _cluster_record(row: Any) -> ClusterRecord:
     return ClusterRecord(name=row[0], status=row[1], infra=row[2], num_nodes=row[3], uid=row[4],
                          user=row[5], launched_at=row[6], last_use=row[7], resources=row[8],
                          nodes=_nodes_dec.decode(row[9]) if row[9] else [],
-                         status_reason=row[10])
+                         status_reason=row[10], autostop=row[12], autostop_down=bool(row[13]))
 
 
 class _Write:
@@ -322,14 +327,16 @@ class Store:
     def save_cluster(self, c: ClusterRecord, next_job_id: int) -> asyncio.Future:
         return self._write(
             "INSERT INTO clusters (name, status, infra, num_nodes, uid, user, launched_at,"
-            " last_use, resources, nodes, status_reason, next_job_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " last_use, resources, nodes, status_reason, next_job_id, autostop, autostop_down)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET status = excluded.status, infra = excluded.infra,"
             " num_nodes = excluded.num_nodes, last_use = excluded.last_use,"
             " resources = excluded.resources, nodes = excluded.nodes,"
-            " status_reason = excluded.status_reason, next_job_id = excluded.next_job_id",
+            " status_reason = excluded.status_reason, next_job_id = excluded.next_job_id,"
+            " autostop = excluded.autostop, autostop_down = excluded.autostop_down",
             (c.name, c.status, c.infra, c.num_nodes, c.uid, c.user, c.launched_at, c.last_use,
-             c.resources, _enc.encode(c.nodes), c.status_reason, next_job_id))
+             c.resources, _enc.encode(c.nodes), c.status_reason, next_job_id, c.autostop,
+             int(c.autostop_down)))
 
     def delete_cluster(self, name: str) -> asyncio.Future:
         return asyncio.gather(self._write("DELETE FROM jobs WHERE cluster = ?", (name,)),
@@ -338,7 +345,8 @@ class Store:
     async def load_clusters(self) -> list[tuple[ClusterRecord, int]]:
         rows = await self._all(
             "SELECT name, status, infra, num_nodes, uid, user, launched_at, last_use, resources,"
-            " nodes, status_reason, next_job_id FROM clusters ORDER BY launched_at")
+            " nodes, status_reason, next_job_id, autostop, autostop_down FROM clusters"
+            " ORDER BY launched_at")
         return [(_cluster_record(r), r[11]) for r in rows]
 
     # ---- jobs ---------------------------------------------------------------------------

@@ -151,3 +151,21 @@ def test_request_log_reaches_a_follower_while_the_request_runs(daemon):
                 break
         else:
             raise AssertionError("the setup's output never arrived")
+
+
+def test_autostop_stops_or_tears_down_an_idle_cluster(daemon):
+    daemon.skyctl("launch", "-c", "idle", "-d", "sleep 1", check=True)
+    p = daemon.skyctl("autostop", "idle", "-i", "0.02", check=True)   # 1.2 s
+    assert "stopped after 0.02 idle minute" in p.stdout
+    # the running job keeps it busy; once done and idle, it is stopped by the server
+    assert wait_until(lambda: daemon.call(protocol.ClusterStatus())[0].status == "STOPPED", 20)
+    daemon.skyctl("start", "idle", check=True)
+    daemon.skyctl("autostop", "idle", "--cancel", check=True)
+    time.sleep(2.5)
+    assert daemon.call(protocol.ClusterStatus())[0].status == "UP"
+    # launch --down: torn down once its job is over
+    daemon.skyctl("launch", "-c", "gone", "--down", "-d", "sleep 1", check=True)
+    assert wait_until(lambda: [c.name for c in daemon.call(protocol.ClusterStatus())] == ["idle"],
+                      20)
+    reqs = daemon.call(protocol.ApiStatus(all_statuses=True))
+    assert any(r.name == "down" and r.cluster == "gone" and r.user == "root" for r in reqs)

@@ -109,9 +109,12 @@ def launch(ctx: WorkerContext) -> LaunchResult:
         ctx.say(f"Reusing cluster {cluster.name} (UP).")
     # As in SkyPilot, a launch runs setup again, also on a cluster that is already up.
     job_id = _run_task(ctx, op.task, cluster, with_setup=True)
-    if cluster.status != "UP":
+    changes = {}
+    if op.idle_minutes_to_autostop is not None:
+        changes = {"autostop": op.idle_minutes_to_autostop, "autostop_down": op.down}
+    if cluster.status != "UP" or changes:
         cluster = msgspec.structs.replace(cluster, status="UP", status_reason="",
-                                          last_use=time.time())
+                                          last_use=time.time(), **changes)
         ctx.send(SaveCluster(cluster))
     return LaunchResult(cluster=cluster.name, job_id=job_id)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, AsyncIterator
 
 from skyd.infra.base import handle_dec
-from skyd.protocol import (JOB_FINISHED, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
+from skyd.protocol import (JOB_FINISHED, Autostop, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
                            HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord, NodeInfo,
                            SkydError)
 from skyd.scheduler import Caller
@@ -24,6 +24,13 @@ async def status(d: "Daemon", caller: Caller, op: ClusterStatus) -> list[Cluster
     else:
         picked = [e.record for e in entries.values()]
     return [c for c in picked if op.all_users or c.uid == caller.uid]
+
+
+async def autostop(d: "Daemon", caller: Caller, op: Autostop) -> ClusterRecord:
+    if op.idle_minutes < 0 and op.idle_minutes != -1:
+        raise SkydError(ErrorCode.BAD_REQUEST, "idle minutes must be >= 0 (or -1 to cancel)")
+    return await d.state.set_autostop(op.cluster, caller.uid, caller.admin, op.idle_minutes,
+                                      op.down)
 
 
 async def _jobs(d: "Daemon", cluster: str) -> list[JobRecord]:
