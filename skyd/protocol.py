@@ -103,6 +103,7 @@ class NodeInfo(msgspec.Struct, omit_defaults=True):
     port: int = 22
     identity_file: str = ""
     proxy_jump: str = ""
+    cpus: float = 0.0    # what the node has (ssh: probed at provision; 0: unknown)
 
 
 class ClusterRecord(msgspec.Struct, omit_defaults=True):

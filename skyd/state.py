@@ -18,7 +18,7 @@ from typing import Callable
 
 import msgspec
 
-from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec
+from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc
 from skyd.logs import Topic
 from skyd import protocol
 from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, NodeInfo, SkydError
@@ -47,6 +47,7 @@ class LiveJob:
     handle_bytes: bytes | None = None
     topic: Topic = field(default_factory=Topic)
     watcher: asyncio.Task | None = None
+    spawning: bool = False
 
 
 class ClusterState:
@@ -70,8 +71,10 @@ class ClusterState:
         for record, handle in await self.store.active_jobs():
             live = LiveJob(record, handle_dec.decode(handle) if handle else None, handle)
             self.jobs[(record.cluster, record.job_id)] = live
-            if live.handle is not None:
+            if live.handle is not None and live.handle.spawned:
                 self._watch(live)
+        for name in self.clusters:
+            self.schedule_jobs(name)
 
     def check_fits_local(self, task: Task) -> None:
         check_fits_local(self.host, task)
@@ -174,6 +177,7 @@ class ClusterState:
             entry.autostopping = False
         entry.record = record
         await self.store.save_cluster(record, entry.next_job_id)
+        self.schedule_jobs(record.name)
 
     async def drop_cluster(self, name: str) -> None:
         self.clusters.pop(name, None)
@@ -220,9 +224,52 @@ class ClusterState:
             self.jobs.pop(key, None)
             if live.watcher is not None and live.watcher is not asyncio.current_task():
                 live.watcher.cancel()
-        elif live.handle is not None and live.watcher is None:
+            self.schedule_jobs(record.cluster)     # its room is free for the next ones
+        elif live.handle is not None and live.handle.spawned and live.watcher is None:
             self._watch(live)
+        elif live.handle is not None and not live.handle.spawned:
+            self.schedule_jobs(record.cluster)
         live.topic.notify()
+
+    # ---- the job queue of each cluster -------------------------------------------------
+
+    def schedule_jobs(self, cluster: str) -> None:
+        """Start the cluster's waiting jobs in submission order while they fit: like
+        SkyPilot's job queue, a job that does not fit holds back the ones behind it."""
+        entry = self.clusters.get(cluster)
+        if entry is None or entry.record.status not in ("UP", "UNHEALTHY"):
+            return
+        infra, nodes = get_infra(entry.record.infra), entry.record.nodes
+        jobs = sorted((j for (c, _), j in self.jobs.items() if c == cluster and j.handle),
+                      key=lambda j: j.record.job_id)
+        used = sum(j.handle.cpus for j in jobs if j.handle.spawned or j.spawning)
+        room = min((infra.capacity(n) for n in nodes), default=0.0)
+        for live in jobs:
+            if live.handle.spawned or live.spawning:
+                continue
+            if used + live.handle.cpus > room + 1e-9 and used > 0:
+                break      # it waits for room; so do the jobs behind it
+            used += live.handle.cpus
+            live.spawning = True
+            asyncio.get_running_loop().create_task(self._spawn(live, infra, nodes))
+
+    async def _spawn(self, live: LiveJob, infra: Infra, nodes: list[NodeInfo]) -> None:
+        rec = live.record
+        try:
+            handle = await infra.spawn(live.handle, nodes, rec.uid, _gid_of(rec.uid))
+        except Exception as e:  # noqa: BLE001 - the job fails, the daemon goes on
+            log.warning("job %s on %s could not start: %s", rec.job_id, rec.cluster, e)
+            live.spawning = False
+            await self.save_job(msgspec.structs.replace(rec, status="FAILED",
+                                                        ended_at=time.time()), None)
+            return
+        live.spawning = False
+        if (rec.cluster, rec.job_id) not in self.jobs:       # cancelled meanwhile
+            await infra.cancel(handle, nodes)
+            return
+        await self.save_job(msgspec.structs.replace(live.record, status="RUNNING",
+                                                    started_at=time.time()),
+                            handle_enc.encode(handle))
 
     async def fail_unstarted_job(self, request_id: str, reason: str) -> None:
         """A launch or exec that ended before its job started: the job cannot run now."""
@@ -268,6 +315,11 @@ class ClusterState:
         if live.handle is None:
             # Not started yet (its launch/exec is still queued or setting up).
             return False
+        if not live.handle.spawned:
+            # Waiting for room on the cluster: it simply never starts.
+            await self.save_job(msgspec.structs.replace(live.record, status="CANCELLED",
+                                                        ended_at=time.time()), None)
+            return True
         infra, nodes = self.infra_of(cluster)
         await infra.cancel(live.handle, nodes)
         return True
@@ -420,3 +472,8 @@ def check_fits_local(hw, task: Task) -> None:
 
 def _with(record: ClusterRecord, **changes) -> ClusterRecord:
     return msgspec.structs.replace(record, **changes)
+
+
+def _gid_of(uid: int) -> int:
+    from skyd.worker import user_identity
+    return user_identity(uid)[1]

@@ -55,7 +55,7 @@ def test_async_prints_only_the_request_id(daemon, workdir):
     # the request's own log: following a finished request prints it and its result
     api_logs = daemon.skyctl("api", "logs", rid[:8])
     assert api_logs.returncode == 0
-    assert "Job 1 started on cluster c2" in api_logs.stdout
+    assert "Job 1 submitted to cluster c2" in api_logs.stdout
 
 
 def test_exec_reuses_cluster_without_setup_and_keeps_order(daemon, workdir):
@@ -169,3 +169,26 @@ def test_autostop_stops_or_tears_down_an_idle_cluster(daemon):
                       20)
     reqs = daemon.call(protocol.ApiStatus(all_statuses=True))
     assert any(r.name == "down" and r.cluster == "gone" and r.user == "root" for r in reqs)
+
+
+def test_jobs_wait_for_room_on_the_cluster_in_submission_order(daemon, workdir):
+    import os
+    from skyd import hardware
+    cpus = str(int(hardware.detect().cpus))          # each job takes the whole node
+    daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 1.5", check=True)
+    daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, "echo second", check=True)
+    marker = workdir / "third-ran"
+    daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, f"touch {marker}", check=True)
+    jobs = {j.job_id: j.status for j in daemon.call(protocol.JobQueue(cluster="q"))}
+    assert jobs == {1: "RUNNING", 2: "PENDING", 3: "PENDING"}
+    assert daemon.skyctl("cancel", "q", "3", check=True).returncode == 0
+    first, second = daemon.wait_job("q", 1), daemon.wait_job("q", 2)
+    assert first.status == second.status == "SUCCEEDED"
+    assert second.started_at >= first.ended_at - 0.05
+    assert daemon.wait_job("q", 3).status == "CANCELLED"
+    assert not marker.exists()
+    # small jobs share a node: SkyPilot's default demand is half a CPU each
+    daemon.skyctl("exec", "-c", "q", "-d", "sleep 1", check=True)
+    daemon.skyctl("exec", "-c", "q", "-d", "sleep 1", check=True)
+    assert wait_until(lambda: [j.status for j in daemon.call(protocol.JobQueue(cluster="q"))][:2]
+                      == ["RUNNING", "RUNNING"], 5)

@@ -20,6 +20,11 @@ class NodeProc(msgspec.Struct):
 
 class JobHandle(msgspec.Struct):
     nodes: list[NodeProc]
+    cpus: float = 0.5      # what the job takes on each node while it runs (SkyPilot's default)
+
+    @property
+    def spawned(self) -> bool:
+        return all(np.pid > 0 for np in self.nodes)
 
 
 class Outcome(msgspec.Struct):
@@ -56,8 +61,9 @@ class Infra:
                   envs: Callable[[NodeInfo], dict]) -> None:
         raise NotImplementedError
 
-    def start_job(self, nodes: list[NodeInfo], job_id: int, run: str,
-                  envs: Callable[[NodeInfo], dict]) -> JobHandle:
+    def prepare_job(self, nodes: list[NodeInfo], job_id: int, run: str,
+                    envs: Callable[[NodeInfo], dict]) -> JobHandle:
+        """Put the job's script and environment on its nodes; nothing runs yet."""
         raise NotImplementedError
 
     def stop_jobs(self, nodes: list[NodeInfo], handles: list[JobHandle]) -> None:
@@ -68,6 +74,14 @@ class Infra:
         raise NotImplementedError
 
     # ---- daemon side (async) ----------------------------------------------------------
+    async def spawn(self, handle: JobHandle, nodes: list[NodeInfo], uid: int,
+                    gid: int) -> JobHandle:
+        """Start a prepared job's detached runners (as its owner); the handle with pids."""
+        raise NotImplementedError
+
+    def capacity(self, node: NodeInfo) -> float:
+        """CPUs a node offers to jobs."""
+        raise NotImplementedError
     async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
         """Return how the job ended, once it has."""
         raise NotImplementedError

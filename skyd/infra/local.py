@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-import signal
-import time
+import msgspec
+
+from skyd import hardware
 
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, pump_lines, rank_prefix,
                              register)
@@ -27,6 +31,8 @@ from skyd.logs import follow_files
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 LOCAL_IP = "127.0.0.1"
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_HOST_CPUS = hardware.detect().cpus     # a local node is this host (cgroup-aware)
 WORKDIR = "sky_workdir"
 
 # The runner: run the user's script, then record how it ended. Cancel writes the
@@ -127,22 +133,51 @@ def setup_failed(n: NodeInfo, rc: int, tail: list[bytes]) -> SkydError:
                      f"last lines of output:\n{last}" if last else "")
 
 
-def start_job(nodes: list[NodeInfo], job_id: int, run: str,
-              envs: Callable[[NodeInfo], dict]) -> JobHandle:
+def env_script(env: dict[str, str]) -> str:
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def prepare_job(nodes: list[NodeInfo], job_id: int, run: str,
+                envs: Callable[[NodeInfo], dict]) -> JobHandle:
+    """The job's files on each node: its script, its environment (0600: it may hold
+    secrets) and the runner that will start it."""
     procs = []
     for n in nodes:
         jobdir = Path(n.path) / "jobs" / str(job_id)
         jobdir.mkdir(parents=True, exist_ok=True)
         (jobdir / "run.sh").write_text(run)
-        log = jobdir / "run.log"
-        with open(log, "ab") as out:
-            p = subprocess.Popen(["sh", "-c", RUNNER, "skyd-job", str(jobdir)],
-                                 cwd=Path(n.path) / WORKDIR, env=envs(n),
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True, close_fds=True)
-        procs.append(NodeProc(rank=n.rank, pid=p.pid, start=process_start(p.pid) or 0,
-                              jobdir=str(jobdir), log=str(log)))
+        fd = os.open(jobdir / "env.sh", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(env_script(envs(n)))
+        (jobdir / "runner.sh").write_text(f'. "$1/env.sh"\n{RUNNER}')
+        procs.append(NodeProc(rank=n.rank, pid=0, start=0, jobdir=str(jobdir),
+                              log=str(jobdir / "run.log")))
     return JobHandle(nodes=procs)
+
+
+def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int) -> JobHandle:
+    """Start the runners, detached (own session), as the job's owner."""
+    by_rank = {n.rank: n for n in nodes}
+    ids = {}
+    if os.geteuid() == 0 and uid != 0:
+        from skyd.worker import user_identity
+        name = user_identity(uid)[0]
+        try:
+            groups = os.getgrouplist(name, gid)
+        except OSError:
+            groups = [gid]
+        ids = {"user": uid, "group": gid, "extra_groups": groups}
+    procs = []
+    for np in handle.nodes:
+        node = by_rank[np.rank]
+        with open(np.log, "ab") as out:
+            p = subprocess.Popen(["sh", f"{np.jobdir}/runner.sh", np.jobdir],
+                                 cwd=Path(node.path) / WORKDIR,
+                                 env={"PATH": os.environ.get("PATH", _DEFAULT_PATH)},
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, close_fds=True, **ids)
+        procs.append(msgspec.structs.replace(np, pid=p.pid, start=process_start(p.pid) or 0))
+    return msgspec.structs.replace(handle, nodes=procs)
 
 
 def teardown(state_dir: str, name: str) -> None:
@@ -281,8 +316,14 @@ class LocalInfra(Infra):
     def run_setup(self, nodes, script, envs):
         run_setup(nodes, script, envs)
 
-    def start_job(self, nodes, job_id, run, envs):
-        return start_job(nodes, job_id, run, envs)
+    def prepare_job(self, nodes, job_id, run, envs):
+        return prepare_job(nodes, job_id, run, envs)
+
+    async def spawn(self, handle, nodes, uid, gid):
+        return spawn(handle, nodes, uid, gid)      # a fork+exec per node: quick
+
+    def capacity(self, node):
+        return _HOST_CPUS
 
     def stop_jobs(self, nodes, handles):
         _stop_jobs(handles)

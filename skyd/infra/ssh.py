@@ -20,9 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
+import msgspec
+
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, pump_lines, rank_prefix,
                              register)
-from skyd.infra.local import RUNNER, setup_failed
+from skyd.infra.local import RUNNER, env_script, setup_failed
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 CONNECT_TIMEOUT = 10        # seconds for a TCP connect + handshake
@@ -33,10 +35,6 @@ KILL_GRACE = 3
 
 def node_dir(cluster: str, rank: int) -> str:
     return f".skyd/{cluster}/node-{rank}"
-
-
-def _env_script(env: dict[str, str]) -> str:
-    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
 class SshInfra(Infra):
@@ -95,8 +93,9 @@ class SshInfra(Infra):
 
     def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
         def prepare(n: NodeInfo) -> NodeInfo:
-            self.run(n, f"mkdir -p {n.path}/sky_workdir {n.path}/jobs && chmod 700 .skyd")
-            return n
+            out = self.run(n, f"mkdir -p {n.path}/sky_workdir {n.path}/jobs && "
+                              "chmod 700 .skyd && nproc")
+            return msgspec.structs.replace(n, cpus=float(out.split()[-1]))
         return self.each(cluster.nodes, prepare)
 
     def _rsync(self, node: NodeInfo, src: str, dst: str) -> None:
@@ -130,7 +129,7 @@ class SshInfra(Infra):
     def run_setup(self, nodes, script, envs):
         procs = []
         for n in nodes:
-            body = (_env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
+            body = (env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
                     f"bash -c {shlex.quote(script)} < /dev/null\n")
             p = subprocess.Popen(self.ssh(n, "bash -s"), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -150,23 +149,17 @@ class SshInfra(Infra):
             if rc != 0:
                 raise setup_failed(n, rc, tail)
 
-    def start_job(self, nodes, job_id, run, envs):
-        def start(n: NodeInfo) -> NodeProc:
+    def prepare_job(self, nodes, job_id, run, envs):
+        def prepare(n: NodeInfo) -> NodeProc:
             eof = "SKYD_" + _secrets.token_hex(8)
-            jobdir = f"$HOME/{n.path}/jobs/{job_id}"
-            script = (f"set -e\njobdir={jobdir}\nmkdir -p \"$jobdir\"\numask 077\n"
-                      f"cat > \"$jobdir/run.sh\" <<'{eof}'\n{run}\n{eof}\n"
-                      f"cat > \"$jobdir/env.sh\" <<'{eof}'\n{_env_script(envs(n))}{eof}\n"
+            script = (f"set -e\njobdir=$HOME/{n.path}/jobs/{job_id}\nmkdir -p \"$jobdir\"\n"
+                      f"umask 077\ncat > \"$jobdir/run.sh\" <<'{eof}'\n{run}\n{eof}\n"
+                      f"cat > \"$jobdir/env.sh\" <<'{eof}'\n{env_script(envs(n))}{eof}\n"
                       f"cat > \"$jobdir/runner.sh\" <<'{eof}'\n. \"$1/env.sh\"\n{RUNNER}\n{eof}\n"
-                      f"cd {n.path}/sky_workdir\n"
-                      "setsid sh \"$jobdir/runner.sh\" \"$jobdir\" > \"$jobdir/run.log\" 2>&1 "
-                      "< /dev/null &\n"
-                      "pid=$!\necho $pid\nawk '{print $22}' /proc/$pid/stat 2>/dev/null || echo 0\n"
                       "echo \"$jobdir\"\n")
-            out = self.run(n, script).split()
-            return NodeProc(rank=n.rank, pid=int(out[0]), start=int(out[1]), jobdir=out[2],
-                            log=f"{out[2]}/run.log")
-        return JobHandle(nodes=self.each(nodes, start))
+            jobdir = self.run(n, script).split()[-1]
+            return NodeProc(rank=n.rank, pid=0, start=0, jobdir=jobdir, log=f"{jobdir}/run.log")
+        return JobHandle(nodes=self.each(nodes, prepare))
 
     def stop_jobs(self, nodes, handles):
         by_rank = {n.rank: n for n in nodes}
@@ -183,6 +176,28 @@ class SshInfra(Infra):
         self.each(cluster.nodes, remove)
 
     # ---- daemon side -----------------------------------------------------------------------
+
+    def capacity(self, node):
+        return node.cpus or float("inf")     # unknown until probed: do not hold jobs back
+
+    async def spawn(self, handle, nodes, uid, gid):
+        by_rank = {n.rank: n for n in nodes}
+
+        async def start(np: NodeProc) -> NodeProc:
+            node = by_rank[np.rank]
+            jobdir = shlex.quote(np.jobdir)
+            script = (f"cd {node.path}/sky_workdir\n"
+                      f"setsid sh {jobdir}/runner.sh {jobdir} > {jobdir}/run.log 2>&1 "
+                      "< /dev/null &\npid=$!\necho $pid\n"
+                      "awk '{print $22}' /proc/$pid/stat 2>/dev/null || echo 0\n")
+            rc, out, err = await self._arun(node, script, COMMAND_TIMEOUT)
+            if rc != 0:
+                raise unreachable(node, err)
+            pid, start_ticks = out.split()[:2]
+            return msgspec.structs.replace(np, pid=int(pid), start=int(start_ticks))
+
+        procs = await asyncio.gather(*(start(np) for np in handle.nodes))
+        return msgspec.structs.replace(handle, nodes=list(procs))
 
     async def _arun(self, node: NodeInfo, script: str,
                     timeout: float | None = None) -> tuple[int, bytes, bytes]:
@@ -297,6 +312,8 @@ def _proc(h: JobHandle, rank: int) -> NodeProc:
 def _kill_script(np: NodeProc, graceful: bool) -> str:
     """Mark the job cancelled and signal its session; escalate after a grace period."""
     jobdir = shlex.quote(np.jobdir)
+    if np.pid <= 0:                      # never started: `kill -- -0` would hit the shell
+        return f"touch {jobdir}/cancelled\n" if graceful else "true\n"
     if not graceful:
         return f"kill -KILL -- -{np.pid} 2>/dev/null; true\n"
     return (f"touch {jobdir}/cancelled\nkill -TERM -- -{np.pid} 2>/dev/null\n"

@@ -15,7 +15,7 @@ import msgspec
 from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
-from skyd.taskspec import Task
+from skyd.taskspec import Task, parse_amount
 from skyd.worker import WorkerContext
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
 
@@ -61,9 +61,8 @@ def _save_job(ctx: WorkerContext, job: JobRecord, status: str, handle: JobHandle
 def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup: bool) -> int | None:
     """Sync files, optionally run setup, start `run` as the assigned job."""
     entry = ctx.assignment.jobs[0] if ctx.assignment.jobs else None
-    if entry is not None and (entry.record.status == "RUNNING"
-                              or entry.record.status in JOB_FINISHED):
-        ctx.say(f"Job {entry.record.job_id} was already started; not starting it again.")
+    if entry is not None and (entry.handle is not None or entry.record.status in JOB_FINISHED):
+        ctx.say(f"Job {entry.record.job_id} was already submitted; not submitting it again.")
         return entry.record.job_id
     infra = get_infra(cluster.infra)
     if task.workdir:
@@ -87,10 +86,14 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
         ctx.say("Setup done.")
     if job is None:
         return None
-    handle = infra.start_job(cluster.nodes, job.job_id, task.run or "",
-                             lambda n: task_env(ctx, task, cluster, n, job.job_id, setup=False))
-    _save_job(ctx, job, "RUNNING", handle, started_at=time.time())
-    ctx.say(f"Job {job.job_id} started on cluster {cluster.name}.")
+    handle = infra.prepare_job(cluster.nodes, job.job_id, task.run or "",
+                               lambda n: task_env(ctx, task, cluster, n, job.job_id, setup=False))
+    cpus = parse_amount("cpus", task.resources.cpus)
+    if cpus is not None:
+        handle = msgspec.structs.replace(handle, cpus=cpus.value)
+    # The daemon starts it, in submission order, when the cluster has room for it.
+    _save_job(ctx, job, "PENDING", handle)
+    ctx.say(f"Job {job.job_id} submitted to cluster {cluster.name}.")
     return job.job_id
 
 
@@ -139,8 +142,10 @@ def _require_up(ctx: WorkerContext) -> ClusterRecord:
 def _kill_jobs(ctx: WorkerContext, infra: Infra, cluster: ClusterRecord,
                entries: list[JobEntry], why: str) -> None:
     live = [(e.record, handle_dec.decode(e.handle)) for e in entries if e.handle]
-    infra.stop_jobs(cluster.nodes, [h for _, h in live])
-    for rec, _ in live:
+    infra.stop_jobs(cluster.nodes, [h for _, h in live if h.spawned])
+    for rec, h in live:
+        if not h.spawned:      # still waiting for room: it will never start now
+            _save_job(ctx, rec, "CANCELLED", ended_at=time.time())
         ctx.say(f"Job {rec.job_id} {why}.")
 
 

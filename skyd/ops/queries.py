@@ -91,8 +91,9 @@ class JobLogStream:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         live = self._live()
-        # Until the job has a handle (its launch is still setting up) there is no log yet.
-        while live is not None and live.handle is None and self.follow:
+        # Until the job has started (its launch is setting up, or it waits for room on the
+        # cluster) there is no log yet.
+        while live is not None and not (live.handle and live.handle.spawned) and self.follow:
             seen = live.topic.version
             await live.topic.wait(seen)
             live = self._live()
