@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import pwd
 import shlex
 import shutil
 import signal
@@ -279,6 +280,7 @@ class SshHosts:
         self.identity_file = self.base_dir / "id_ed25519"
         self.known_hosts = self.base_dir / "known_hosts"
         self.use_pam = False
+        self._made_user = False
         self.hosts: list[SshHost] = []
 
     # list-like access
@@ -341,6 +343,8 @@ class SshHosts:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir
             os.chmod("/run/sshd", 0o755)
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self._make_login()
         client_pub = self._keygen(self.identity_file, "skyd-test-client")
         (self.base_dir / "authorized_keys").write_text(client_pub + "\n")
         ips = [f"127.0.0.{self.first_ip + i}" for i in range(self.count)]
@@ -395,7 +399,28 @@ class SshHosts:
                 h.kill()
             except Exception:
                 pass
+        if self._made_user:
+            subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True)
+            for _ in range(50):
+                if subprocess.run(["userdel", self.user], capture_output=True).returncode in (0, 6):
+                    break
+                time.sleep(0.1)       # its last processes are still exiting
+            self._made_user = False
 
+    def _make_login(self) -> None:
+        """A throw-away login with an empty home of its own: tests do not depend on (or
+        disturb) root's shell start-up files (this machine's ~/.bashrc runs pyenv, whose
+        rehash lock is left behind when a node is killed mid-login), and each test's
+        remote files start empty."""
+        name = "skyd" + os.urandom(3).hex()
+        home = self.base_dir / "home"
+        subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/bash", "-U", "-p", "*",
+                        name], check=True, capture_output=True)
+        home.mkdir(mode=0o700)
+        pw = pwd.getpwnam(name)
+        os.chown(home, pw.pw_uid, pw.pw_gid)
+        os.chmod(self.base_dir, 0o755)
+        self.user, self._made_user = name, True
     def pool_yaml(self, name: str, hosts: list[SshHost] | None = None) -> str:
         """A SkyPilot-style ssh node pool entry (ssh_node_pools.yaml) for these hosts."""
         hosts = self.hosts if hosts is None else hosts

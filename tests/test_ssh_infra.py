@@ -179,3 +179,22 @@ def test_wrong_key_and_changed_host_key_are_explained(pooled, workdir):
     p = pooled.skyctl("launch", "-c", "hk", "--infra", "ssh/p", "true")
     assert p.returncode == 1
     assert "key" in p.stderr and "known_hosts" in p.stderr
+
+
+def test_stop_kills_jobs_keeps_hosts_and_start_brings_it_back(pooled, workdir):
+    task = write_task(workdir, "t.yaml", "resources:\n  infra: ssh/p\nrun: sleep 300\n")
+    pooled.skyctl("launch", "-c", "st", "-d", str(task), check=True)
+    assert wait_until(lambda: pooled.call(protocol.JobQueue(cluster="st"))[0].status == "RUNNING")
+    pooled.skyctl("stop", "st", check=True)
+    [c] = pooled.call(protocol.ClusterStatus())
+    assert c.status == "STOPPED"
+    assert pooled.wait_job("st", 1, 20).status == "CANCELLED"
+    # a stopped cluster keeps its host: the pool has one less free host
+    two = write_task(workdir, "two.yaml", "num_nodes: 3\nresources:\n  infra: ssh/p\nrun: 'true'\n")
+    p = pooled.skyctl("launch", "-c", "other", str(two))
+    assert p.returncode == 1 and "2 free host(s) of 3" in p.stderr
+    assert [c.name for c in pooled.call(protocol.ClusterStatus())] == ["st"]   # none created
+    assert pooled.skyctl("exec", "-c", "st", "true").returncode == 1     # not UP
+    pooled.skyctl("start", "st", check=True)
+    p = pooled.skyctl("exec", "-c", "st", "echo back")
+    assert p.returncode == 0 and "back" in p.stdout

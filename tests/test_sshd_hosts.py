@@ -84,7 +84,7 @@ def test_rsync_copies_a_directory_to_each_host(ssh_hosts, tmp_path):
     (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
     (src / "run.sh").chmod(0o755)
     for h in ssh_hosts.hosts[:2]:
-        dst = ssh_hosts.base_dir / f"rsync-{h.ip}"  # hosts share the filesystem
+        dst = ssh_hosts.base_dir / "home" / f"rsync-{h.ip}"  # hosts share the filesystem
         p = subprocess.run(["rsync", "-a", "-e", h.ssh_command(), f"{src}/",
                             f"{h.target}:{dst}/"], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr
