@@ -12,14 +12,13 @@ import math
 import sys
 from typing import TextIO
 
+from skyd.calibration import Calibration, load_calibration
 from skyd.hardware import (
     GiB,
-    Calibration,
     Hardware,
     detect,
     format_cpus,
     format_size,
-    load_calibration,
     parse_size,
     size_slots,
 )

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from skyd import __version__, hardware, protocol, systemd
+from skyd.calibration import load_calibration
 from skyd.config import Config
 from skyd.infra.base import get_infra
 from skyd.nodepools import NodePools, PoolError
@@ -42,7 +43,7 @@ class Daemon:
         self.started_at = time.time()
         self.store = Store(config.db_path)
         self.hardware = hardware.detect()
-        self.calibration = hardware.load_calibration(config.calibration_path)
+        self.calibration = load_calibration(config.calibration_path)
         slots = hardware.size_slots(self.hardware, self.calibration)
         self.long_slots = config.long_slots or slots.long
         self.short_slots = config.short_slots or slots.short

@@ -11,23 +11,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skyd import capacity
-from skyd.hardware import (
+from skyd.calibration import (
     DEFAULT_CALIBRATION,
+    Calibration,
+    CalibrationError,
+    load_calibration,
+    write_calibration,
+)
+from skyd.hardware import (
     GiB,
     KiB,
     MiB,
     TiB,
-    Calibration,
-    CalibrationError,
     Hardware,
     check_minimum,
     detect,
     format_size,
-    load_calibration,
     parse_cpu_list,
     parse_size,
     size_slots,
-    write_calibration,
 )
 
 V1_UNLIMITED = "9223372036854771712"
