@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from skyctl.connection import Connection, Unreachable
+from profiling._daemon import DaemonProcess
 from skyd import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,82 +31,26 @@ def _env() -> dict[str, str]:
     return env
 
 
-class Daemon:
-    """A real skyd process. `args` are extra `skyd serve` flags."""
+class Daemon(DaemonProcess):
+    """A real skyd process. `args` are extra `skyd serve` flags. Spawning, waiting for the
+    handshake, the log and stopping are profiling/_daemon.py's DaemonProcess."""
 
-    def __init__(self, state_dir: Path, args: list[str] | None = None):
-        self.state_dir = state_dir
-        self.socket = state_dir / "skyd.sock"
-        self.args = list(args or [])
-        self.proc: subprocess.Popen | None = None
-        self.log_path = state_dir.parent / f"{state_dir.name}.daemon.log"
+    client_name = "test"
 
-    @property
-    def host(self) -> str:
-        return f"unix://{self.socket}"
+    def env(self) -> dict[str, str]:
+        return _env()
 
     def start(self, extra: list[str] | None = None, wait: bool = True) -> "Daemon":
-        cmd = [sys.executable, "-m", "skyd", "serve", "--state-dir", str(self.state_dir),
-               "--socket", str(self.socket), *self.args, *(extra or [])]
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=_env(), start_new_session=True)
+        self.spawn(extra)
         if wait:
             self.wait_ready()
         return self
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"skyd exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                Connection(str(self.socket), "test").connect().close()
-                return
-            except Unreachable:
-                time.sleep(0.05)
-        raise RuntimeError(f"skyd did not answer within {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        code = self.proc.returncode
-        self.proc = None
-        self._log.close()
-        return code
-
-    def kill9(self) -> None:
-        self.stop(signal.SIGKILL)
 
     def restart(self, extra: list[str] | None = None, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)
         self.start(extra)
 
-    # ---- talking to it ------------------------------------------------------------------
-
-    def connect(self) -> Connection:
-        return Connection(str(self.socket), "test").connect()
-
-    def call(self, op: protocol.Op):
-        with self.connect() as c:
-            return c.call(op)
-
-    def frames(self, op: protocol.Op, wait: bool = True) -> list:
-        with self.connect() as c:
-            return list(c.submit(op, wait))
+    # ---- talking to it (connect, call, frames: DaemonProcess) ---------------------------
 
     def submit_async(self, op: protocol.Op) -> str:
         msgs = self.frames(op, wait=False)
