@@ -345,17 +345,7 @@ def _task_args(p: argparse.ArgumentParser, task_required: bool) -> None:
     _common(p, json=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skyctl", description="skyctl: talk to the skyd "
-                                     "request server.", epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    from skyd import __version__
-    parser.add_argument("--version", action="version", version=f"skyctl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("launch", help="launch a task on a (new or existing) cluster",
-                       description="Provision or reuse a cluster, sync the workdir, run setup, "
-                                   "and run the task as a job, following its output.")
+def _launch_args(p: argparse.ArgumentParser) -> None:
     _task_args(p, task_required=False)
     p.add_argument("-c", "--cluster", help="cluster name (default: a generated one)")
     p.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="MINUTES",
@@ -364,25 +354,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with autostop: tear the cluster down instead of stopping it")
     p.set_defaults(func=cmd_launch)
 
-    p = sub.add_parser("exec", help="run a task as a new job on an existing cluster (no setup)")
+
+def _exec_args(p: argparse.ArgumentParser) -> None:
     _task_args(p, task_required=True)
     p.add_argument("-c", "--cluster", required=True, help="the cluster to run on")
     p.set_defaults(func=cmd_launch)
 
-    for name, text in (("stop", "stop clusters (jobs are killed, nodes kept)"),
-                       ("start", "start stopped clusters"),
-                       ("down", "tear clusters down (everything removed)")):
-        p = sub.add_parser(name, help=text, description=text.capitalize() + ".")
-        p.add_argument("clusters", nargs="+", metavar="CLUSTER")
-        p.add_argument("--async", dest="async_", action="store_true",
-                       help="print the request id and return at once")
-        p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
-        _common(p, json=False)
-        p.set_defaults(func=cmd_lifecycle)
 
-    p = sub.add_parser("autostop", help="stop or tear down clusters after an idle time",
-                       description="A cluster with no job and no request for --idle-minutes "
-                                   "is stopped (or torn down with --down) by the server.")
+def _lifecycle_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clusters", nargs="+", metavar="CLUSTER")
+    p.add_argument("--async", dest="async_", action="store_true",
+                   help="print the request id and return at once")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
+    _common(p, json=False)
+    p.set_defaults(func=cmd_lifecycle)
+
+
+def _autostop_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clusters", nargs="+", metavar="CLUSTER")
     p.add_argument("-i", "--idle-minutes", type=float, default=5.0,
                    help="idle minutes before stopping (default 5)")
@@ -392,26 +380,30 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_autostop)
 
-    p = sub.add_parser("status", help="list clusters")
+
+def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clusters", nargs="*", metavar="CLUSTER")
     p.add_argument("-u", "--all-users", action="store_true", help="show every user's clusters")
     _common(p)
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("queue", help="list a cluster's jobs")
+
+def _queue_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("cluster")
     p.add_argument("-s", "--skip-finished", action="store_true", help="only pending and running")
     _common(p)
     p.set_defaults(func=cmd_queue)
 
-    p = sub.add_parser("logs", help="print or follow a job's output")
+
+def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("cluster")
     p.add_argument("job_id", nargs="?", type=int, help="job id (default: the latest)")
     p.add_argument("--no-follow", action="store_true", help="print what is there and return")
     _common(p, json=False)
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("cancel", help="cancel jobs on a cluster")
+
+def _cancel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("cluster")
     p.add_argument("job_ids", nargs="*", type=int, metavar="JOB_ID")
     p.add_argument("-a", "--all", action="store_true", help="every pending or running job")
@@ -419,16 +411,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("infra", aliases=["check"], help="ssh node pools: hosts, reachability, "
-                                                        "CPUs, memory",
-                       description="Probe every host of the ssh node pools (exit 1 if any "
-                                   "does not answer).")
+
+def _infra_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pools", nargs="*", metavar="POOL")
     _common(p)
     p.set_defaults(func=cmd_infra)
 
-    api = sub.add_parser("api", help="inspect and control requests").add_subparsers(
-        dest="api_command", required=True, metavar="API_COMMAND")
+
+def _api_args(api_parser: argparse.ArgumentParser) -> None:
+    api = api_parser.add_subparsers(dest="api_command", required=True, metavar="API_COMMAND")
     p = api.add_parser("status", help="list requests (pending and running; -a for all)")
     p.add_argument("request_ids", nargs="*", metavar="ID", help="ids or unique prefixes")
     p.add_argument("-a", "--all", action="store_true", help="include finished requests")
@@ -455,10 +446,61 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_api_info)
 
-    p = sub.add_parser("shell", help="an interactive shell with completion and live queue depths")
+
+def _shell_args(p: argparse.ArgumentParser) -> None:
     _common(p, json=False)
     p.set_defaults(func=None)
+
+
+# name, help, description, arguments, aliases: one row per command.
+COMMANDS = [
+    ("launch", "launch a task on a (new or existing) cluster",
+     "Provision or reuse a cluster, sync the workdir, run setup, and run the task as a job, "
+     "following its output.", _launch_args, ()),
+    ("exec", "run a task as a new job on an existing cluster (no setup)", None, _exec_args, ()),
+    ("stop", "stop clusters (jobs are killed, nodes kept)", None, _lifecycle_args, ()),
+    ("start", "start stopped clusters", None, _lifecycle_args, ()),
+    ("down", "tear clusters down (everything removed)", None, _lifecycle_args, ()),
+    ("autostop", "stop or tear down clusters after an idle time",
+     "A cluster with no job and no request for --idle-minutes is stopped (or torn down with "
+     "--down) by the server.", _autostop_args, ()),
+    ("status", "list clusters", None, _status_args, ()),
+    ("queue", "list a cluster's jobs", None, _queue_args, ()),
+    ("logs", "print or follow a job's output", None, _logs_args, ()),
+    ("cancel", "cancel jobs on a cluster", None, _cancel_args, ()),
+    ("infra", "ssh node pools: hosts, reachability, CPUs, memory",
+     "Probe every host of the ssh node pools (exit 1 if any does not answer).", _infra_args,
+     ("check",)),
+    ("api", "inspect and control requests", None, _api_args, ()),
+    ("shell", "an interactive shell with completion and live queue depths", None, _shell_args,
+     ()),
+]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command table. With `only`, the other commands get their name and help but no
+    arguments: a one-shot skyctl pays for the command it runs, not for all of them."""
+    parser = argparse.ArgumentParser(prog="skyctl", description="skyctl: talk to the skyd "
+                                     "request server.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from skyd import __version__
+    parser.add_argument("--version", action="version", version=f"skyctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text, description, add_arguments, aliases in COMMANDS:
+        p = sub.add_parser(name, help=text, aliases=list(aliases),
+                           description=description or text[0].upper() + text[1:] + ".")
+        if only is None or only == name or only in aliases:
+            add_arguments(p)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    """The command word of a command line, if it names one (else the full table is built)."""
+    for word in argv:
+        if not word.startswith("-"):
+            known = any(word == c[0] or word in c[4] for c in COMMANDS)
+            return word if known else None
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -489,7 +531,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=_command_in(argv)).parse_args(argv)
     try:
         return run(args)
     except KeyboardInterrupt:
