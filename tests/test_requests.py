@@ -175,20 +175,20 @@ def test_jobs_wait_for_room_on_the_cluster_in_submission_order(daemon, workdir):
     import os
     from skyd import hardware
     cpus = str(int(hardware.detect().cpus))          # each job takes the whole node
-    daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 1.5", check=True)
+    daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 4", check=True)
     daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, "echo second", check=True)
     marker = workdir / "third-ran"
     daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, f"touch {marker}", check=True)
     jobs = {j.job_id: j.status for j in daemon.call(protocol.JobQueue(cluster="q"))}
     assert jobs == {1: "RUNNING", 2: "PENDING", 3: "PENDING"}
     assert daemon.skyctl("cancel", "q", "3", check=True).returncode == 0
-    first, second = daemon.wait_job("q", 1), daemon.wait_job("q", 2)
+    first, second = daemon.wait_job("q", 1, 60), daemon.wait_job("q", 2, 60)
     assert first.status == second.status == "SUCCEEDED"
     assert second.started_at >= first.ended_at - 0.05
     assert daemon.wait_job("q", 3).status == "CANCELLED"
     assert not marker.exists()
     # small jobs share a node: SkyPilot's default demand is half a CPU each
-    daemon.skyctl("exec", "-c", "q", "-d", "sleep 1", check=True)
-    daemon.skyctl("exec", "-c", "q", "-d", "sleep 1", check=True)
+    daemon.skyctl("exec", "-c", "q", "-d", "sleep 5", check=True)
+    daemon.skyctl("exec", "-c", "q", "-d", "sleep 5", check=True)
     assert wait_until(lambda: [j.status for j in daemon.call(protocol.JobQueue(cluster="q"))][:2]
                       == ["RUNNING", "RUNNING"], 5)
