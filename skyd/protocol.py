@@ -104,6 +104,7 @@ class NodeInfo(msgspec.Struct, omit_defaults=True):
     identity_file: str = ""
     proxy_jump: str = ""
     cpus: float = 0.0    # what the node has (ssh: probed at provision; 0: unknown)
+    memory_bytes: int = 0
 
 
 class ClusterRecord(msgspec.Struct, omit_defaults=True):

@@ -198,3 +198,10 @@ def test_stop_kills_jobs_keeps_hosts_and_start_brings_it_back(pooled, workdir):
     pooled.skyctl("start", "st", check=True)
     p = pooled.skyctl("exec", "-c", "st", "echo back")
     assert p.returncode == 0 and "back" in p.stdout
+
+
+def test_a_task_bigger_than_the_hosts_fails_naming_the_host(pooled):
+    p = pooled.skyctl("launch", "-c", "big", "--infra", "ssh/p", "--cpus", "4096", "true")
+    assert p.returncode == 2
+    assert "has" in p.stderr and "CPUs; the task asks for 4096" in p.stderr
+    assert pooled.skyctl("down", "big").returncode == 0      # and down cleans up

@@ -94,8 +94,9 @@ class SshInfra(Infra):
     def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
         def prepare(n: NodeInfo) -> NodeInfo:
             out = self.run(n, f"mkdir -p {n.path}/sky_workdir {n.path}/jobs && "
-                              "chmod 700 .skyd && nproc")
-            return msgspec.structs.replace(n, cpus=float(out.split()[-1]))
+                              "chmod 700 .skyd && nproc && "
+                              "awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo").split()
+            return msgspec.structs.replace(n, cpus=float(out[-2]), memory_bytes=int(float(out[-1])))
         return self.each(cluster.nodes, prepare)
 
     def _rsync(self, node: NodeInfo, src: str, dst: str) -> None:

@@ -108,6 +108,7 @@ def launch(ctx: WorkerContext) -> LaunchResult:
         nodes = get_infra(cluster.infra).provision(a.state_dir, cluster)
         cluster = msgspec.structs.replace(cluster, nodes=nodes, status="INIT")
         ctx.send(SaveCluster(cluster))
+        check_fits(op.task, nodes)
     else:
         ctx.say(f"Reusing cluster {cluster.name} (UP).")
     # As in SkyPilot, a launch runs setup again, also on a cluster that is already up.
@@ -127,6 +128,20 @@ def exec_(ctx: WorkerContext) -> LaunchResult:
     cluster = _require_up(ctx)
     job_id = _run_task(ctx, op.task, cluster, with_setup=False)
     return LaunchResult(cluster=cluster.name, job_id=job_id)
+
+
+def check_fits(task: Task, nodes: list[NodeInfo]) -> None:
+    """Every node must offer what the task asks for (where the node's size is known)."""
+    cpus = parse_amount("cpus", task.resources.cpus)
+    mem = parse_amount("memory", task.resources.memory)
+    for n in nodes:
+        if cpus is not None and n.cpus and not cpus.fits(n.cpus):
+            raise SkydError(ErrorCode.INVALID_TASK, f"node {n.rank} ({n.host}) has {n.cpus:g} "
+                            f"CPUs; the task asks for {task.resources.cpus}")
+        if mem is not None and n.memory_bytes and not mem.fits(n.memory_bytes / 2**30):
+            raise SkydError(ErrorCode.INVALID_TASK, f"node {n.rank} ({n.host}) has "
+                            f"{n.memory_bytes / 2**30:.1f} GiB of memory; the task asks for "
+                            f"{task.resources.memory} GiB")
 
 
 def _require_up(ctx: WorkerContext) -> ClusterRecord:
