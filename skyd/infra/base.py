@@ -112,6 +112,31 @@ def pump_lines(stream, prefix: bytes, tail: list[bytes], out, keep: int = 20) ->
         out.flush()
 
 
+def run_streamed(nodes: list[NodeInfo], start: Callable[[NodeInfo], "subprocess.Popen"]
+                 ) -> list[tuple[NodeInfo, int, list[bytes]]]:
+    """Run one process per node at once (`start` makes it, stdout piped), stream their
+    output to ours with the rank prefix, wait for all; (node, exit status, last lines) of
+    those that failed."""
+    import sys
+    import threading
+    running = []
+    for n in nodes:
+        p = start(n)
+        tail: list[bytes] = []
+        t = threading.Thread(target=pump_lines, daemon=True,
+                             args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
+                                   sys.stdout.buffer))
+        t.start()
+        running.append((n, p, t, tail))
+    failures = []
+    for n, p, t, tail in running:
+        rc = p.wait()
+        t.join()
+        if rc != 0:
+            failures.append((n, rc, tail))
+    return failures
+
+
 _INFRAS: dict[str, Infra] = {}
 
 

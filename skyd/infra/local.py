@@ -15,8 +15,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Mapping
@@ -25,8 +23,8 @@ import msgspec
 
 from skyd import hardware
 
-from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, pump_lines, rank_prefix,
-                             register)
+from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
+                             run_streamed)
 from skyd.logs import follow_files
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
@@ -105,23 +103,9 @@ def sync_file_mounts(nodes: list[NodeInfo], mounts: Mapping[str, str]) -> None:
 
 def run_setup(nodes: list[NodeInfo], script: str, envs: Callable[[NodeInfo], dict]) -> None:
     """Run setup on every node at once; fail with where and how if any node fails."""
-    procs = []
-    for n in nodes:
-        p = subprocess.Popen(["bash", "-c", script], cwd=Path(n.path) / WORKDIR, env=envs(n),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-        tail: list[bytes] = []
-        t = threading.Thread(target=pump_lines, daemon=True,
-                             args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
-                                   sys.stdout.buffer))
-        t.start()
-        procs.append((n, p, t, tail))
-    failures = []
-    for n, p, t, tail in procs:
-        rc = p.wait()
-        t.join()
-        if rc != 0:
-            failures.append((n, rc, tail))
+    failures = run_streamed(nodes, lambda n: subprocess.Popen(
+        ["bash", "-c", script], cwd=Path(n.path) / WORKDIR, env=envs(n),
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     if failures:
         raise setup_failed(*failures[0])
 

@@ -14,16 +14,14 @@ import asyncio
 import secrets as _secrets
 import shlex
 import subprocess
-import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
 import msgspec
 
-from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, pump_lines, rank_prefix,
-                             register)
+from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
+                             run_streamed)
 from skyd.infra.local import RUNNER, env_script, setup_failed
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
@@ -128,27 +126,17 @@ class SshInfra(Infra):
                                         self._rsync(n, src, dst)))
 
     def run_setup(self, nodes, script, envs):
-        procs = []
-        for n in nodes:
-            body = (env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
-                    f"bash -c {shlex.quote(script)} < /dev/null\n")
+        def start(n: NodeInfo) -> subprocess.Popen:
             p = subprocess.Popen(self.ssh(n, "bash -s"), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            p.stdin.write(body.encode())
+            p.stdin.write((env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
+                           f"bash -c {shlex.quote(script)} < /dev/null\n").encode())
             p.stdin.close()
-            tail: list[bytes] = []
-            t = threading.Thread(target=pump_lines, daemon=True,
-                                 args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
-                                       sys.stdout.buffer))
-            t.start()
-            procs.append((n, p, t, tail))
-        for n, p, t, tail in procs:
-            rc = p.wait()
-            t.join()
+            return p
+        for n, rc, tail in run_streamed(nodes, start):
             if rc == 255:
                 raise unreachable(n, b"".join(tail))
-            if rc != 0:
-                raise setup_failed(n, rc, tail)
+            raise setup_failed(n, rc, tail)
 
     def prepare_job(self, nodes, job_id, run, envs):
         def prepare(n: NodeInfo) -> NodeProc:
