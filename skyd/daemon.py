@@ -30,6 +30,7 @@ log = logging.getLogger("skyd")
 
 GC_INTERVAL = 3600.0
 AUTOSTOP_TICK = 1.0      # seconds between idle checks: a few dict lookups per cluster
+HEALTH_INTERVAL = 300.0  # seconds between probes of ssh nodes (one multiplexed `true` each)
 
 
 class StartupError(RuntimeError):
@@ -171,10 +172,23 @@ class Daemon:
     # ---- autostop --------------------------------------------------------------------------
 
     async def _autostop_loop(self) -> None:
+        last_check = 0.0
         while True:
+            if time.monotonic() - last_check >= HEALTH_INTERVAL:
+                last_check = time.monotonic()
+                asyncio.get_running_loop().create_task(self.check_nodes())
             await asyncio.sleep(AUTOSTOP_TICK)
             with contextlib.suppress(Exception):
                 await self.autostop_due()
+
+    async def check_nodes(self) -> None:
+        """Ask every node of every ssh cluster whether it answers (at start: reconcile what
+        changed while the daemon was down; then every few minutes)."""
+        ssh = get_infra("ssh")
+        nodes = [n for e in self.state.clusters.values()
+                 if e.record.infra != "local" and e.record.status in ("UP", "UNHEALTHY")
+                 for n in e.record.nodes]
+        await asyncio.gather(*(ssh.check(n) for n in nodes), return_exceptions=True)
 
     async def autostop_due(self) -> None:
         """Stop (or tear down) clusters idle past their autostop, as their owner would."""

@@ -205,3 +205,14 @@ def test_a_task_bigger_than_the_hosts_fails_naming_the_host(pooled):
     assert p.returncode == 2
     assert "has" in p.stderr and "CPUs; the task asks for 4096" in p.stderr
     assert pooled.skyctl("down", "big").returncode == 0      # and down cleans up
+
+
+def test_a_node_lost_while_the_daemon_was_down_shows_at_start(pooled, workdir):
+    pooled.skyctl("launch", "-c", "idle", "--infra", "ssh/p", "true", check=True)
+    pooled.stop()
+    pooled.hosts[0].kill()
+    pooled.start()
+    assert wait_until(lambda: pooled.call(protocol.ClusterStatus())[0].status == "UNHEALTHY", 30)
+    pooled.hosts[0].restart()
+    pooled.restart()
+    assert wait_until(lambda: pooled.call(protocol.ClusterStatus())[0].status == "UP", 30)

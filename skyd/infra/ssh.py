@@ -201,6 +201,19 @@ class SshInfra(Infra):
             raise
         return proc.returncode or 0, out, err
 
+    async def check(self, node: NodeInfo, timeout: float = 15.0) -> bool:
+        """Is the node answering? Reported to on_health either way."""
+        try:
+            rc, _, err = await self._arun(node, "true", timeout)
+        except asyncio.TimeoutError:
+            rc, err = 255, f"no answer within {timeout:g}s".encode()
+        if rc == 255:
+            self.on_health(node.host, False, f"node {node.rank} ({node.host}) does not answer: "
+                                             f"{_last_lines(err) or 'ssh failed'}")
+            return False
+        self.on_health(node.host, True, "")
+        return True
+
     async def _node_outcome(self, node: NodeInfo, np: NodeProc) -> str:
         """Wait on the node until its part of the job is over: an exit code, 'cancelled'
         or 'lost'. Retries (and reports the node unhealthy) while it does not answer."""
