@@ -88,7 +88,7 @@ def test_running_non_idempotent_request_fails_as_interrupted(make_daemon, workdi
 
 def test_graceful_stop_leaves_no_process_behind(make_daemon, workdir):
     d = make_daemon("--drain-timeout", "0")
-    rid = d.submit_async(_launch("g1", "sleep 300", "true"))
+    rid = d.submit_async(_launch("g1", "sleep 301.5", "true"))
     assert wait_until(lambda: d.request(rid).status is protocol.Status.RUNNING, 10)
     pid = d.proc.pid
     assert d.stop(signal.SIGTERM) == 0
@@ -98,7 +98,7 @@ def test_graceful_stop_leaves_no_process_behind(make_daemon, workdir):
                              text=True).stdout.split()
         return out
     assert wait_until(lambda: not children(), 5)
-    leftovers = subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True, text=True)
+    leftovers = subprocess.run(["pgrep", "-f", "sleep 301.5"], capture_output=True, text=True)
     assert leftovers.stdout.strip() == ""
     # after the restart, the idempotent launch runs again
     d.start(["--drain-timeout", "0"])
