@@ -68,7 +68,7 @@ def derive(long_worker_peak: float, short_request_peak: float, daemon_idle_rss: 
 
 
 def phase_figures(idle: list[sysprof.Sample], long: list[sysprof.Sample],
-                  short: list[sysprof.Sample], clients: int) -> dict:
+                  short: list[sysprof.Sample], clients: int, short_peak: int = 0) -> dict:
     """The raw peaks from the samples of each phase (`short` starts with the last sample
     before the load: its baseline)."""
     if not idle or not long or len(short) < 2:
@@ -80,10 +80,14 @@ def phase_figures(idle: list[sysprof.Sample], long: list[sysprof.Sample],
     summ = sysprof.summarize(short)
     daemon_base, daemon_peak = summ["baseline"]["daemon_mem"], summ["peak"]["daemon_mem"]
     sr = summ["short_request"]
+    # Requests in flight at once: each of the clients has one in flight nearly all the time
+    # (its connection and buffers are what costs); the daemon's own peak count can be
+    # lower (most finish within one turn of its loop) or higher (other traffic).
+    candidates = [(clients, "the load's concurrent clients"),
+                  (short_peak, "ApiInfo short_peak (the daemon's count since it started)")]
     if sr is not None:
-        concurrency, source = sr["peak_concurrent"], "ApiInfo short_running (peak)"
-    else:
-        concurrency, source = clients, "no short request seen running: the client count"
+        candidates.append((sr["peak_concurrent"], "ApiInfo short_running (sampled peak)"))
+    concurrency, source = max(candidates)
     return {"daemon_idle_rss": idle_rss,
             "long_worker_peak": lw["peak_mem"], "long_worker_avg": round(lw["avg_mem"]),
             "long_worker_uss": lw["uss"], "long_workers_seen": lw["seen"],
@@ -149,7 +153,9 @@ def measure(socket: str, info: protocol.ServerInfo, a: argparse.Namespace) -> tu
     long = [s for s in samples if long_at <= s.t < short_at]
     before = [s for s in samples if s.t < short_at][-1:]
     short = before + [s for s in samples if short_at <= s.t <= end_at]
-    return phase_figures(idle, long, short, a.clients), loads
+    with Connection(socket, "calibrate", timeout=10).connect() as c:
+        peak = c.call(protocol.ApiInfo()).short_peak     # since the daemon started
+    return phase_figures(idle, long, short, a.clients, peak), loads
 
 
 # ---- reporting and checking ----------------------------------------------------------------------

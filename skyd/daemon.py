@@ -167,7 +167,7 @@ class Daemon:
             admin=caller.admin, long_slots=s.long_slots, short_slots=s.short.size,
             long_running=len(s.long_running), long_pending=len(s.long_pending),
             short_running=s.short.in_use, short_pending=s.short.waiting,
-            slots_source=self.slots_source)
+            slots_source=self.slots_source, short_peak=s.short.peak, long_peak=s.long_peak)
 
     # ---- autostop --------------------------------------------------------------------------
 

@@ -174,6 +174,8 @@ class ServerInfo(msgspec.Struct):
     short_running: int
     short_pending: int
     slots_source: str
+    short_peak: int = 0      # most short requests ever running at once since start
+    long_peak: int = 0
 
 
 # ---- operations (a request's arguments) ---------------------------------------------
