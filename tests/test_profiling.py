@@ -91,17 +91,19 @@ def test_calibration_headroom_and_floors():
     assert v == {"long_worker_bytes": int(4.75 * MiB), "short_request_bytes": 64 * KiB,
                  "daemon_base_bytes": 33 * MiB}
     assert calibrate.derive(20 * MiB, 1 * MiB, 0)["daemon_base_bytes"] > 0       # never 0
-    # the raw figures from phases of samples: short = (peak - baseline) / peak short_running
+    # the raw figures from phases of samples: short = (peak - baseline) / requests in flight,
+    # the largest of: the clients, the sampled short_running peak, the daemon's short_peak
     idle = [_sample(0, 1, MiB, 20 * MiB)]
     long = SAMPLES[1:]
     short = [_sample(1, 1, MiB, 20 * MiB), _sample(2, 1, MiB, 20.5 * MiB, short=4)]
-    raw = calibrate.phase_figures(idle, long, short, clients=50)
+    raw = calibrate.phase_figures(idle, long, short, clients=2)
     assert raw["long_worker_peak"] == 6 * MiB and raw["daemon_idle_rss"] == 40 * MiB
     assert raw["short_request_peak"] == pytest.approx(0.5 * MiB / 4)
-    short[1].short_running = 0       # never seen running: the client count
     raw = calibrate.phase_figures(idle, long, short, clients=50)
     assert raw["short_peak_concurrency"] == 50
     assert raw["short_request_peak"] == pytest.approx(0.5 * MiB / 50)
+    raw = calibrate.phase_figures(idle, long, short, clients=2, short_peak=10)
+    assert raw["short_peak_concurrency"] == 10
 
 
 def test_classify_by_tree_position_and_command():
