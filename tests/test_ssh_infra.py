@@ -216,3 +216,9 @@ def test_a_node_lost_while_the_daemon_was_down_shows_at_start(pooled, workdir):
     pooled.hosts[0].restart()
     pooled.restart()
     assert wait_until(lambda: pooled.call(protocol.ClusterStatus())[0].status == "UP", 30)
+
+
+def test_sync_launch_reports_the_jobs_failure_on_ssh(pooled):
+    p = pooled.skyctl("launch", "-c", "fail", "--infra", "ssh/p", "echo bye; exit 3")
+    assert p.returncode == 1
+    assert "bye" in p.stdout and "FAILED (exit status 3)" in p.stderr

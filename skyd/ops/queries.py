@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, AsyncIterator
 
 from skyd.infra.base import handle_dec
@@ -79,6 +80,9 @@ async def cancel(d: "Daemon", caller: Caller, op: CancelJobs) -> list[int]:
     return done
 
 
+FINAL_WAIT = 30.0    # seconds a follower waits for a job's outcome once its log has ended
+
+
 class JobLogStream:
     """The chunks of a job's log, then the job's final record."""
 
@@ -117,6 +121,13 @@ class JobLogStream:
 
     async def final(self) -> JobRecord:
         live = self._live()
+        if live is not None and self.follow and live.handle and live.handle.spawned:
+            # The log can end (its writer exited) a moment before the job's watcher has
+            # recorded how it ended: wait for that, so a follower sees the outcome.
+            deadline = asyncio.get_running_loop().time() + FINAL_WAIT
+            while live is not None and asyncio.get_running_loop().time() < deadline:
+                await live.topic.wait(live.topic.version, 1.0)
+                live = self._live()
         if live is not None:
             return live.record
         row = await self.d.store.get_job(self.cluster, self.job_id)
