@@ -32,10 +32,8 @@ time. Needs root (the throw-away login) and sshd, ssh, ssh-keygen and rsync.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -52,6 +50,7 @@ import msgspec
 
 from profiling._client import percentile
 from profiling._daemon import ROOT, BenchDaemon, kill_leftovers, ours
+from profiling._machine import code_version, machine_info as base_machine_info
 from skyctl.connection import Connection
 from skyd import protocol
 from skyd.protocol import (Accepted, ApiLogs, Chunk, ClusterStatus, Down, Error, Exec, JobLogs,
@@ -125,44 +124,11 @@ def bounded_wait(pred: Callable[[], Any], timeout: float, interval: float = 0.01
 
 
 def machine_info() -> dict:
-    def sh(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": sh(["nproc"]), "free_g": sh(["free", "-g"]), "cpu_model": model,
-            "kernel": platform.release(), "python": sys.version.split()[0],
-            "ssh": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
-            "rsync": sh(["rsync", "--version"]).splitlines()[0] if shutil.which("rsync") else ""}
-
-
-def code_version() -> dict:
-    """git HEAD, local changes in skyd/ and skyctl/, and a digest of their sources."""
-    h = hashlib.sha256()
-    for path in sorted([*ROOT.glob("skyd/**/*.py"), *ROOT.glob("skyctl/**/*.py")]):
-        h.update(str(path.relative_to(ROOT)).encode())
-        try:
-            h.update(path.read_bytes())
-        except OSError:
-            pass
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"head": git("rev-parse", "--short", "HEAD"), "subject": git("log", "-1", "--format=%s"),
-            "dirty": git("status", "--porcelain", "--", "skyd", "skyctl"),
-            "sources_sha256": h.hexdigest()[:16]}
+    info = base_machine_info()
+    info["ssh"] = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    info["rsync"] = (subprocess.run(["rsync", "--version"], capture_output=True, text=True)
+                     .stdout.splitlines()[0] if shutil.which("rsync") else "")
+    return info
 
 
 def make_workdir(path: Path, files: int) -> Path:

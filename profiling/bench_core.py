@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import select
@@ -43,6 +42,7 @@ from typing import Any, Callable
 import msgspec
 import psutil
 
+from profiling._machine import code_version, machine_info
 from profiling._daemon import (ROOT, BenchDaemon, daemon_env, kill_leftovers, ours, pid_alive,
                                pid_state, with_pycache)
 from skyd import protocol
@@ -118,25 +118,6 @@ def time_cmd(argv: list[str], env: dict, cwd: str, timeout: float = 30.0,
     if check_out is not None and check_out not in p.stdout:
         raise RuntimeError(f"{argv}: expected {check_out!r} in output, got {p.stdout[:300]!r}")
     return dt
-
-
-def machine_info() -> dict:
-    def sh(cmd: list[str]) -> str:
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"nproc": sh(["nproc"]), "free_g": sh(["free", "-g"]), "cpu_model": model,
-            "kernel": platform.release(), "python": sys.version.split()[0],
-            "python_executable": sys.executable}
 
 
 def spares_of(d: BenchDaemon) -> dict[str, list[int]]:
@@ -1039,29 +1020,6 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 # ---- main ------------------------------------------------------------------------------------
-
-def code_version() -> dict:
-    """Which code ran: git HEAD, local changes, and a digest of every skyd/skyctl source file
-    (other people edit the tree while benchmarks run; a change mid-run is reported)."""
-    import hashlib
-    h = hashlib.sha256()
-    for path in sorted([*ROOT.glob("skyd/**/*.py"), *ROOT.glob("skyctl/**/*.py")]):
-        h.update(str(path.relative_to(ROOT)).encode())
-        try:
-            h.update(path.read_bytes())
-        except OSError:
-            pass
-
-    def git(*a: str) -> str:
-        try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    return {"head": git("rev-parse", "--short", "HEAD"),
-            "dirty": git("status", "--porcelain", "--", "skyd", "skyctl"),
-            "sources_sha256": h.hexdigest()[:16]}
-
 
 class _Stop(Exception):
     pass

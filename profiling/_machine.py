@@ -1,0 +1,53 @@
+"""The machine a benchmark ran on, for the record (BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_info() -> dict:
+    def sh(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": sh(["nproc"]), "free_g": sh(["free", "-g"]), "cpu_model": model,
+            "kernel": platform.release(), "python": sys.version.split()[0],
+            "python_executable": sys.executable}
+
+
+def code_version() -> dict:
+    """Which code ran: git HEAD and its subject, local changes in skyd/ and skyctl/, and a
+    digest of their sources (the tree may be edited while a benchmark runs)."""
+    h = hashlib.sha256()
+    for path in sorted([*ROOT.glob("skyd/**/*.py"), *ROOT.glob("skyctl/**/*.py")]):
+        h.update(str(path.relative_to(ROOT)).encode())
+        try:
+            h.update(path.read_bytes())
+        except OSError:
+            pass
+
+    def git(*a: str) -> str:
+        try:
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "subject": git("log", "-1", "--format=%s"),
+            "dirty": git("status", "--porcelain", "--", "skyd", "skyctl"),
+            "sources_sha256": h.hexdigest()[:16]}
