@@ -31,6 +31,12 @@ WATCH_RETRY = (1.0, 10.0)   # back-off while a node does not answer
 KILL_GRACE = 3
 
 
+# Is the runner $pid (started at $start) still running? A zombie is not: the runner's
+# parent is gone, and init may take a while to reap it.
+ALIVE = ("alive() { s=$(cat /proc/$pid/stat 2>/dev/null) || return 1; set -- ${s##*) }; "
+         "[ \"$1\" != Z ] && [ \"${20}\" = \"$start\" ]; }\n")
+
+
 def node_dir(cluster: str, rank: int) -> str:
     return f".skyd/{cluster}/node-{rank}"
 
@@ -218,7 +224,7 @@ class SshInfra(Infra):
         """Wait on the node until its part of the job is over: an exit code, 'cancelled'
         or 'lost'. Retries (and reports the node unhealthy) while it does not answer."""
         script = (f"pid={np.pid}; start={np.start}; jobdir={shlex.quote(np.jobdir)}\n"
-                  "alive() { [ \"$(awk '{print $22}' /proc/$pid/stat 2>/dev/null)\" = \"$start\" ]; }\n"
+                  + ALIVE +
                   "while alive; do sleep 0.2; done\n"
                   "if [ -e \"$jobdir/cancelled\" ]; then echo cancelled\n"
                   "elif [ -e \"$jobdir/exit_code\" ]; then cat \"$jobdir/exit_code\"\n"
@@ -273,9 +279,15 @@ class SshInfra(Infra):
 
         async def tail(np: NodeProc, node: NodeInfo) -> None:
             prefix = rank_prefix(np.rank, len(parts))
-            # -s: check on the runner every 0.2 s (the default, 1 s, holds the end back)
-            pid = f"-s 0.2 --pid={np.pid} -f " if follow else ""
-            cmd = f"tail -c +{start} {pid}{shlex.quote(np.log)} 2>/dev/null; true"
+            log = shlex.quote(np.log)
+            if follow:
+                # Not `tail --pid`: it counts a zombie runner (not yet reaped by init, which
+                # can take a second or more) as alive. ALIVE does not.
+                cmd = (f"pid={np.pid}; start={np.start}\n{ALIVE}"
+                       f"tail -s 0.2 -c +{start} -f {log} 2>/dev/null & t=$!\n"
+                       "while alive; do sleep 0.1; done; sleep 0.3; kill $t; true")
+            else:
+                cmd = f"tail -c +{start} {log} 2>/dev/null; true"
             proc = await asyncio.create_subprocess_exec(*self.ssh(node, cmd),
                                                         stdout=subprocess.PIPE,
                                                         stdin=subprocess.DEVNULL,
