@@ -50,7 +50,8 @@ import msgspec
 
 from profiling._client import percentile
 from profiling._daemon import ROOT, BenchDaemon, kill_leftovers, ours
-from profiling._machine import code_version, machine_info as base_machine_info
+from profiling._report import code_version, markdown, stop_on_signal
+from profiling._report import machine_info as base_machine_info
 from skyctl.connection import Connection
 from skyd import protocol
 from skyd.protocol import (Accepted, ApiLogs, Chunk, ClusterStatus, Down, Error, Exec, JobLogs,
@@ -108,10 +109,6 @@ def fmt(a: dict, digits: int = 1, unit: str = " ms") -> str:
     return f"{f.format(a['median'])}{unit} ({f.format(a['min'])}–{f.format(a['max'])})"
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 def bounded_wait(pred: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
@@ -602,12 +599,6 @@ def tables(res: dict) -> str:
 
 # ---- main -------------------------------------------------------------------------------------
 
-class _Stop(Exception):
-    pass
-
-
-def _on_signal(signum, frame):
-    raise _Stop(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = Config(args.runs or (2 if args.quick else 5), args.quick)
     only = {s.strip() for s in args.only.split(",")}
-    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGTERM, stop_on_signal)
     if os.geteuid() != 0:
         print("needs root: the ssh hosts log in as a throw-away user", file=sys.stderr)
         return 2

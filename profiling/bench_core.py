@@ -42,7 +42,7 @@ from typing import Any, Callable
 import msgspec
 import psutil
 
-from profiling._machine import code_version, machine_info
+from profiling._report import code_version, machine_info, markdown, stop_on_signal
 from profiling._daemon import (ROOT, BenchDaemon, daemon_env, kill_leftovers, ours, pid_alive,
                                pid_state, with_pycache)
 from skyd import protocol
@@ -1013,20 +1013,10 @@ def load_table(res: dict) -> list[list[str]]:
     return rows
 
 
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 # ---- main ------------------------------------------------------------------------------------
 
-class _Stop(Exception):
-    pass
-
-
-def _on_signal(signum, frame):
-    raise _Stop(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1039,7 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = Config(args.runs or (2 if args.quick else 5), args.quick)
     only = {s.strip() for s in args.only.split(",")}
-    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGTERM, stop_on_signal)
 
     root = Path(tempfile.mkdtemp(prefix="skb-", dir="/tmp"))
     tmp = root / "tmp"

@@ -1,4 +1,5 @@
-"""The machine a benchmark ran on, for the record (BENCHMARKS.md)."""
+"""What every benchmark records and prints (the machine, the code that ran, Markdown
+tables) and how a run stops cleanly on a signal."""
 
 from __future__ import annotations
 
@@ -51,3 +52,17 @@ def code_version() -> dict:
             "subject": git("log", "-1", "--format=%s"),
             "dirty": git("status", "--porcelain", "--", "skyd", "skyctl"),
             "sources_sha256": h.hexdigest()[:16]}
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+class Stopped(Exception):
+    """Raised in the main thread by SIGINT/SIGTERM so that cleanup still runs."""
+
+
+def stop_on_signal(signum, frame):
+    raise Stopped(f"signal {signum}")
