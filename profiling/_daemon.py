@@ -16,8 +16,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from skyctl.connection import Connection, ServerError, Unreachable
+from skyd import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,3 +246,24 @@ def kill_leftovers(root: Path, sessions: set[int]) -> list[int]:
 
 __all__ = ["BenchDaemon", "DaemonProcess", "ServerError", "Unreachable", "kill_leftovers", "ours", "pid_alive",
            "pid_state"]
+
+
+def bounded_wait(pred: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            return v
+        time.sleep(interval)
+
+
+def server_info(socket: str, tool: str) -> protocol.ServerInfo | None:
+    """The daemon's ServerInfo, or None after saying on stderr why it cannot be reached."""
+    try:
+        with Connection(socket, tool, timeout=10).connect() as c:
+            return c.call(protocol.ApiInfo())
+    except (Unreachable, ServerError, OSError) as e:
+        print(f"{tool}: cannot reach skyd at {socket}: {e}", file=sys.stderr)
+        return None

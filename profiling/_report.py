@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,12 @@ class Stopped(Exception):
 
 def stop_on_signal(signum, frame):
     raise Stopped(f"signal {signum}")
+
+
+def agg(values: list[float | None]) -> dict:
+    """Median with min and max over runs."""
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return {"median": None, "min": None, "max": None, "runs": 0, "values": values}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs),
+            "values": values}

@@ -49,8 +49,8 @@ from typing import Any, Callable
 import msgspec
 
 from profiling._client import percentile
-from profiling._daemon import ROOT, BenchDaemon, kill_leftovers, ours
-from profiling._report import code_version, markdown, stop_on_signal
+from profiling._daemon import ROOT, BenchDaemon, bounded_wait, kill_leftovers, ours
+from profiling._report import agg, code_version, markdown, stop_on_signal
 from profiling._report import machine_info as base_machine_info
 from skyctl.connection import Connection
 from skyd import protocol
@@ -88,15 +88,6 @@ class Config:
 
 # ---- small helpers ----------------------------------------------------------------------------
 
-def agg(values: list[float | None]) -> dict:
-    """Median with min and max over runs."""
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return {"median": None, "min": None, "max": None, "runs": 0, "values": values}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs),
-            "values": values}
-
-
 def med(xs: list[float | None]) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -109,15 +100,6 @@ def fmt(a: dict, digits: int = 1, unit: str = " ms") -> str:
     return f"{f.format(a['median'])}{unit} ({f.format(a['min'])}–{f.format(a['max'])})"
 
 
-
-
-def bounded_wait(pred: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
 
 
 def machine_info() -> dict:

@@ -37,14 +37,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import msgspec
 import psutil
 
-from profiling._report import code_version, machine_info, markdown, stop_on_signal
-from profiling._daemon import (ROOT, BenchDaemon, daemon_env, kill_leftovers, ours, pid_alive,
-                               pid_state, with_pycache)
+from profiling._report import agg, code_version, machine_info, markdown, stop_on_signal
+from profiling._daemon import (ROOT, BenchDaemon, bounded_wait, daemon_env, kill_leftovers, ours,
+                               pid_alive, pid_state, with_pycache)
 from skyd import protocol
 from skyd.protocol import (Accepted, ApiCancel, ApiStatus, Chunk, Error, Hello, Launch, Result,
                            ServerMsg, Submit, encode_frame)
@@ -77,26 +77,6 @@ class Config:
 
 
 # ---- small helpers ----------------------------------------------------------------------------
-
-def agg(values: list[float | None]) -> dict:
-    """Median with min and max over runs."""
-    xs = [v for v in values if v is not None]
-    if not xs:
-        return {"median": None, "min": None, "max": None, "runs": 0, "values": values}
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs),
-            "values": values}
-
-
-def bounded_wait(pred: Callable[[], Any], timeout: float, interval: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            return v
-        time.sleep(interval)
-
 
 def client_env(d: BenchDaemon) -> dict[str, str]:
     """A user's environment: the installed package (no PYTHONPATH), the daemon's socket."""

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from profiling import sysprof
-from profiling._daemon import ROOT, BenchDaemon, daemon_env, kill_leftovers
+from profiling._daemon import ROOT, BenchDaemon, daemon_env, kill_leftovers, server_info
 from skyctl.connection import Connection, ServerError, Unreachable
 from skyd import capacity, protocol
 from skyd.calibration import (DEFAULT_CALIBRATION, Calibration, CalibrationError, load_calibration,
@@ -266,11 +266,8 @@ def main(argv: list[str] | None = None) -> int:
             d.start()
             socket = str(d.socket)
             print(f"calibrate: started a daemon in {d.state_dir}", file=sys.stderr, flush=True)
-        try:
-            with Connection(socket, "calibrate", timeout=10).connect() as c:
-                info = c.call(protocol.ApiInfo())
-        except (Unreachable, ServerError, OSError) as e:
-            print(f"calibrate: cannot reach skyd at {socket}: {e}", file=sys.stderr)
+        info = server_info(socket, "calibrate")
+        if info is None:
             return 4
         raw, loads = measure(socket, info, a)
     except KeyboardInterrupt:

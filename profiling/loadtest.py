@@ -41,6 +41,7 @@ from pathlib import Path
 import uvloop
 
 from profiling._client import FrameConn, _close, _connect, percentile
+from profiling._daemon import server_info
 from skyctl.connection import Connection, ServerError, Unreachable
 from skyd import protocol
 from skyd.protocol import Accepted, Error, Result, Status, Submit, encode_frame
@@ -432,11 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             kinds.remove(kind)
             notes.append(why)
-    try:
-        with Connection(socket, "loadtest", timeout=10).connect() as c:
-            info = c.call(protocol.ApiInfo())
-    except (Unreachable, ServerError, OSError) as e:
-        print(f"loadtest: cannot reach skyd at {socket}: {e}", file=sys.stderr)
+    info = server_info(socket, "loadtest")
+    if info is None:
         return 4
     count = args.count if args.count or args.duration else args.clients
 
