@@ -27,6 +27,7 @@ from skyd.logs import RequestLog, Topic
 from skyd.protocol import Error, ErrorCode, Op, Queue, RequestRecord, SkydError, Status
 from skyd.state import ClusterState
 from skyd.store import Store
+from skyd.worker import user_identity
 from skyd.workerproto import Assignment, Done
 from skyd.workers import Worker, WorkerPool
 
@@ -238,9 +239,10 @@ class Scheduler:
             return
         req.log.line(f"running {rec.name} in worker process {worker.pid}")
         assert req.op_bytes is not None
+        _, gid, home = user_identity(rec.uid)
         await worker.assign(Assignment(
-            request_id=rec.id, op=req.op_bytes, uid=rec.uid, gid=self._gid(rec.uid),
-            user=rec.user, home=self._home(rec.uid), state_dir=self.state.state_dir,
+            request_id=rec.id, op=req.op_bytes, uid=rec.uid, gid=gid,
+            user=rec.user, home=home, state_dir=self.state.state_dir,
             cluster=cluster, jobs=jobs, ssh_known_hosts=self.state.ssh_known_hosts))
         pump = asyncio.get_running_loop().create_task(self._pump(worker, req.log))
         done: Done | None = None
@@ -277,16 +279,6 @@ class Scheduler:
             if not data:
                 return
             out.append(data)
-
-    @staticmethod
-    def _gid(uid: int) -> int:
-        from skyd.worker import user_identity
-        return user_identity(uid)[1]
-
-    @staticmethod
-    def _home(uid: int) -> str:
-        from skyd.worker import user_identity
-        return user_identity(uid)[2]
 
     async def _finish(self, req: Request, status: Status, value: Any = None,
                       error: Error | None = None) -> None:

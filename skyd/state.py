@@ -26,7 +26,8 @@ from skyd.store import Store
 from skyd.hardware import Hardware
 from skyd.infra.ssh import node_dir as ssh_node_dir
 from skyd.nodepools import NodePools, Pool, PoolError
-from skyd.taskspec import Task, TaskError, infra_kind, normalise, parse_amount
+from skyd.taskspec import Task, TaskError, infra_kind, normalise, shortfall
+from skyd.worker import user_identity
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
 
 log = logging.getLogger("skyd.state")
@@ -75,9 +76,6 @@ class ClusterState:
                 self._watch(live)
         for name in self.clusters:
             self.schedule_jobs(name)
-
-    def check_fits_local(self, task: Task) -> None:
-        check_fits_local(self.host, task)
 
     # ---- ssh node pools -------------------------------------------------------------------
 
@@ -256,7 +254,7 @@ class ClusterState:
     async def _spawn(self, live: LiveJob, infra: Infra, nodes: list[NodeInfo]) -> None:
         rec = live.record
         try:
-            handle = await infra.spawn(live.handle, nodes, rec.uid, _gid_of(rec.uid))
+            handle = await infra.spawn(live.handle, nodes, rec.uid, user_identity(rec.uid)[1])
         except Exception as e:  # noqa: BLE001 - the job fails, the daemon goes on
             log.warning("job %s on %s could not start: %s", rec.job_id, rec.cluster, e)
             live.spawning = False
@@ -367,7 +365,10 @@ class ClusterState:
                                 f"cluster {op.cluster!r} is on {entry.record.infra}; the task "
                                 f"asks for {wanted}")
             if kind == "local":
-                self.check_fits_local(op.task)
+                # A local node is this host: refuse what it can never run, at submission.
+                why = shortfall(op.task, self.host.cpus, self.host.memory_bytes)
+                if why:
+                    raise SkydError(ErrorCode.INVALID_TASK, f"a local node (this host) {why}")
             return op
         name = op.target_cluster()
         if name is not None:
@@ -387,7 +388,6 @@ class ClusterState:
                 self.require(name, uid, admin)      # raises NOT_FOUND
             return
         if owner != uid and not admin:
-            from skyd.worker import user_identity
             raise SkydError(ErrorCode.PERMISSION_DENIED,
                             f"cluster {name!r} belongs to {user_identity(owner)[0]} "
                             "(its launch is queued)")
@@ -442,7 +442,6 @@ def check_cluster_name(name: str) -> None:
 
 
 def generate_cluster_name(uid: int) -> str:
-    from skyd.worker import user_identity
     user = re.sub(r"[^a-z0-9]", "", user_identity(uid)[0].lower())[:16] or "user"
     return f"sky-{secrets.token_hex(2)}-{user}"
 
@@ -456,24 +455,5 @@ def describe_resources(task: Task) -> str:
     return ", ".join(parts) or "-"
 
 
-def check_fits_local(hw, task: Task) -> None:
-    """A local node is this host: refuse requests it can never satisfy."""
-    cpus = parse_amount("cpus", task.resources.cpus)
-    if cpus is not None and not cpus.fits(hw.cpus):
-        raise SkydError(ErrorCode.INVALID_TASK,
-                        f"resources.cpus: {task.resources.cpus} requested, but local nodes "
-                        f"have {hw.cpus:g} CPUs")
-    mem = parse_amount("memory", task.resources.memory)
-    if mem is not None and not mem.fits(hw.memory_bytes / 2**30):
-        raise SkydError(ErrorCode.INVALID_TASK,
-                        f"resources.memory: {task.resources.memory} GiB requested, but local "
-                        f"nodes have {hw.memory_bytes / 2**30:.1f} GiB")
-
-
 def _with(record: ClusterRecord, **changes) -> ClusterRecord:
     return msgspec.structs.replace(record, **changes)
-
-
-def _gid_of(uid: int) -> int:
-    from skyd.worker import user_identity
-    return user_identity(uid)[1]

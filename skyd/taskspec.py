@@ -79,6 +79,18 @@ def parse_amount(field: str, raw: int | float | str | None) -> Amount | None:
     return Amount(float(m.group(1)), bool(m.group(2)))
 
 
+def shortfall(task: Task, cpus: float, memory_bytes: int) -> str | None:
+    """What a node of this size lacks for the task, or None when it fits (0: unknown)."""
+    want = parse_amount("cpus", task.resources.cpus)
+    if want is not None and cpus and not want.fits(cpus):
+        return f"has {cpus:g} CPUs; the task asks for {task.resources.cpus}"
+    want = parse_amount("memory", task.resources.memory)
+    if want is not None and memory_bytes and not want.fits(memory_bytes / 2**30):
+        return (f"has {memory_bytes / 2**30:.1f} GiB of memory; the task asks for "
+                f"{task.resources.memory} GiB")
+    return None
+
+
 def _env_str(value: EnvValue) -> str:
     if value is None:
         return ""

@@ -192,3 +192,12 @@ def test_jobs_wait_for_room_on_the_cluster_in_submission_order(daemon, workdir):
     daemon.skyctl("exec", "-c", "q", "-d", "sleep 5", check=True)
     assert wait_until(lambda: [j.status for j in daemon.call(protocol.JobQueue(cluster="q"))][:2]
                       == ["RUNNING", "RUNNING"], 5)
+
+
+def test_a_task_bigger_than_this_host_is_refused_at_submission(daemon):
+    p = daemon.skyctl("launch", "-c", "huge", "--cpus", "4096", "true")
+    assert p.returncode == 2
+    assert "a local node (this host) has" in p.stderr and "the task asks for 4096" in p.stderr
+    p = daemon.skyctl("launch", "-c", "huge", "--memory", "100000", "true")
+    assert p.returncode == 2 and "GiB of memory; the task asks for 100000 GiB" in p.stderr
+    assert daemon.call(protocol.ClusterStatus()) == []

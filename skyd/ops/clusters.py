@@ -15,7 +15,7 @@ import msgspec
 from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
-from skyd.taskspec import Task, parse_amount
+from skyd.taskspec import Task, parse_amount, shortfall
 from skyd.worker import WorkerContext
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
 
@@ -132,16 +132,10 @@ def exec_(ctx: WorkerContext) -> LaunchResult:
 
 def check_fits(task: Task, nodes: list[NodeInfo]) -> None:
     """Every node must offer what the task asks for (where the node's size is known)."""
-    cpus = parse_amount("cpus", task.resources.cpus)
-    mem = parse_amount("memory", task.resources.memory)
     for n in nodes:
-        if cpus is not None and n.cpus and not cpus.fits(n.cpus):
-            raise SkydError(ErrorCode.INVALID_TASK, f"node {n.rank} ({n.host}) has {n.cpus:g} "
-                            f"CPUs; the task asks for {task.resources.cpus}")
-        if mem is not None and n.memory_bytes and not mem.fits(n.memory_bytes / 2**30):
-            raise SkydError(ErrorCode.INVALID_TASK, f"node {n.rank} ({n.host}) has "
-                            f"{n.memory_bytes / 2**30:.1f} GiB of memory; the task asks for "
-                            f"{task.resources.memory} GiB")
+        why = shortfall(task, n.cpus, n.memory_bytes)
+        if why:
+            raise SkydError(ErrorCode.INVALID_TASK, f"node {n.rank} ({n.host}) {why}")
 
 
 def _require_up(ctx: WorkerContext) -> ClusterRecord:
