@@ -107,31 +107,41 @@ def _result_code(msg: Result) -> int:
     return output.OK
 
 
-def follow_job(ctx: Ctx, cluster: str, job_id: int | None, follow: bool = True) -> int:
+def follow_stream(ctx: Ctx, make_op, finish, detached: str) -> int:
+    """Follow a log stream (a job's output) to its final record; `make_op(offset)` asks
+    for it from a byte offset, so a daemon restart resumes where it was."""
     offset = 0
     while True:
         try:
-            for msg in ctx.conn.submit(protocol.JobLogs(cluster=cluster, job_id=job_id,
-                                                        follow=follow, offset=offset)):
+            for msg in ctx.conn.submit(make_op(offset)):
                 if isinstance(msg, Chunk):
                     offset += len(msg.data)
                     _write(msg.data)
+                elif isinstance(msg, Notice):
+                    output.info(msg.message)
                 elif isinstance(msg, Error):
                     output.error(msg.message, msg.hint)
                     return output.exit_code_for(msg.code)
                 elif isinstance(msg, Result):
-                    job = msgspec.convert(msg.value, protocol.JobRecord)
-                    return _job_code(job, follow)
+                    return finish(msg.value)
             return output.FAILED
         except KeyboardInterrupt:
-            output.info(f"\nStopped following; the job keeps running.\n"
-                        f"  follow it:  skyctl logs {cluster} {job_id or ''}".rstrip() +
-                        f"\n  cancel it:  skyctl cancel {cluster} {job_id or ''}".rstrip())
+            output.info(detached)
             return output.DETACHED
         except (ConnectionError, OSError):
             output.info("Lost the connection to skyd; reconnecting...")
             ctx.conn.close()
             ctx.conn = reconnect(ctx.path, ctx.source)
+
+
+def follow_job(ctx: Ctx, cluster: str, job_id: int | None, follow: bool = True) -> int:
+    ref = f"{cluster} {job_id or ''}".rstrip()
+    return follow_stream(
+        ctx, lambda offset: protocol.JobLogs(cluster=cluster, job_id=job_id, follow=follow,
+                                             offset=offset),
+        lambda value: _job_code(msgspec.convert(value, protocol.JobRecord), follow),
+        f"\nStopped following; the job keeps running.\n  follow it:  skyctl logs {ref}"
+        f"\n  cancel it:  skyctl cancel {ref}")
 
 
 def _job_code(job: protocol.JobRecord, followed: bool) -> int:
@@ -260,6 +270,107 @@ def cmd_infra(ctx: Ctx, args: argparse.Namespace) -> int:
                    f"{h.memory_bytes / 2**30:.1f} GiB" if h.memory_bytes else "-",
                    h.cluster or "-"] for h in hosts])
     return output.OK if all(h.reachable for h in hosts) else output.FAILED
+
+
+# ---- managed jobs --------------------------------------------------------------------------
+
+MANAGED_EXIT = {"SUCCEEDED": output.OK, "CANCELLED": output.CANCELLED}
+
+
+def follow_managed(ctx: Ctx, job_id: int | None, follow: bool = True,
+                   controller: bool = False) -> int:
+    def finish(value) -> int:
+        job = msgspec.convert(value, protocol.ManagedJobRecord)
+        if not follow or controller:
+            return output.OK
+        why = f": {job.reason}" if job.reason and job.status != "SUCCEEDED" else ""
+        output.info(f"Managed job {job.job_id} finished: {job.status}{why}.")
+        return MANAGED_EXIT.get(job.status, output.FAILED)
+    ref = "" if job_id is None else f" {job_id}"
+    return follow_stream(
+        ctx, lambda offset: protocol.JobsLogs(job_id=job_id, controller=controller,
+                                              follow=follow, offset=offset), finish,
+        f"\nStopped following; the managed job keeps running.\n"
+        f"  follow it:  skyctl jobs logs{ref}\n  cancel it:  skyctl jobs cancel{ref}")
+
+
+def cmd_jobs_launch(ctx: Ctx, args: argparse.Namespace) -> int:
+    op = protocol.JobsLaunch(task=_task(args), name=args.name)
+    job = None
+    for msg in ctx.conn.submit(op, wait=not args.async_):
+        if isinstance(msg, Error):
+            output.error(msg.message, msg.hint)
+            return output.exit_code_for(msg.code)
+        if isinstance(msg, Accepted) and args.async_:
+            if ctx.json:
+                output.print_json({"request_id": msg.request_id, "job_id": msg.job_id})
+            else:
+                print(msg.request_id)
+                output.info(f"Managed job {msg.job_id} queued ({msg.ahead} ahead of it).\n"
+                            f"  follow it:  skyctl jobs logs {msg.job_id}")
+            return output.OK
+        if isinstance(msg, Result):
+            job = msgspec.convert(msg.value, protocol.ManagedJobRecord)
+            break
+    if job is None:
+        return output.FAILED
+    if ctx.json:
+        output.print_json(job)
+        return output.OK
+    output.info(f"Managed job {job.job_id} ({job.name}) submitted; it runs on its own "
+                f"cluster {job.cluster} on {job.infra}.")
+    if args.detach_run:
+        output.info(f"  follow it:  skyctl jobs logs {job.job_id}")
+        return output.OK
+    return follow_managed(ctx, job.job_id)
+
+
+def cmd_jobs_queue(ctx: Ctx, args: argparse.Namespace) -> int:
+    jobs = ctx.call(protocol.JobsQueue(job_ids=args.job_ids, all_users=args.all_users,
+                                       skip_finished=args.skip_finished, limit=args.limit))
+    if ctx.json:
+        output.print_json(jobs)
+        return output.OK
+    if not jobs:
+        print("No managed jobs." if not args.skip_finished else "No unfinished managed jobs.")
+        return output.OK
+    head = ["ID", "NAME"] + (["USER"] if args.all_users else []) + \
+        ["SUBMITTED", "TOT. DURATION", "JOB DURATION", "#RECOVERIES", "STATUS"]
+    if args.all:
+        head += ["INFRA", "RESOURCES", "CLUSTER", "RESTARTS", "REASON"]
+    rows = []
+    for j in jobs:
+        row = [j.job_id, j.name] + ([j.user] if args.all_users else []) + \
+            [output.age(j.submitted_at), output.duration(j.submitted_at, j.ended_at),
+             output.duration(j.run_started_at, j.ended_at), j.recoveries,
+             output.status_text(j.status)]
+        if args.all:
+            row += [j.infra, j.resources or "-", j.cluster,
+                    f"{j.restarts_on_errors}/{j.max_restarts_on_errors}", j.reason or "-"]
+        rows.append(row)
+    output.table(head, rows)
+    if args.limit and len(jobs) == args.limit:
+        output.info(f"(the newest {args.limit}; --limit 0 shows all)")
+    return output.OK
+
+
+def cmd_jobs_logs(ctx: Ctx, args: argparse.Namespace) -> int:
+    return follow_managed(ctx, args.job_id, follow=not args.no_follow, controller=args.controller)
+
+
+def cmd_jobs_cancel(ctx: Ctx, args: argparse.Namespace) -> int:
+    if not (args.job_ids or args.all or args.all_users):
+        output.error("name the managed jobs to cancel, or pass --all")
+        return output.USAGE
+    done = ctx.call(protocol.JobsCancel(job_ids=args.job_ids, all=args.all,
+                                        all_users=args.all_users))
+    if ctx.json:
+        output.print_json(done)
+    elif done:
+        print(f"Cancelling managed job(s) {', '.join(map(str, done))}.")
+    else:
+        print("No unfinished managed job to cancel.")
+    return output.OK
 
 
 def cmd_api_status(ctx: Ctx, args: argparse.Namespace) -> int:
@@ -453,6 +564,48 @@ def _api_args(api_parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_api_info)
 
 
+def _jobs_args(jobs_parser: argparse.ArgumentParser) -> None:
+    jobs = jobs_parser.add_subparsers(dest="jobs_command", required=True, metavar="JOBS_COMMAND")
+    p = jobs.add_parser("launch", help="queue a managed job: its own cluster, relaunched if "
+                                       "the cluster is lost, torn down at the end",
+                        description="Queue a managed job and follow its output (--async: print "
+                                    "the request id and return). The job gets its own cluster, "
+                                    "is relaunched when the cluster or a node is lost, retried "
+                                    "after its own failures up to resources.job_recovery."
+                                    "max_restarts_on_errors, and its cluster is torn down at "
+                                    "the end, whatever the outcome.")
+    _task_args(p, task_required=True)
+    p.set_defaults(func=cmd_jobs_launch)
+    p.add_argument("--json", action="store_true", help="print the job (or, with --async, "
+                                                       "the request and job ids) as JSON")
+
+    p = jobs.add_parser("queue", help="list managed jobs (newest first)")
+    p.add_argument("job_ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("-a", "--all", action="store_true", help="show every column (infra, "
+                                                            "cluster, restarts, reason)")
+    p.add_argument("-u", "--all-users", action="store_true", help="every user's jobs")
+    p.add_argument("-s", "--skip-finished", action="store_true", help="only unfinished jobs")
+    p.add_argument("-l", "--limit", type=int, default=0, help="at most this many (default: all)")
+    _common(p)
+    p.set_defaults(func=cmd_jobs_queue)
+
+    p = jobs.add_parser("logs", help="follow a managed job's output (all its attempts)")
+    p.add_argument("job_id", nargs="?", type=int, metavar="ID", help="default: your latest")
+    p.add_argument("--no-follow", action="store_true", help="print what is there and return")
+    p.add_argument("--controller", action="store_true",
+                   help="the controller's log: state changes, launch and teardown output")
+    _common(p, json=False)
+    p.set_defaults(func=cmd_jobs_logs)
+
+    p = jobs.add_parser("cancel", help="cancel managed jobs (queued ones never start)")
+    p.add_argument("job_ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("-a", "--all", action="store_true", help="all of your unfinished jobs")
+    p.add_argument("-u", "--all-users", action="store_true", help="everyone's (admins only)")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
+    _common(p)
+    p.set_defaults(func=cmd_jobs_cancel)
+
+
 def _shell_args(p: argparse.ArgumentParser) -> None:
     _common(p, json=False)
     p.set_defaults(func=None)
@@ -477,6 +630,7 @@ COMMANDS = [
     ("infra", "ssh node pools: hosts, reachability, CPUs, memory",
      "Probe every host of the ssh node pools (exit 1 if any does not answer).", _infra_args,
      ("check",)),
+    ("jobs", "managed jobs: launch, queue, logs, cancel", None, _jobs_args, ()),
     ("api", "inspect and control requests", None, _api_args, ()),
     ("shell", "an interactive shell with completion and live queue depths", None, _shell_args,
      ()),

@@ -33,6 +33,12 @@ def _serve_parser(sub) -> None:
                                         "<state-dir>/ssh_node_pools.yaml)")
     p.add_argument("--ssh-known-hosts", help="known_hosts file for node pools "
                                              "(default: each user's ~/.ssh/known_hosts)")
+    p.add_argument("--jobs-parallelism", type=int,
+                   help="managed-job launches and teardowns in flight at once (default: half "
+                        "the long slots, so people's own requests always find room)")
+    p.add_argument("--jobs-recover-after", type=float,
+                   help="seconds a managed job's node may not answer before the job is "
+                        "relaunched elsewhere (default 30)")
     p.add_argument("--skip-resources-check", action="store_true", default=None,
                    help="start even below the minimum for team use")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

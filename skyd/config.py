@@ -39,6 +39,8 @@ class Config:
     skip_resources_check: bool = False
     node_pools: Path | None = None        # ssh node pools (YAML); default <state_dir>/ssh_node_pools.yaml
     ssh_known_hosts: Path | None = None   # default: each user's ~/.ssh/known_hosts
+    jobs_parallelism: int | None = None   # managed-job launches/teardowns at once (default: half the long slots)
+    jobs_recover_after: float = 30.0      # seconds a managed job's node may not answer before it is relaunched
     log_level: str = "INFO"
 
     @property
@@ -60,6 +62,10 @@ class Config:
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs" / "requests"
+
+    @property
+    def managed_logs_dir(self) -> Path:
+        return self.state_dir / "logs" / "managed_jobs"
 
 
 ENV = {f.name: "SKYD_" + f.name.upper() for f in fields(Config)}

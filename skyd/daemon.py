@@ -17,13 +17,13 @@ from skyd import __version__, hardware, protocol, systemd
 from skyd.calibration import load_calibration
 from skyd.config import Config
 from skyd.infra.base import get_infra
+from skyd.jobs_controller import JobsController
 from skyd.nodepools import NodePools, PoolError
 from skyd.listeners import bind_unix, group_id, is_admin, peer_caller
-from skyd.scheduler import Caller, Scheduler
+from skyd.scheduler import Caller, Scheduler, caller_for
 from skyd.session import Session
 from skyd.state import ClusterState
 from skyd.store import Store
-from skyd.worker import user_identity
 from skyd.workers import WorkerPool
 
 log = logging.getLogger("skyd")
@@ -58,6 +58,10 @@ class Daemon:
         self.pool = WorkerPool(spares=config.spares)
         self.scheduler = Scheduler(self.store, self.pool, self.state, config.logs_dir,
                                    self.long_slots, self.short_slots, config.kill_grace)
+        self.jobs = JobsController(self.store, self.scheduler, self.state, config.managed_logs_dir,
+                                   self.is_admin,
+                                   config.jobs_parallelism or max(1, self.long_slots // 2),
+                                   config.jobs_recover_after)
         self._admin_gid = group_id(config.admin_group)
         self._server: asyncio.AbstractServer | None = None
         self._bound: str | None = None        # the socket file we created (and so remove)
@@ -96,12 +100,16 @@ class Daemon:
         ssh.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
         ssh.on_health = self.state.node_health
         await self.store.open()
+        await self.jobs.load()
         await self.state.load()
         await self.pool.start()
         requeued, rerun, failed = await self.scheduler.recover()
         if requeued or rerun or failed:
             log.info("recovered requests: %d queued again, %d re-run, %d failed as interrupted",
                      requeued, rerun, failed)
+        resumed = self.jobs.resume()
+        if resumed:
+            log.info("managed jobs: %d resumed from their persisted state", resumed)
         sock = systemd.adopted_socket()
         if sock is None:
             sock = bind_unix(cfg.socket_path, cfg.socket_group)
@@ -127,6 +135,8 @@ class Daemon:
         for task in (self._gc, self._watchdog, self._autostop):
             if task is not None:
                 task.cancel()
+        self.scheduler.accepting = False
+        await self.jobs.close()
         await self.scheduler.shutdown(self.config.drain_timeout)
         for task in list(self._sessions):
             task.cancel()
@@ -195,9 +205,7 @@ class Daemon:
         load = self.scheduler.cluster_busy
         for entry in self.state.idle_clusters(time.time(), load):
             rec = entry.record
-            name, gid, home = user_identity(rec.uid)
-            owner = Caller(uid=rec.uid, gid=gid, user=name, home=home,
-                           admin=self.is_admin(rec.uid))
+            owner = caller_for(rec.uid, self.is_admin(rec.uid))
             op = protocol.Down(cluster=rec.name) if rec.autostop_down else \
                 protocol.Stop(cluster=rec.name)
             entry.autostopping = True

@@ -29,6 +29,7 @@ class Queue(str, enum.Enum):
     LONG = "long"      # minutes of blocking work, in a worker process
     SHORT = "short"    # milliseconds, a coroutine in the daemon's loop
     INLINE = "inline"  # control (cancel, info): answered at once, never queued
+    JOBS = "jobs"      # a managed job: durable at once, then driven by the jobs controller
 
 
 class Status(str, enum.Enum):
@@ -138,6 +139,41 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
 
 
 JOB_FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "CANCELLED"})
+
+
+class ManagedJobRecord(msgspec.Struct, omit_defaults=True):
+    """A managed job: its own cluster, relaunched when the cluster is lost, torn down at
+    the end. Status: PENDING, STARTING, RUNNING, RECOVERING, CANCELLING, then one of
+    MANAGED_FINISHED."""
+    job_id: int
+    name: str
+    status: str
+    user: str
+    uid: int
+    submitted_at: float
+    infra: str = "local"
+    resources: str = ""
+    cluster: str = ""              # the cluster it runs on (named after the job)
+    cluster_job_id: int = 0        # its job on that cluster, in the current attempt
+    started_at: float | None = None     # first time it ran
+    ended_at: float | None = None
+    run_started_at: float | None = None  # when the current (or last) attempt began running
+    attempt: int = 0               # launches so far
+    recoveries: int = 0            # relaunches after its cluster or a node was lost
+    restarts_on_errors: int = 0    # relaunches after the task itself failed
+    max_restarts_on_errors: int = 0
+    launch_failures: int = 0       # consecutive launches that failed (reset once it runs)
+    log_offset: int = 0            # where the current attempt's output starts in its log
+    exit_code: int | None = None
+    reason: str = ""               # why it is in its status (the last failure or recovery)
+    request_id: str = ""           # the launch or down request it waits on, if any
+    submit_request: str = ""       # the jobs_launch request that created it
+    cancel_requested: bool = False
+    teardown_pending: bool = False  # its cluster still has to be torn down
+
+
+MANAGED_FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
+                              "FAILED_NO_RESOURCE", "FAILED_CONTROLLER", "CANCELLED"})
 
 
 class HostRecord(msgspec.Struct, omit_defaults=True):
@@ -276,6 +312,42 @@ class InfraStatus(Op, tag="infra"):
     pools: list[str] = []
 
 
+class JobsLaunch(Op, tag="jobs_launch"):
+    """Queue a managed job: accepted once durable; the jobs controller runs it."""
+    schedule = Queue.JOBS
+    result = ManagedJobRecord
+    task: Task
+    name: str | None = None
+
+
+class JobsQueue(Op, tag="jobs_queue"):
+    schedule = Queue.SHORT
+    result = list[ManagedJobRecord]
+    job_ids: list[int] = []
+    all_users: bool = False
+    skip_finished: bool = False
+    limit: int = 0                # 0: all
+
+
+class JobsLogs(Op, tag="jobs_logs"):
+    """A managed job's output over all its attempts (or its controller log), then its record."""
+    schedule = Queue.SHORT
+    result = ManagedJobRecord
+    streams = True
+    job_id: int | None = None     # None: your latest
+    controller: bool = False
+    follow: bool = True
+    offset: int = 0
+
+
+class JobsCancel(Op, tag="jobs_cancel"):
+    schedule = Queue.SHORT
+    result = list[int]
+    job_ids: list[int] = []
+    all: bool = False             # all of yours that have not finished
+    all_users: bool = False       # everyone's (admins only)
+
+
 class ApiStatus(Op, tag="api_status"):
     schedule = Queue.SHORT
     result = list[RequestRecord]
@@ -308,7 +380,8 @@ class ApiInfo(Op, tag="api_info"):
 
 
 AnyOp = (Launch | Exec | Stop | Start | Down | Autostop | ClusterStatus | JobQueue | JobLogs
-         | CancelJobs | InfraStatus | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
+         | CancelJobs | InfraStatus | JobsLaunch | JobsQueue | JobsLogs | JobsCancel
+         | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
 OPS: dict[str, type[Op]] = {c.__struct_config__.tag: c for c in AnyOp.__args__}
 
 
@@ -336,6 +409,7 @@ class Accepted(msgspec.Struct, tag="accepted", tag_field="t"):
     request_id: str
     queue: Queue
     ahead: int = 0       # requests ahead of it in its queue
+    job_id: int | None = None   # jobs_launch: the managed job it created
 
 
 class Chunk(msgspec.Struct, tag="chunk", tag_field="t"):

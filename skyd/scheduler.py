@@ -49,6 +49,12 @@ class Caller(msgspec.Struct):
     admin: bool
 
 
+def caller_for(uid: int, admin: bool) -> Caller:
+    """The daemon acting on a user's behalf (autostop, the jobs controller)."""
+    name, gid, home = user_identity(uid)
+    return Caller(uid=uid, gid=gid, user=name, home=home, admin=admin)
+
+
 class FifoSlots:
     """A counting semaphore that admits waiters strictly in arrival order."""
 
@@ -153,19 +159,28 @@ class Scheduler:
 
     # ---- long requests -------------------------------------------------------------------
 
-    async def submit_long(self, op: Op, caller: Caller) -> tuple[Request, int]:
-        """Make the request durable, queue it, and say how many are ahead of it."""
+    async def submit_long(self, op: Op, caller: Caller, internal: bool = False,
+                          with_insert: Callable[[RequestRecord], Awaitable] | None = None
+                          ) -> tuple[Request, int]:
+        """Make the request durable, queue it, and say how many are ahead of it.
+        `internal`: the daemon submits it on its owner's behalf. `with_insert(record)`
+        issues writes that must commit in the same transaction as the request's row."""
         if not self.accepting:
             raise SkydError(ErrorCode.UNAVAILABLE, "the server is shutting down",
                             "retry in a few seconds")
-        op = self.state.check_submit(op, caller.uid, caller.admin, self.queued_launch_owner)
+        op = self.state.check_submit(op, caller.uid, caller.admin, self.queued_launch_owner,
+                                     internal)
         record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
                                queue=Queue.LONG, status=Status.PENDING, user=caller.user,
                                uid=caller.uid, created_at=time.time(),
                                cluster=op.target_cluster())
         op_bytes = _enc.encode(op)
         req = Request(record, op, op_bytes)
-        await self.store.add_request(record, op_bytes)   # durable before "accepted"
+        # Durable before "accepted". No await between the writes: one group commit.
+        writes = [self.store.add_request(record, op_bytes)]
+        if with_insert is not None:
+            writes.append(with_insert(record))
+        await asyncio.gather(*writes)
         ahead = len(self.long_pending) + max(0, len(self.long_running) - self.long_slots + 1)
         self.long_pending[record.id] = req
         self.counters["long_accepted"] += 1

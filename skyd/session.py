@@ -15,8 +15,8 @@ import msgspec
 
 from skyd import protocol
 from skyd.logs import follow, read_from
-from skyd.ops import api, queries
-from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Queue, Result,
+from skyd.ops import api, jobs, queries
+from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Notice, Queue, Result,
                            SkydError, Status, Submit, Welcome)
 from skyd.scheduler import Caller
 
@@ -34,6 +34,9 @@ SHORT_HANDLERS = {
     protocol.CancelJobs: queries.cancel,
     protocol.InfraStatus: queries.infra,
     protocol.Autostop: queries.autostop,
+    protocol.JobsQueue: jobs.jobs_queue,
+    protocol.JobsCancel: jobs.jobs_cancel,
+    protocol.JobsLogs: jobs.jobs_logs,
     protocol.ApiStatus: api.api_status,
     protocol.ApiLogs: api.api_logs_source,
 }
@@ -146,6 +149,11 @@ class Session:
                 await self._send(Result("", Status.SUCCEEDED, value))
             elif op.schedule is Queue.SHORT:
                 await self._short(op, sub.wait)
+            elif op.schedule is Queue.JOBS:
+                request, job, ahead = await self.d.jobs.submit(op, self.caller)
+                await self._send(Accepted(request.id, Queue.JOBS, ahead, job_id=job.job_id))
+                if sub.wait:
+                    await self._send(Result(request.id, Status.SUCCEEDED, job))
             else:
                 req, ahead = await self.d.scheduler.submit_long(op, self.caller)
                 await self._send(Accepted(req.record.id, Queue.LONG, ahead))
@@ -172,9 +180,12 @@ class Session:
         value = await s.run_short(req, call)
         if isinstance(op, protocol.ApiLogs):
             await self.stream_request(value, op.offset, op.follow)
-        elif isinstance(value, queries.JobLogStream):
+        elif isinstance(value, queries.LogStream):
             offset = op.offset
             async for data in value.chunks():
+                if isinstance(data, str):
+                    await self._send(Notice(data))
+                    continue
                 offset += len(data)
                 await self._send(Chunk(data))
             await self._send(End(offset))

@@ -62,6 +62,12 @@ class ClusterState:
         self.ssh_known_hosts = ""
         self.clusters: dict[str, ClusterEntry] = {}
         self.jobs: dict[tuple[str, int], LiveJob] = {}    # jobs not yet finished
+        # ssh hosts that did not answer last time (address -> why): new clusters take
+        # the pool's other free hosts first.
+        self.host_trouble: dict[str, str] = {}
+        # Told the name of a cluster whenever it or one of its jobs changes (the jobs
+        # controller listens); must not block.
+        self.listeners: list[Callable[[str], None]] = []
         self._closing = False
 
     # ---- start-up ----------------------------------------------------------------------
@@ -103,6 +109,7 @@ class ClusterState:
         taken = {(n.ip, n.port) for e in self.clusters.values() if e.record.infra != "local"
                  for n in e.record.nodes}
         free = [h for h in pool.hosts if (h.ip, h.port) not in taken]
+        free.sort(key=lambda h: h.address in self.host_trouble)    # stable: pool order
         if len(free) < num_nodes:
             raise SkydError(ErrorCode.UNAVAILABLE,
                             f"pool {pool.name!r} has {len(free)} free host(s) of "
@@ -112,8 +119,24 @@ class ClusterState:
                          user=h.user, port=h.port, identity_file=h.identity_file,
                          proxy_jump=h.proxy_jump) for i, h in enumerate(free[:num_nodes])]
 
+    def free_hosts(self, pool_name: str) -> int:
+        """Hosts of the pool serving no cluster (0 for an unknown pool)."""
+        try:
+            pool = self.pool_map().get(pool_name)
+        except SkydError:
+            return 0
+        if pool is None:
+            return 0
+        taken = {(n.ip, n.port) for e in self.clusters.values() if e.record.infra != "local"
+                 for n in e.record.nodes}
+        return sum((h.ip, h.port) not in taken for h in pool.hosts)
+
     def busy(self, name: str) -> bool:
         return any(c == name for c, _ in self.jobs)
+
+    def _changed(self, cluster: str) -> None:
+        for listener in self.listeners:
+            listener(cluster)
 
     async def set_autostop(self, name: str, uid: int, admin: bool, minutes: float,
                            down: bool) -> ClusterRecord:
@@ -140,6 +163,10 @@ class ClusterState:
 
     def node_health(self, host: str, ok: bool, reason: str) -> None:
         """A node started or stopped answering: its cluster's status says so."""
+        if ok:
+            self.host_trouble.pop(host, None)
+        else:
+            self.host_trouble[host] = reason
         for entry in self.clusters.values():
             rec = entry.record
             if not any(n.host == host for n in rec.nodes):
@@ -148,9 +175,11 @@ class ClusterState:
                 self.store.save_cluster(_with(rec, status="UNHEALTHY", status_reason=reason),
                                         entry.next_job_id)
                 entry.record = _with(rec, status="UNHEALTHY", status_reason=reason)
+                self._changed(rec.name)
             elif ok and rec.status == "UNHEALTHY":
                 entry.record = _with(rec, status="UP", status_reason="")
                 self.store.save_cluster(entry.record, entry.next_job_id)
+                self._changed(rec.name)
 
     # ---- clusters ----------------------------------------------------------------------
 
@@ -176,6 +205,7 @@ class ClusterState:
         entry.record = record
         await self.store.save_cluster(record, entry.next_job_id)
         self.schedule_jobs(record.name)
+        self._changed(record.name)
 
     async def drop_cluster(self, name: str) -> None:
         self.clusters.pop(name, None)
@@ -185,6 +215,7 @@ class ClusterState:
                 live.watcher.cancel()
             live.topic.notify()
         await self.store.delete_cluster(name)
+        self._changed(name)
 
     # ---- jobs --------------------------------------------------------------------------
 
@@ -228,6 +259,7 @@ class ClusterState:
         elif live.handle is not None and not live.handle.spawned:
             self.schedule_jobs(record.cluster)
         live.topic.notify()
+        self._changed(record.cluster)
 
     # ---- the job queue of each cluster -------------------------------------------------
 
@@ -337,9 +369,11 @@ class ClusterState:
     # ---- what a long request needs before it runs ----------------------------------------
 
     def check_submit(self, op: protocol.Op, uid: int, admin: bool,
-                     queued_launch_owner: Callable[[str], int | None]) -> protocol.Op:
+                     queued_launch_owner: Callable[[str], int | None],
+                     internal: bool = False) -> protocol.Op:
         """Refuse at submission what can never run; name a launch's cluster if unnamed.
-        The task is validated again here: the daemon trusts no client's checks."""
+        The task is validated again here: the daemon trusts no client's checks.
+        `internal`: submitted by the daemon itself (the jobs controller, autostop)."""
         if isinstance(op, (protocol.Launch, protocol.Exec)):
             try:
                 op = msgspec.structs.replace(op, task=normalise(op.task))
@@ -352,6 +386,10 @@ class ClusterState:
             if op.cluster is None:
                 op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
             check_cluster_name(op.cluster)
+            if op.cluster.startswith(MANAGED_PREFIX) and not internal and op.cluster not in self.clusters:
+                raise SkydError(ErrorCode.BAD_REQUEST, f"cluster names starting with "
+                                f"{MANAGED_PREFIX!r} are reserved for managed jobs",
+                                "pick another name, or use: skyctl jobs launch")
             self._check_owner(op.cluster, uid, admin, queued_launch_owner)
             entry = self.clusters.get(op.cluster)
             if entry is not None and entry.record.num_nodes != op.task.num_nodes:
@@ -429,6 +467,9 @@ class ClusterState:
             jobs = [JobEntry(live.record, live.handle_bytes)] if live else []
             return entry.record, jobs
         return entry.record, self.live_jobs(name)
+
+
+MANAGED_PREFIX = "managed-"      # managed job N runs on cluster managed-N
 
 
 _CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)

@@ -16,10 +16,13 @@ from typing import Any, Iterable
 import aiosqlite
 import msgspec
 
-from skyd.protocol import ClusterRecord, JobRecord, NodeInfo, Queue, RequestRecord, Status
+from skyd.protocol import (ClusterRecord, JobRecord, ManagedJobRecord, NodeInfo, Queue,
+                           RequestRecord, Status)
 
 _enc = msgspec.msgpack.Encoder()
 _nodes_dec = msgspec.msgpack.Decoder(list[NodeInfo])
+_mj_dec = msgspec.msgpack.Decoder(ManagedJobRecord)
+_ACTIVE_MJ = "('PENDING', 'STARTING', 'RUNNING', 'RECOVERING', 'CANCELLING')"
 
 MIGRATIONS: list[str] = [
     # v1: requests, clusters, jobs
@@ -79,6 +82,22 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE clusters ADD COLUMN autostop REAL NOT NULL DEFAULT -1;
     ALTER TABLE clusters ADD COLUMN autostop_down INTEGER NOT NULL DEFAULT 0;
+    """,
+    # v3: managed jobs
+    """
+    CREATE TABLE managed_jobs (
+        job_id      INTEGER PRIMARY KEY,       -- assigned by the daemon, in arrival order
+        status      TEXT NOT NULL,
+        uid         INTEGER NOT NULL,
+        user        TEXT NOT NULL,
+        teardown    INTEGER NOT NULL DEFAULT 0, -- its cluster still has to be torn down
+        task        BLOB NOT NULL,             -- msgpack of the Task
+        record      BLOB NOT NULL              -- msgpack of the ManagedJobRecord
+    );
+    CREATE INDEX managed_jobs_unfinished ON managed_jobs(job_id)
+        WHERE status IN ('PENDING', 'STARTING', 'RUNNING', 'RECOVERING', 'CANCELLING')
+           OR teardown = 1;
+    CREATE INDEX managed_jobs_by_user ON managed_jobs(uid, job_id);
     """,
 ]
 
@@ -260,6 +279,14 @@ class Store:
             (rec.id, rec.name, rec.queue.value, rec.status.value, rec.uid, rec.user,
              rec.cluster, op, rec.created_at))
 
+    def add_finished_request(self, rec: RequestRecord, op: bytes, result: bytes) -> asyncio.Future:
+        """A request that is done the moment it is stored (jobs_launch: the job is queued)."""
+        return self._write(
+            "INSERT INTO requests (id, name, queue, status, uid, user, cluster, op, created_at,"
+            " started_at, finished_at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (rec.id, rec.name, rec.queue.value, rec.status.value, rec.uid, rec.user,
+             rec.cluster, op, rec.created_at, rec.started_at, rec.finished_at, result))
+
     def mark_running(self, request_id: str, started_at: float) -> asyncio.Future:
         return self._write("UPDATE requests SET status = 'running', started_at = ? WHERE id = ?",
                            (started_at, request_id))
@@ -373,6 +400,49 @@ class Store:
             f"SELECT {_JOB_COLS}, handle FROM jobs"
             " WHERE status NOT IN ('SUCCEEDED', 'FAILED', 'FAILED_SETUP', 'CANCELLED')")
         return [(_job_record(r), r[11]) for r in rows]
+
+
+    # ---- managed jobs ---------------------------------------------------------------------
+
+    def add_managed_job(self, j: ManagedJobRecord, task: bytes) -> asyncio.Future:
+        return self._write(
+            "INSERT INTO managed_jobs (job_id, status, uid, user, teardown, task, record)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (j.job_id, j.status, j.uid, j.user, int(j.teardown_pending), task, _enc.encode(j)))
+
+    def save_managed_job(self, j: ManagedJobRecord) -> asyncio.Future:
+        return self._write(
+            "UPDATE managed_jobs SET status = ?, teardown = ?, record = ? WHERE job_id = ?",
+            (j.status, int(j.teardown_pending), _enc.encode(j), j.job_id))
+
+    async def max_managed_job_id(self) -> int:
+        rows = await self._all("SELECT MAX(job_id) FROM managed_jobs")
+        return rows[0][0] or 0
+
+    async def unfinished_managed_jobs(self) -> list[tuple[ManagedJobRecord, bytes]]:
+        """Jobs still to drive: not finished, or finished with their cluster still up."""
+        rows = await self._all(
+            f"SELECT record, task FROM managed_jobs WHERE status IN {_ACTIVE_MJ}"
+            " OR teardown = 1 ORDER BY job_id")
+        return [(_mj_dec.decode(r[0]), r[1]) for r in rows]
+
+    async def managed_jobs(self, uid: int | None, ids: list[int] | None = None,
+                           limit: int = 0) -> list[ManagedJobRecord]:
+        where, params = [], []
+        if uid is not None:
+            where.append("uid = ?")
+            params.append(uid)
+        if ids:
+            where.append(f"job_id IN ({', '.join('?' * len(ids))})")
+            params.extend(ids)
+        sql = "SELECT record FROM managed_jobs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY job_id DESC"
+        if limit > 0:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_mj_dec.decode(r[0]) for r in await self._all(sql, params)]
 
 
 def _statements(script: str) -> list[str]:

@@ -3,7 +3,7 @@
 Imports only msgspec and the standard library: skyctl validates a task before it
 sends it, and the daemon validates it again when the frame arrives.
 
-Supported fields: name, workdir, num_nodes, resources {cpus, memory, infra},
+Supported fields: name, workdir, num_nodes, resources {cpus, memory, infra, job_recovery},
 envs, secrets, file_mounts, setup, run. Anything else is an error naming the field.
 """
 
@@ -19,7 +19,8 @@ EnvValue = str | int | float | bool | None
 
 SUPPORTED_TOP = ("name", "workdir", "num_nodes", "resources", "envs", "secrets",
                  "file_mounts", "setup", "run")
-SUPPORTED_RESOURCES = ("cpus", "memory", "infra")
+SUPPORTED_RESOURCES = ("cpus", "memory", "infra", "job_recovery")
+MAX_RESTARTS_ON_ERRORS = 100
 MAX_NUM_NODES = 64
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -30,10 +31,18 @@ class TaskError(ValueError):
     """A task that cannot be accepted; the message names the field."""
 
 
+class JobRecovery(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """SkyPilot's `resources.job_recovery` (managed jobs only): a lost cluster is always
+    relaunched; a failure of the task itself only this many times."""
+    strategy: str | None = None               # accepted for compatibility; one strategy here
+    max_restarts_on_errors: int = 0
+
+
 class Resources(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     cpus: int | float | str | None = None     # 4, "4", "4+" (at least 4)
     memory: int | float | str | None = None   # GiB: 8, "8+", "8GB"
     infra: str | None = None                  # "local" (default) or "ssh/POOL"
+    job_recovery: str | JobRecovery | None = None   # "FAILOVER", or {max_restarts_on_errors: 3}
 
 
 class Task(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -91,6 +100,11 @@ def shortfall(task: Task, cpus: float, memory_bytes: int) -> str | None:
     return None
 
 
+def max_restarts_on_errors(task: Task) -> int:
+    rec = task.resources.job_recovery
+    return rec.max_restarts_on_errors if isinstance(rec, JobRecovery) else 0
+
+
 def _env_str(value: EnvValue) -> str:
     if value is None:
         return ""
@@ -108,6 +122,9 @@ def _friendly(err: msgspec.ValidationError) -> str:
         if where == "resources":
             return (f"unsupported field `resources.{field}` "
                     f"(skyd supports resources: {', '.join(SUPPORTED_RESOURCES)})")
+        if where == "resources.job_recovery":
+            return (f"unsupported field `resources.job_recovery.{field}` "
+                    "(skyd supports: strategy, max_restarts_on_errors)")
         prefix = f"{where}." if where else ""
         return (f"unsupported field `{prefix}{field}` "
                 f"(skyd supports: {', '.join(SUPPORTED_TOP)})")
@@ -146,6 +163,9 @@ def normalise(task: Task) -> Task:
     parse_amount("cpus", task.resources.cpus)
     parse_amount("memory", task.resources.memory)
     infra_kind(task.resources.infra)
+    if not 0 <= max_restarts_on_errors(task) <= MAX_RESTARTS_ON_ERRORS:
+        raise TaskError("resources.job_recovery.max_restarts_on_errors: must be between 0 and "
+                        f"{MAX_RESTARTS_ON_ERRORS}, got {max_restarts_on_errors(task)}")
     for dst, src in task.file_mounts.items():
         if not dst or not src:
             raise TaskError("file_mounts: both the target and the source must be non-empty")

@@ -185,7 +185,11 @@ def down(ctx: WorkerContext) -> str:
     assert cluster is not None
     ctx.say(f"Tearing down cluster {cluster.name}...")
     infra = get_infra(cluster.infra)
-    _kill_jobs(ctx, infra, cluster, ctx.assignment.jobs, "killed by down")
+    try:
+        _kill_jobs(ctx, infra, cluster, ctx.assignment.jobs, "killed by down")
+    except SkydError as e:
+        # A node that does not answer cannot hold the others (or its host) hostage.
+        ctx.say(f"warning: could not stop the jobs on every node: {e.message}")
     infra.teardown(ctx.assignment.state_dir, cluster)
     ctx.send(DropCluster(cluster.name))
     ctx.say(f"Cluster {cluster.name} is down.")

@@ -83,7 +83,18 @@ async def cancel(d: "Daemon", caller: Caller, op: CancelJobs) -> list[int]:
 FINAL_WAIT = 30.0    # seconds a follower waits for a job's outcome once its log has ended
 
 
-class JobLogStream:
+class LogStream:
+    """What a streaming short request returns: chunks of log (bytes) and progress notices
+    (str), then a final record."""
+
+    def chunks(self) -> AsyncIterator[bytes | str]:
+        raise NotImplementedError
+
+    async def final(self):
+        raise NotImplementedError
+
+
+class JobLogStream(LogStream):
     """The chunks of a job's log, then the job's final record."""
 
     def __init__(self, d: "Daemon", cluster: str, job_id: int, follow: bool, offset: int):

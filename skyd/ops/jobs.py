@@ -1,0 +1,148 @@
+"""Short managed-job requests: `jobs queue`, `jobs cancel`, `jobs logs`. Coroutines in the
+loop; unfinished jobs are read from memory (ahead of the store), finished ones from SQLite."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, AsyncIterator
+
+from skyd.jobs_controller import ACTIVE
+from skyd.logs import follow, read_from
+from skyd.ops.queries import JobLogStream, LogStream
+from skyd.protocol import (ErrorCode, JobsCancel, JobsLogs, JobsQueue, ManagedJobRecord,
+                           SkydError)
+from skyd.scheduler import Caller
+
+if TYPE_CHECKING:
+    from skyd.daemon import Daemon
+
+MAX_IDS = 10_000
+
+
+async def jobs_queue(d: "Daemon", caller: Caller, op: JobsQueue) -> list[ManagedJobRecord]:
+    if len(op.job_ids) > MAX_IDS:
+        raise SkydError(ErrorCode.BAD_REQUEST, f"at most {MAX_IDS} job ids at once")
+    uid = None if op.all_users else caller.uid
+    live = d.jobs.jobs
+    if op.skip_finished:
+        # Every unfinished job is in memory.
+        records = sorted((j.record for j in live.values() if j.record.status in ACTIVE
+                          and (uid is None or j.record.uid == uid)
+                          and (not op.job_ids or j.record.job_id in op.job_ids)),
+                         key=lambda r: r.job_id, reverse=True)
+        return records[:op.limit] if op.limit > 0 else records
+    stored = await d.store.managed_jobs(uid, op.job_ids, op.limit)
+    return [live[r.job_id].record if r.job_id in live else r for r in stored]
+
+
+async def _record(d: "Daemon", caller: Caller, job_id: int) -> ManagedJobRecord:
+    job = d.jobs.live(job_id)
+    if job is not None:
+        rec = job.record
+    else:
+        rows = await d.store.managed_jobs(None, [job_id])
+        if not rows:
+            raise SkydError(ErrorCode.NOT_FOUND, f"no managed job {job_id}",
+                            "list them with: skyctl jobs queue")
+        rec = rows[0]
+    if rec.uid != caller.uid and not caller.admin:
+        raise SkydError(ErrorCode.PERMISSION_DENIED,
+                        f"managed job {job_id} belongs to {rec.user}")
+    return rec
+
+
+async def jobs_cancel(d: "Daemon", caller: Caller, op: JobsCancel) -> list[int]:
+    if not (op.job_ids or op.all or op.all_users):
+        raise SkydError(ErrorCode.BAD_REQUEST, "name the managed jobs to cancel, or pass --all")
+    if op.all_users and not caller.admin:
+        raise SkydError(ErrorCode.PERMISSION_DENIED, "only admins may cancel everyone's jobs")
+    if op.all or op.all_users:
+        ids = [j.record.job_id for j in list(d.jobs.jobs.values())
+               if j.record.status in ACTIVE and (op.all_users or j.record.uid == caller.uid)]
+    else:
+        if len(op.job_ids) > MAX_IDS:
+            raise SkydError(ErrorCode.BAD_REQUEST, f"at most {MAX_IDS} job ids at once")
+        ids = list(dict.fromkeys(op.job_ids))
+        # Check them all before touching any: a bad id changes nothing.
+        for job_id in ids:
+            rec = await _record(d, caller, job_id)
+            if rec.status not in ACTIVE:
+                raise SkydError(ErrorCode.CONFLICT,
+                                f"managed job {job_id} has already finished ({rec.status})")
+    done = []
+    for job_id in ids:
+        if await d.jobs.cancel(job_id) != "finished":
+            done.append(job_id)
+    return done
+
+
+class ManagedLogStream(LogStream):
+    """A managed job's output over all its attempts: what its own log holds (earlier
+    attempts, copied from their clusters), then the running attempt live from its
+    cluster. Status changes come as notices (str)."""
+
+    def __init__(self, d: "Daemon", job_id: int, controller: bool, follow_log: bool,
+                 offset: int):
+        self.d, self.job_id, self.controller = d, job_id, controller
+        self.follow, self.offset = follow_log, offset
+
+    async def chunks(self) -> AsyncIterator[bytes | str]:
+        ctl = self.d.jobs
+        if self.controller:
+            job = ctl.live(self.job_id)
+            async for data in follow(ctl.controller_log_path(self.job_id), self.offset,
+                                     job.topic if job is not None and self.follow else None,
+                                     lambda: ctl.live(self.job_id) is None):
+                yield data
+            return
+        path, offset, last = ctl.log_path(self.job_id), self.offset, None
+        while True:
+            job = ctl.live(self.job_id)
+            seen = job.topic.version if job is not None else 0
+            data = read_from(path, offset)
+            if data:
+                offset += len(data)
+                yield data
+                continue
+            if job is None or job.record.status not in ACTIVE:
+                return                      # finished: its log is complete
+            rec = job.record
+            if self.follow and rec.status != last:
+                last = rec.status
+                yield f"managed job {rec.job_id}: {rec.status}" + \
+                      (f" ({rec.reason})" if rec.reason else "")
+            if rec.status == "RUNNING" and rec.cluster_job_id and offset >= rec.log_offset:
+                live = JobLogStream(self.d, rec.cluster, rec.cluster_job_id, self.follow,
+                                    offset - rec.log_offset)
+                async for data in live.chunks():
+                    offset += len(data)
+                    yield data
+                if not self.follow:
+                    return
+                await job.topic.wait(seen, 1.0)   # its attempt ended: the controller moves it
+                continue
+            if not self.follow:
+                return
+            await job.topic.wait(seen)
+
+    async def final(self) -> ManagedJobRecord:
+        job = self.d.jobs.live(self.job_id)
+        if job is not None:
+            return job.record
+        rows = await self.d.store.managed_jobs(None, [self.job_id])
+        if not rows:
+            raise SkydError(ErrorCode.NOT_FOUND, f"managed job {self.job_id} no longer exists")
+        return rows[0]
+
+
+async def jobs_logs(d: "Daemon", caller: Caller, op: JobsLogs) -> ManagedLogStream:
+    job_id = op.job_id
+    if job_id is None:
+        mine = await d.store.managed_jobs(caller.uid, limit=1)
+        if not mine:
+            raise SkydError(ErrorCode.NOT_FOUND, "you have no managed jobs yet",
+                            "submit one with: skyctl jobs launch TASK.yaml")
+        job_id = mine[0].job_id
+    await _record(d, caller, job_id)
+    if op.offset < 0:
+        raise SkydError(ErrorCode.BAD_REQUEST, "offset must be >= 0")
+    return ManagedLogStream(d, job_id, op.controller, op.follow, op.offset)
