@@ -462,6 +462,11 @@ class ClusterState:
                                 f"start it with: skyctl start {name}")
             live = self.job_of_request(req.id)
             if live is None and op.task.run is not None:
+                # Run again after a restart, its job may have finished meanwhile: never
+                # submit it twice.
+                done = await self.store.job_of_request(name, req.id)
+                if done is not None:
+                    return entry.record, [JobEntry(done, None)]
                 await self.new_job(name, op.task.name or "-", req.uid, req.user, req.id)
                 live = self.job_of_request(req.id)
             jobs = [JobEntry(live.record, live.handle_bytes)] if live else []

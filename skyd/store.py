@@ -395,6 +395,11 @@ class Store:
                                " WHERE cluster = ? AND job_id = ?", (cluster, job_id))
         return (_job_record(rows[0]), rows[0][11]) if rows else None
 
+    async def job_of_request(self, cluster: str, request_id: str) -> JobRecord | None:
+        rows = await self._all(f"SELECT {_JOB_COLS} FROM jobs WHERE cluster = ?"
+                               " AND request_id = ?", (cluster, request_id))
+        return _job_record(rows[0]) if rows else None
+
     async def active_jobs(self) -> list[tuple[JobRecord, bytes | None]]:
         rows = await self._all(
             f"SELECT {_JOB_COLS}, handle FROM jobs"

@@ -34,13 +34,25 @@ _HOST_CPUS = hardware.detect().cpus     # a local node is this host (cgroup-awar
 WORKDIR = "sky_workdir"
 
 # The runner: run the user's script, then record how it ended. Cancel writes the
-# `cancelled` marker first, then signals the whole session.
+# `cancelled` marker first, then signals the whole session. Starting a job is idempotent:
+# only the first runner (mkdir is atomic) runs the script; one started again (the daemon
+# died between starting it and recording that) follows the first to its end instead.
 RUNNER = r'''
 jobdir=$1
-bash "$jobdir/run.sh" < /dev/null
-rc=$?
-printf '%s\n' "$rc" > "$jobdir/exit_code.tmp" && mv "$jobdir/exit_code.tmp" "$jobdir/exit_code"
-exit $rc
+if mkdir "$jobdir/started" 2>/dev/null; then
+  echo $$ > "$jobdir/started/pid"
+  bash "$jobdir/run.sh" < /dev/null
+  rc=$?
+  printf '%s\n' "$rc" > "$jobdir/exit_code.tmp" && mv "$jobdir/exit_code.tmp" "$jobdir/exit_code"
+  exit $rc
+fi
+i=0
+while [ ! -s "$jobdir/started/pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+first=$(cat "$jobdir/started/pid" 2>/dev/null)
+trap '[ -n "$first" ] && kill -TERM -- -$first 2>/dev/null' TERM
+while [ -n "$first" ] && kill -0 "$first" 2>/dev/null; do sleep 0.5 & wait $!; done
+[ -e "$jobdir/exit_code" ] && exit "$(cat "$jobdir/exit_code")"
+exit 1
 '''
 
 

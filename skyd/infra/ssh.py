@@ -182,7 +182,7 @@ class SshInfra(Infra):
             node = by_rank[np.rank]
             jobdir = shlex.quote(np.jobdir)
             script = (f"cd {node.path}/sky_workdir\n"
-                      f"setsid sh {jobdir}/runner.sh {jobdir} > {jobdir}/run.log 2>&1 "
+                      f"setsid sh {jobdir}/runner.sh {jobdir} >> {jobdir}/run.log 2>&1 "
                       "< /dev/null &\npid=$!\necho $pid\n"
                       "awk '{print $22}' /proc/$pid/stat 2>/dev/null || echo 0\n")
             rc, out, err = await self._arun(node, script, COMMAND_TIMEOUT)
@@ -196,11 +196,13 @@ class SshInfra(Infra):
 
     async def _arun(self, node: NodeInfo, script: str,
                     timeout: float | None = None) -> tuple[int, bytes, bytes]:
+        # The script travels as the command, not on stdin: an ssh that fails at once
+        # (connection refused) would close its stdin under the write.
         proc = await asyncio.create_subprocess_exec(
-            *self.ssh(node, "bash -s"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True)
+            *self.ssh(node, "bash -c " + shlex.quote(script)), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            out, err = await asyncio.wait_for(proc.communicate(script.encode()), timeout)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
             proc.kill()
             await proc.wait()
