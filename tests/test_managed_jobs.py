@@ -204,7 +204,7 @@ run: |
                                                               "--no-follow").stdout, 20)
     pooled.hosts[0].kill()
     job = wait_job(pooled, 1, 120)
-    assert (job.status, job.recoveries) == ("SUCCEEDED", 1), job
+    assert (job.status, job.recoveries) == ("SUCCEEDED", 1), pooled.skyctl("jobs", "logs", "--controller", "1").stdout
     out = pooled.skyctl("jobs", "logs", "1", "--no-follow").stdout
     assert f"on {pooled.hosts[1].ip}" in out
     assert "does not answer" in pooled.skyctl("jobs", "logs", "--controller", "1").stdout

@@ -140,6 +140,7 @@ def prepare_job(nodes: list[NodeInfo], job_id: int, run: str,
     procs = []
     for n in nodes:
         jobdir = Path(n.path) / "jobs" / str(job_id)
+        shutil.rmtree(jobdir, ignore_errors=True)   # fresh: nothing left passes for this job
         jobdir.mkdir(parents=True, exist_ok=True)
         (jobdir / "run.sh").write_text(run)
         fd = os.open(jobdir / "env.sh", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

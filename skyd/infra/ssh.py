@@ -146,8 +146,10 @@ class SshInfra(Infra):
 
     def prepare_job(self, nodes, job_id, run, envs):
         def prepare(n: NodeInfo) -> NodeProc:
+            # A fresh job dir: what a failed teardown left there must not pass for this job.
             eof = "SKYD_" + _secrets.token_hex(8)
-            script = (f"set -e\njobdir=$HOME/{n.path}/jobs/{job_id}\nmkdir -p \"$jobdir\"\n"
+            script = (f"set -e\njobdir=$HOME/{n.path}/jobs/{job_id}\nrm -rf \"$jobdir\"\n"
+                      "mkdir -p \"$jobdir\"\n"
                       f"umask 077\ncat > \"$jobdir/run.sh\" <<'{eof}'\n{run}\n{eof}\n"
                       f"cat > \"$jobdir/env.sh\" <<'{eof}'\n{env_script(envs(n))}{eof}\n"
                       f"cat > \"$jobdir/runner.sh\" <<'{eof}'\n. \"$1/env.sh\"\n{RUNNER}\n{eof}\n"
