@@ -24,6 +24,7 @@ samples to --out (default bench-results/jobs.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -66,11 +67,17 @@ class Sampler(threading.Thread):
             t = time.perf_counter()
             try:
                 rss = proc.memory_info().rss
-                tree = rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                children = proc.children(recursive=True)
+                tree = rss
+                for c in children:
+                    with contextlib.suppress(psutil.Error):
+                        tree += c.memory_info().rss
             except psutil.Error:
                 return
+            # The tree (daemon, forkserver, workers) and the detached job runners.
+            pids = {proc.pid, *(c.pid for c in children), *ours(self.d.state_dir, set())}
             self.samples.append({"t": t, "daemon_rss": rss, "tree_rss": tree,
-                                 "processes": len(ours(self.d.state_dir.parent, set()))})
+                                 "processes": len(pids)})
             self.stop.wait(0.2)
 
     def summary(self) -> dict:
@@ -244,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     res: dict[str, Any] = {"jobs": args.jobs, "clients": args.clients, "machine": machine_info(),
                            "code": code_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     try:
+        (tmp / "state").mkdir()
         yaml = tmp / "job.yaml"
         yaml.write_text(TASK_YAML)
         skyctl = None

@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import re
 import secrets
 import signal
 import statistics
@@ -135,6 +136,7 @@ class Plan:
         self.task = Task(name="loadtest", setup=setup or None, run=RUN)
         self.created: list[str] = []       # clusters to down at the end
         self.request_ids: list[str] = []   # long requests accepted (cancelled if still running)
+        self.job_ids: list[int] = []       # managed jobs queued (cancelled if unfinished)
         self._yaml: Path | None = None
 
     def cluster(self, kind: str, k: int) -> str:
@@ -235,9 +237,23 @@ def launch_clusters(socket: str, names: list[str], task: Task) -> list[str]:
     return [f for f in _parallel(one, names) if f]
 
 
+_QUEUED_JOB = re.compile(r"Managed job (\d+) queued")
+
+
 def cleanup(socket: str, plan: Plan, timeout: float = 120.0) -> dict:
-    """Cancel the long requests still pending or running, then down the clusters."""
+    """Cancel the managed jobs not finished and the long requests still pending or running,
+    then down the clusters."""
     cancelled: list[str] = []
+    jobs = list(dict.fromkeys(plan.job_ids))
+    for i in range(0, len(jobs), 500):
+        try:
+            with Connection(socket, "loadtest", timeout=timeout).connect() as c:
+                left = [j.job_id for j in c.call(protocol.JobsQueue(job_ids=jobs[i:i + 500],
+                                                                    skip_finished=True))]
+                if left:
+                    c.call(protocol.JobsCancel(job_ids=left))
+        except (Unreachable, ServerError, OSError):
+            pass
     ids = list(dict.fromkeys(plan.request_ids))
     for i in range(0, len(ids), 500):
         try:
@@ -292,6 +308,8 @@ async def api_loop(socket: str, plan: Plan, kind: str, clients: int, count: int 
         if isinstance(msg, Accepted):
             if kind in LONG:
                 plan.request_ids.append(msg.request_id)
+            if msg.job_id is not None:
+                plan.job_ids.append(msg.job_id)
             if wait:
                 return
         elif not isinstance(msg, (Result, Error)):
@@ -370,6 +388,9 @@ async def cli_loop(socket: str, plan: Plan, kind: str, clients: int, count: int 
                 res.error(f"exit {proc.returncode}: {tail[0]}")
             else:
                 res.latencies.append(state["last"] - t)
+                queued = _QUEUED_JOB.search(err.decode(errors="replace"))
+                if queued:
+                    plan.job_ids.append(int(queued.group(1)))
     await asyncio.gather(*(client(k) for k in range(clients)))
     res.elapsed_s = (state["last"] or time.perf_counter()) - t0
     return res
@@ -465,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         print("loadtest: interrupted", file=sys.stderr)
         return 130
     finally:
-        if plan.created or plan.request_ids:
+        if plan.created or plan.request_ids or plan.job_ids:
             print(f"loadtest: cleaning up ({len(set(plan.created))} clusters)", file=sys.stderr,
                   flush=True)
             clean = cleanup(socket, plan)

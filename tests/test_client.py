@@ -144,3 +144,21 @@ def test_shell_runs_commands_with_completion(daemon):
         if proc.poll() is None:
             proc.kill()
         os.close(master)
+
+
+def test_task_files_are_parsed_once_per_content(tmp_path, monkeypatch):
+    from skyctl import taskfile
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    task = tmp_path / "t.yaml"
+    task.write_text("name: a\nrun: echo one\n")
+    assert taskfile.load(str(task), {}).run == "echo one"
+    [cached] = (tmp_path / "cache" / "skyctl" / "tasks").iterdir()
+    assert taskfile.load(str(task), {}).run == "echo one"          # from the cache
+    task.write_text("name: a\nrun: echo two\n")                     # new bytes: parsed again
+    assert taskfile.load(str(task), {}).run == "echo two"
+    cached.write_bytes(b"garbage")                                  # a broken entry is a miss
+    task.write_text("name: a\nrun: echo one\n")
+    assert taskfile.load(str(task), {}).run == "echo one"
+    task.write_text("run: [unclosed\n")
+    with pytest.raises(taskfile.TaskError, match="not valid YAML"):
+        taskfile.load(str(task), {})

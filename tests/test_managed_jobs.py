@@ -13,7 +13,7 @@ import pytest
 from conftest import processes_mentioning, wait_until, write_task
 from sshd import ssh_hosts  # noqa: F401 - the fixture
 from skyd import protocol
-from skyd.taskspec import Task
+from skyd.taskspec import Resources, Task
 
 ACTIVE = {"PENDING", "STARTING", "RUNNING", "RECOVERING", "CANCELLING"}
 
@@ -211,3 +211,22 @@ run: |
     # Its cluster is gone and no host is left assigned to it.
     assert clusters(pooled) == []
     assert all(h.cluster is None for h in pooled.call(protocol.InfraStatus()))
+
+
+def test_jobs_on_a_pool_wait_for_free_hosts_in_order(pooled, workdir):
+    task = Task(run="sleep 1", resources=Resources(infra="ssh/p"))
+    ids = [submit(pooled, task) for _ in range(5)]
+    most = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        most = max(most, len(clusters(pooled)))
+        states = jobs(pooled)
+        if all(states[i].status == "SUCCEEDED" and not states[i].teardown_pending for i in ids):
+            break
+        time.sleep(0.1)
+    final = jobs(pooled)
+    assert [final[i].status for i in ids] == ["SUCCEEDED"] * 5
+    assert most <= 3                     # a host serves one cluster at a time
+    starts = [final[i].run_started_at for i in ids]
+    assert starts[3] >= min(starts[:3]) and starts[4] >= min(starts[:3])   # later ones waited
+    assert all(j.recoveries == 0 for j in final.values())
