@@ -191,7 +191,7 @@ def one_run(mode: str, root: Path, n: int, clients: int, skyctl: str | None,
     try:
         t0 = time.perf_counter()
         res = burst_cli(d, n, skyctl, yaml) if mode == "cli" else burst_api(d, n, clients)
-        res["memory_at_accept"] = Sampler.summary(sampler)
+        res["memory_at_accept"] = sampler.summary()
         res.update(drain(d, n, t0))
         res["memory"] = sampler.summary()
         res["queue"] = queue_latency(d, skyctl)

@@ -36,7 +36,7 @@ from skyd.infra.base import handle_dec
 from skyd.logs import Topic
 from skyd.protocol import (ErrorCode, ManagedJobRecord, MANAGED_FINISHED, Queue, RequestRecord,
                            SkydError, Status)
-from skyd.scheduler import Caller, caller_for
+from skyd.scheduler import Caller, caller_for, stored_error
 from skyd.state import MANAGED_PREFIX, describe_resources
 from skyd.taskspec import Task, TaskError, infra_kind, max_restarts_on_errors, normalise, shortfall
 
@@ -50,7 +50,7 @@ _enc = msgspec.msgpack.Encoder()
 _task_dec = msgspec.msgpack.Decoder(Task)
 _blob_dec = msgspec.msgpack.Decoder()
 
-ACTIVE = frozenset({"PENDING", "STARTING", "RUNNING", "RECOVERING", "CANCELLING"})
+ACTIVE = protocol.MANAGED_ACTIVE
 LAUNCH_ATTEMPTS = 3           # consecutive failed launches before FAILED_NO_RESOURCE
 TEARDOWN_ATTEMPTS = 3         # then the cluster is forgotten, so its hosts are free again
 BACKOFF = (2.0, 30.0)         # seconds before a relaunch after a failed launch, doubling
@@ -356,9 +356,9 @@ class JobsController:
                             launch_failures=rec.launch_failures + 1, reason=f"launch failed: {why}")
 
     async def _setup_failed(self, job: Job) -> bool:
-        rec = job.record
-        rows = await self.store.jobs_of(rec.cluster, limit=1) if rec.cluster in \
-            self.state.clusters else []
+        if job.record.cluster not in self.state.clusters:
+            return False
+        rows = await self.store.jobs_of(job.record.cluster, limit=1)
         return bool(rows) and rows[0].status == "FAILED_SETUP"
 
     def _requeue(self, job: Job) -> None:
@@ -690,11 +690,8 @@ def _job_id_of(cluster: str) -> int:
 
 
 def _outcome(status: Status, result: Any) -> Outcome:
-    if isinstance(result, protocol.Error):
-        return Outcome(status, result)
-    if status is Status.FAILED and result:
-        return Outcome(status, msgspec.convert(_blob_dec.decode(result), protocol.Error))
-    return Outcome(status, None, result)
+    error = stored_error(status, result)
+    return Outcome(status, error, None if error is not None else result)
 
 
 async def _no_wait(_delay: float) -> None:

@@ -172,6 +172,8 @@ class ManagedJobRecord(msgspec.Struct, omit_defaults=True):
     teardown_pending: bool = False  # its cluster still has to be torn down
 
 
+MANAGED_STEPS = ("PENDING", "STARTING", "RUNNING", "RECOVERING", "CANCELLING")
+MANAGED_ACTIVE = frozenset(MANAGED_STEPS)
 MANAGED_FINISHED = frozenset({"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
                               "FAILED_NO_RESOURCE", "FAILED_CONTROLLER", "CANCELLED"})
 

@@ -55,6 +55,18 @@ def caller_for(uid: int, admin: bool) -> Caller:
     return Caller(uid=uid, gid=gid, user=name, home=home, admin=admin)
 
 
+_blob_dec = msgspec.msgpack.Decoder()
+
+
+def stored_error(status: Status, stored: Any) -> Error | None:
+    """A finished request's error: an Error while it is in memory, msgpack once stored."""
+    if isinstance(stored, Error):
+        return stored
+    if status is Status.FAILED and stored is not None:
+        return msgspec.convert(_blob_dec.decode(stored), Error)
+    return None
+
+
 class FifoSlots:
     """A counting semaphore that admits waiters strictly in arrival order."""
 

@@ -18,14 +18,13 @@ from skyd.logs import follow, read_from
 from skyd.ops import api, jobs, queries
 from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Notice, Queue, Result,
                            SkydError, Status, Submit, Welcome)
-from skyd.scheduler import Caller
+from skyd.scheduler import Caller, stored_error
 
 if TYPE_CHECKING:
     from skyd.daemon import Daemon
 
 log = logging.getLogger("skyd.session")
 _dec = msgspec.msgpack.Decoder(protocol.ClientMsg)
-_blob_dec = msgspec.msgpack.Decoder()
 
 SHORT_HANDLERS = {
     protocol.ClusterStatus: queries.status,
@@ -230,10 +229,8 @@ class Session:
 
 
 def _result_of(rid: str, status: Status, stored: Any) -> Result:
-    if isinstance(stored, Error):
-        return Result(rid, status, error=stored)
-    if status is Status.FAILED and stored is not None:
-        err = msgspec.convert(_blob_dec.decode(stored), Error)
+    err = stored_error(status, stored)
+    if err is not None:
         return Result(rid, status, error=err)
     if status is Status.CANCELLED:
         return Result(rid, status, error=Error(ErrorCode.FAILED, "the request was cancelled"))

@@ -106,8 +106,7 @@ class ClusterState:
     def allocate(self, cluster: str, pool_name: str | None, num_nodes: int) -> list[NodeInfo]:
         """Free hosts of the pool, in the pool's order: a host serves one cluster at a time."""
         pool = self.pool(pool_name, num_nodes)
-        taken = {(n.ip, n.port) for e in self.clusters.values() if e.record.infra != "local"
-                 for n in e.record.nodes}
+        taken = self.host_owners()
         free = [h for h in pool.hosts if (h.ip, h.port) not in taken]
         free.sort(key=lambda h: h.address in self.host_trouble)    # stable: pool order
         if len(free) < num_nodes:
@@ -127,9 +126,13 @@ class ClusterState:
             return 0
         if pool is None:
             return 0
-        taken = {(n.ip, n.port) for e in self.clusters.values() if e.record.infra != "local"
-                 for n in e.record.nodes}
+        taken = self.host_owners()
         return sum((h.ip, h.port) not in taken for h in pool.hosts)
+
+    def host_owners(self) -> dict[tuple[str, int], str]:
+        """(ip, port) of every ssh host serving a cluster -> that cluster's name."""
+        return {(n.ip, n.port): e.record.name for e in self.clusters.values()
+                if e.record.infra != "local" for n in e.record.nodes}
 
     def busy(self, name: str) -> bool:
         return any(c == name for c, _ in self.jobs)
@@ -386,7 +389,8 @@ class ClusterState:
             if op.cluster is None:
                 op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
             check_cluster_name(op.cluster)
-            if op.cluster.startswith(MANAGED_PREFIX) and not internal and op.cluster not in self.clusters:
+            if (op.cluster.startswith(MANAGED_PREFIX) and not internal
+                    and op.cluster not in self.clusters):
                 raise SkydError(ErrorCode.BAD_REQUEST, f"cluster names starting with "
                                 f"{MANAGED_PREFIX!r} are reserved for managed jobs",
                                 "pick another name, or use: skyctl jobs launch")

@@ -16,13 +16,14 @@ from typing import Any, Iterable
 import aiosqlite
 import msgspec
 
-from skyd.protocol import (ClusterRecord, JobRecord, ManagedJobRecord, NodeInfo, Queue,
-                           RequestRecord, Status)
+from skyd.protocol import (MANAGED_STEPS, ClusterRecord, JobRecord, ManagedJobRecord, NodeInfo,
+                           Queue, RequestRecord, Status)
 
 _enc = msgspec.msgpack.Encoder()
 _nodes_dec = msgspec.msgpack.Decoder(list[NodeInfo])
 _mj_dec = msgspec.msgpack.Decoder(ManagedJobRecord)
-_ACTIVE_MJ = "('PENDING', 'STARTING', 'RUNNING', 'RECOVERING', 'CANCELLING')"
+# As written in the v3 partial index, so that SQLite can use it.
+_ACTIVE_MJ = "(" + ", ".join(f"'{s}'" for s in MANAGED_STEPS) + ")"
 
 MIGRATIONS: list[str] = [
     # v1: requests, clusters, jobs

@@ -173,8 +173,7 @@ async def infra(d: "Daemon", caller: Caller, op: InfraStatus) -> list[HostRecord
     if unknown:
         raise SkydError(ErrorCode.NOT_FOUND, f"no ssh node pool {unknown[0]!r}")
     ssh = get_infra("ssh")
-    owner = {(n.ip, n.port): e.record.name for e in d.state.clusters.values()
-             if e.record.infra != "local" for n in e.record.nodes}
+    owner = d.state.host_owners()
 
     async def probe(pool: str, h) -> HostRecord:
         node = NodeInfo(rank=0, ip=h.ip, host=h.address, user=h.user, port=h.port,
