@@ -8,7 +8,8 @@ Modes
   short  closed loop: `clients` persistent connections, each sending one short request and
          sending the next as soon as the Result arrives; for each level a warm-up, then a
          fixed measuring window. Latency = Submit written -> Result decoded.
-  burst  `clients` persistent connections share `n` Launch submissions with wait=False;
+  burst  `clients` persistent connections share `n` Launch (or, with "op": "jobs_launch",
+         JobsLaunch) submissions with wait=False;
          latency = Submit written -> Accepted decoded. Returns every accepted id.
 
 Every loop is bounded in count and in time.
@@ -26,6 +27,7 @@ import time
 import msgspec
 import uvloop
 
+from profiling._stats import summarize
 from skyd import protocol
 from skyd.protocol import (Accepted, ApiStatus, ClusterStatus, Error, Hello, Launch, Result,
                            ServerMsg, Submit, Welcome, encode_frame)
@@ -184,7 +186,11 @@ async def run_short(spec: dict) -> dict:
 async def run_burst(spec: dict) -> dict:
     n, clients = int(spec["n"]), int(spec["clients"])
     task = Task(run=spec.get("run", "echo hello from the burst"), name="burst")
-    payload = encode_frame(Submit(Launch(task=task, cluster=spec["cluster"]), False))
+    if spec.get("op", "launch") == "jobs_launch":      # a managed job, queued by the daemon
+        op = protocol.JobsLaunch(task=task, name="burst")
+    else:
+        op = Launch(task=task, cluster=spec["cluster"])
+    payload = encode_frame(Submit(op, False))
     issued = 0
     accepted: list[str] = []
     lat: list[float] = []
@@ -236,26 +242,6 @@ async def run_burst(spec: dict) -> dict:
         "daemon_cpu_cores": ((dcpu1 - dcpu0) / elapsed) if dcpu0 is not None and dcpu1 is not None and elapsed > 0 else None,
         "accepted_ids": accepted,
     }
-
-
-# ---- statistics -------------------------------------------------------------------------------
-
-def percentile(sorted_xs: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (q in 0..100)."""
-    if not sorted_xs:
-        return None
-    if len(sorted_xs) == 1:
-        return sorted_xs[0]
-    k = (len(sorted_xs) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (k - lo)
-
-
-def summarize(sorted_xs: list[float]) -> dict:
-    return {"n": len(sorted_xs), "p50": percentile(sorted_xs, 50), "p95": percentile(sorted_xs, 95),
-            "p99": percentile(sorted_xs, 99), "max": sorted_xs[-1] if sorted_xs else None,
-            "min": sorted_xs[0] if sorted_xs else None}
 
 
 def main() -> int:

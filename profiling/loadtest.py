@@ -41,7 +41,8 @@ from pathlib import Path
 
 import uvloop
 
-from profiling._client import FrameConn, _close, _connect, percentile
+from profiling._client import FrameConn, _close, _connect
+from profiling._stats import percentile
 from profiling._daemon import server_info
 from skyctl.connection import Connection, ServerError, Unreachable
 from skyd import protocol
