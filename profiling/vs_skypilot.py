@@ -40,6 +40,7 @@ medians) and writes everything to --out. A benchmark, not a test: it takes ~4 mi
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -212,7 +213,7 @@ class SkyPilot:
     def healthy(self) -> bool:
         try:
             return self.http("GET", "/api/health", timeout=2).get("status") == "healthy"
-        except (OSError, ValueError, urllib.error.URLError):
+        except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException):
             return False
 
     def start(self) -> dict:
@@ -589,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if os.environ.get(NETNS_FLAG) == "1":       # a new namespace's loopback starts down
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True, timeout=10)
+        # 46580 lies in the default ephemeral range: a health poll could then connect to
+        # itself (source port = destination port) and hold the server's port. The range
+        # is the namespace's own.
+        Path("/proc/sys/net/ipv4/ip_local_port_range").write_text("50000 60999")
     root = Path(args.prepared)
     prep = json.loads((root / "prepared.json").read_text())
     signal.signal(signal.SIGTERM, stop_on_signal)
