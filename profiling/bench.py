@@ -232,8 +232,32 @@ def render_summary(_: dict, every: dict) -> str:
          fmt_agg(dig(c, "7.figures.start_empty_ms"), 1, 0, " ms"),
          fmt_agg(sky.get("start_s"), 1000, 0, " ms"), "7.59 s"],
     ]
-    return markdown(["figure (DESIGN §5)", "goal", "skyd", "SkyPilot 0.14.1, same run "
+    checks = [  # the skyd median against the goal, row by row: (value, goal, higher is better)
+        (dig(c, "1.ms.venv skyctl status.median"), 40, False),
+        (dig(c, "2.figures.status@50.req_per_s.median"), 5000, True),
+        (dig(c, "2.figures.status@50.p99.median"), 25, False),
+        (dig(c, "3.figures.50.accepted_per_s.median"), 5000, True),
+        (jobs_cli["median"] if jobs_cli else None, 90, False),
+        (dig(c, "4.figures.new.accepted_to_worker_line_in_log_ms.median"), 10, False),
+        (daemon_rss["median"] if daemon_rss else None, 60, False),
+        (None, None, False),
+        (dig(c, "6.workers.figures.worker_uss_median_mib.median"), 15, False),
+        (min(row_cap["long"] / 64, row_cap["short"] / 1000) if row_cap else None, 1, True),
+        (dig(c, "5.figures.cancel_to_group_gone_ms.median"), 50, False),
+        (dig(c, "7.figures.skyctl_api_status_a_ms.median"), 100, False),
+        (dig(c, "7.figures.start_empty_ms.median"), 500, False),
+    ]
+    for row, (value, goal, higher) in zip(rows, checks):
+        row.insert(3, met(value, goal, higher))
+    return markdown(["figure (DESIGN §5)", "goal", "skyd", "met?", "SkyPilot 0.14.1, same run "
                      "(`profiling.vs_skypilot`)", "SkyPilot anchor (reference notes)"], rows)
+
+
+def met(value: float | None, goal: float | None, higher_is_better: bool) -> str:
+    if value is None or goal is None:
+        return "—"
+    ok = value >= goal if higher_is_better else value <= goal
+    return "met" if ok else "**missed**"
 
 
 RENDERERS: dict[str, tuple[str | None, Callable[[dict, dict], str]]] = {

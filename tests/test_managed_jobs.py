@@ -82,8 +82,8 @@ run: echo try; exit 3
 
 def test_a_job_whose_processes_are_killed_is_relaunched(daemon, workdir):
     mark = workdir / "mark"
-    job_id = submit(daemon, Task(run=f"if [ -e {mark} ]; then echo second; else touch {mark}; "
-                                     "echo first; sleep 300; fi"))
+    job_id = submit(daemon, Task(run=f"if [ -e {mark} ]; then echo second; else echo first; "
+                                     f"touch {mark}; sleep 300; fi"))
     wait_job(daemon, job_id, until=lambda j: j.status == "RUNNING")
     node_dir = daemon.state_dir / "clusters" / f"managed-{job_id}"
     assert wait_until(lambda: mark.exists() and processes_mentioning(node_dir), 20)
