@@ -179,7 +179,8 @@ class JobsController:
         self._note(job, f"submitted by {caller.user} (request {rid})")
         self.scheduler.counters["jobs_accepted"] += 1
         self._admit()
-        return request, record, len(self.pending) - 1
+        # Started at once: nothing ahead; still queued: every job queued before it.
+        return request, record, len(self.pending) - 1 if job_id in self.pending else 0
 
     # ---- slots: how many launch/down requests the controller has at once -------------------
 

@@ -309,6 +309,9 @@ class ClusterState:
         live = self.job_of_request(request_id)
         if live is not None and live.record.status in ("PENDING", "SETTING_UP"):
             status = "CANCELLED" if reason == "cancelled" else "FAILED"
+            log.warning("job %s on %s ends %s before it started: its request ended (%s); "
+                        "handle %s", live.record.job_id, live.record.cluster, status, reason,
+                        live.handle)
             await self.save_job(msgspec.structs.replace(live.record, status=status,
                                                         ended_at=time.time()), None)
 
@@ -337,6 +340,10 @@ class ClusterState:
         if outcome.status == "FAILED":
             # One node failed: the job has failed; stop its other nodes.
             await infra.kill(live.handle, nodes)
+            if outcome.exit_code is None:
+                log.warning("job %s on %s ended without an exit status: %s (runners %s)",
+                            live.record.job_id, live.record.cluster, outcome.reason,
+                            [(n.pid, n.start) for n in live.handle.nodes])
         rec = msgspec.structs.replace(live.record, status=outcome.status,
                                       exit_code=outcome.exit_code, ended_at=time.time())
         await self.save_job(rec, None)

@@ -141,7 +141,7 @@ def test_200_async_jobs_all_finish_with_bounded_launches(make_daemon, workdir):
     d = make_daemon("--jobs-parallelism", "4")
     p = d.skyctl("jobs", "launch", "--async", "-n", "cli", "echo via-cli")
     assert p.returncode == 0, p.stderr
-    assert len(p.stdout.strip()) == 36 and "Managed job 1 queued" in p.stderr
+    assert len(p.stdout.strip()) == 36 and "Managed job 1 queued (0 ahead of it)" in p.stderr
     ids = [submit(d, Task(name=f"j{i}", run="echo $SKYPILOT_CLUSTER_NAME")) for i in range(199)]
     assert ids == list(range(2, 201))
     peak = 0
@@ -180,7 +180,9 @@ def test_killing_the_daemon_loses_no_job(make_daemon, workdir):
         # Known defect (issue 5 closing note): about one run in four, a job that was
         # RUNNING when the daemon was killed is judged "processes killed" after the
         # restart and relaunched, so its task runs twice. Not hidden: reported here.
-        pytest.xfail(f"ran more than once after kill -9: {twice}")
+        why = [ln for ln in d.log().splitlines()
+               if "without an exit status" in ln or "before it started" in ln]
+        pytest.xfail(f"ran more than once after kill -9: {twice}; daemon said: {why}")
 
 
 @pytest.fixture
