@@ -76,3 +76,13 @@ def agg(values: list[float | None]) -> dict:
         return {"median": None, "min": None, "max": None, "runs": 0, "values": values}
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": len(xs),
             "values": values}
+
+
+def fmt_agg(a: dict | None, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
+    """'median unit (min–max)' of an agg() dict; '—' when absent."""
+    if not a or a.get("median") is None:
+        return "—"
+    m, lo, hi = (a[k] * scale for k in ("median", "min", "max"))
+    if a.get("runs", 1) == 1 or lo == hi:
+        return f"{m:,.{digits}f}{unit}"
+    return f"{m:,.{digits}f}{unit} ({lo:,.{digits}f}–{hi:,.{digits}f})"

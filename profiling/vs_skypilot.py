@@ -59,7 +59,7 @@ from typing import Any
 
 from profiling._box import Box
 from profiling._daemon import ROOT, BenchDaemon, kill_leftovers, daemon_env
-from profiling._report import agg, code_version, machine_info, markdown, stop_on_signal
+from profiling._report import agg, code_version, fmt_agg, machine_info, markdown, stop_on_signal
 from profiling.bench_core import run_generator, user_install
 from profiling.bench_jobs import jobs_state
 
@@ -481,15 +481,6 @@ def figures(runs: list[dict], who: str) -> dict[str, dict]:
     return f
 
 
-def fmt(a: dict, scale: float = 1.0, digits: int = 1, unit: str = "") -> str:
-    if a["median"] is None:
-        return "—"
-    m, lo, hi = a["median"] * scale, a["min"] * scale, a["max"] * scale
-    if a["runs"] == 1:
-        return f"{m:,.{digits}f}{unit}"
-    return f"{m:,.{digits}f}{unit} ({lo:,.{digits}f}–{hi:,.{digits}f})"
-
-
 def ratio(a: dict, b: dict) -> str:
     if not a["median"] or not b["median"]:
         return "—"
@@ -527,7 +518,7 @@ ROWS = [  # key, label, scale, digits, unit
 
 def table(res: dict) -> str:
     a, b = figures(res["runs"], "skyd"), figures(res["runs"], "SkyPilot")
-    rows = [[label, fmt(a[k], s, d, u), fmt(b[k], s, d, u), ratio(a[k], b[k])]
+    rows = [[label, fmt_agg(a[k], s, d, u), fmt_agg(b[k], s, d, u), ratio(a[k], b[k])]
             for k, label, s, d, u in ROWS]
     return markdown(["figure", "skyd median (min–max)", "SkyPilot 0.14.1 median (min–max)",
                      "skyd / SkyPilot"], rows)

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, _env, wait_until
 from profiling import bench, vs_skypilot
 from profiling._box import Box
-from profiling._report import agg
+from profiling._report import agg, fmt_agg
 from profiling._stats import percentile, summarize
 from skyd import protocol
 
@@ -106,10 +106,10 @@ def test_vs_skypilot_figures_ratios_and_missing_values():
     assert vs_skypilot.ratio(a["short_second_50_rps"], b["short_second_50_rps"]) == "7.5e+03"
     assert vs_skypilot.ratio(a["idle_rss_mib"], b["idle_rss_mib"]) == "0.088"
     assert vs_skypilot.ratio(a["burst_accept_s"], b["burst_accept_s"]) == "—"
-    assert vs_skypilot.fmt(a["idle_rss_mib"], unit=" MiB") == "110.0 MiB (100.0–120.0)"
+    assert fmt_agg(a["idle_rss_mib"], unit=" MiB") == "110.0 MiB (100.0–120.0)"
     table = vs_skypilot.table({"runs": runs})
     assert "| idle: tree RSS (sum) | 110.0 MiB (100.0–120.0) | 1,250.0 MiB (1,200.0–1,300.0) | 0.088 |" in table
-    assert bench.fmt_agg(agg([None, None])) == "—"
+    assert fmt_agg(agg([None, None])) == "—"
 
 
 def test_percentiles_interpolate_between_ranks():
