@@ -57,8 +57,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from profiling._box import Box
-from profiling._daemon import ROOT, BenchDaemon, kill_leftovers, daemon_env
+from profiling._daemon import ROOT, BenchDaemon, kill_leftovers
 from profiling._report import agg, code_version, fmt_agg, machine_info, markdown, stop_on_signal
 from profiling.bench_core import run_generator, user_install
 from profiling.bench_jobs import jobs_state
@@ -345,7 +347,6 @@ class Watch(threading.Thread):
 def quiet_cpu(max_wait: float = 90.0) -> float:
     """Wait until the machine's CPUs are mostly idle again (what the previous server left
     behind exiting), at most `max_wait` s; the seconds waited."""
-    import psutil
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < max_wait and psutil.cpu_percent(interval=1.0) > 15:
         pass
