@@ -1,6 +1,6 @@
 """One command for BENCHMARKS.md: run every benchmark, then regenerate its tables.
 
-    python -m profiling.bench                      # everything (about 50 minutes here)
+    python -m profiling.bench                      # everything (about 35 minutes here)
     python -m profiling.bench --quick              # fewer runs and smaller counts
     python -m profiling.bench --only core,capacity # some of them
     python -m profiling.bench --render-only        # re-render from bench-results/*.json
