@@ -34,7 +34,8 @@ reported as aborted). The burst size for SkyPilot is capped at --burst-cap (defa
 its local mode forks a ~200 MiB process per request). At the end every box is emptied.
 
 Prints the tables (median over runs, min–max, and the ratio skyd / SkyPilot of the
-medians) and writes everything to --out. A benchmark, not a test: about 6 minutes a run here (3 runs: 18 minutes).
+medians) and writes everything to --out. A benchmark, not a test: about 6 minutes a run
+here (3 runs: 18 minutes).
 """
 
 from __future__ import annotations
