@@ -490,6 +490,16 @@ def ratio(a: dict, b: dict) -> str:
     return f"{r:.3g}" if r >= 0.001 else f"{r:.2e}"
 
 
+def _pass_rows(p: str) -> list[tuple]:
+    """The rows of one pass of the short load: each level, then the tree's peaks."""
+    return [*[(f"short_{p}_{c}_{k}", f"status, {c} client{'s' * (c > 1)}, {p} pass: {label}", 1, d, u)
+              for c in (1, 10, 50) for k, label, d, u in (("rps", "req/s", 1, ""),
+                                                         ("p50_ms", "p50", 2, " ms"),
+                                                         ("p99_ms", "p99", 2, " ms"))],
+            (f"short_{p}_peak_rss_mib", f"{p} pass: tree RSS peak", 1, 0, " MiB"),
+            (f"short_{p}_peak_processes", f"{p} pass: processes peak", 1, 0, "")]
+
+
 ROWS = [  # key, label, scale, digits, unit
     ("cli_status_s", "status as a fresh CLI process (`skyctl status` / `sky status`)", 1000, 1, " ms"),
     ("start_s", "start until answering", 1000, 0, " ms"),
@@ -497,15 +507,8 @@ ROWS = [  # key, label, scale, digits, unit
     ("idle_rss_mib", "idle: tree RSS (sum)", 1, 1, " MiB"),
     ("idle_uss_mib", "idle: tree USS (sum)", 1, 1, " MiB"),
     ("idle_pss_mib", "idle: tree PSS (sum)", 1, 1, " MiB"),
-    *[(f"short_first_{c}_{k}", f"status, {c} client{'s' * (c > 1)}, first pass: {label}", 1, d, u)
-      for c in (1, 10, 50) for k, label, d, u in (("rps", "req/s", 1, ""), ("p50_ms", "p50", 2, " ms"),
-                                                 ("p99_ms", "p99", 2, " ms"))],
-    ("short_first_peak_rss_mib", "first pass: tree RSS peak", 1, 0, " MiB"),
-    ("short_first_peak_processes", "first pass: processes peak", 1, 0, ""),
-    *[(f"short_second_{c}_{k}", f"status, {c} client{'s' * (c > 1)}, second pass: {label}", 1, d, u)
-      for c in (1, 10, 50) for k, label, d, u in (("rps", "req/s", 1, ""), ("p50_ms", "p50", 2, " ms"),
-                                                 ("p99_ms", "p99", 2, " ms"))],
-    ("short_second_peak_rss_mib", "second pass: tree RSS peak", 1, 0, " MiB"),
+    *_pass_rows("first"),
+    *_pass_rows("second"),
     ("after_short_rss_mib", "after the short load, idle: tree RSS", 1, 0, " MiB"),
     ("after_short_processes", "after the short load, idle: processes", 1, 0, ""),
     ("burst_accepted_per_s", "burst: accepted per second (one submitter)", 1, 1, "/s"),
