@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,3 +87,15 @@ def fmt_agg(a: dict | None, scale: float = 1.0, digits: int = 1, unit: str = "")
     if a.get("runs", 1) == 1 or lo == hi:
         return f"{m:,.{digits}f}{unit}"
     return f"{m:,.{digits}f}{unit} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+
+
+def dig(d: Any, path: str) -> Any:
+    """d["a"]["b"][0]... for "a.b.0"; None where any step is missing."""
+    for key in path.split("."):
+        if isinstance(d, dict):
+            d = d.get(key)
+        elif isinstance(d, list) and key.isdigit() and int(key) < len(d):
+            d = d[int(key)]
+        else:
+            return None
+    return d

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from profiling._report import ROOT, agg, code_version, fmt_agg, machine_info, markdown
+from profiling._report import ROOT, agg, code_version, dig, fmt_agg, machine_info, markdown
 
 RESULTS = ROOT / "bench-results"
 DOC = ROOT / "BENCHMARKS.md"
@@ -83,18 +83,6 @@ def load_all(results: Path) -> dict[str, dict | None]:
         except (OSError, ValueError):
             out[step] = None
     return out
-
-
-def dig(d: Any, path: str) -> Any:
-    """d["a"]["b"][0]... for "a.b.0"; None where any step is missing."""
-    for key in path.split("."):
-        if isinstance(d, dict):
-            d = d.get(key)
-        elif isinstance(d, list) and key.isdigit() and int(key) < len(d):
-            d = d[int(key)]
-        else:
-            return None
-    return d
 
 
 def source_line(step: str, data: dict) -> str:

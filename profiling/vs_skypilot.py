@@ -62,7 +62,7 @@ import psutil
 
 from profiling._box import Box
 from profiling._daemon import ROOT, BenchDaemon, kill_leftovers
-from profiling._report import agg, code_version, fmt_agg, machine_info, markdown, stop_on_signal
+from profiling._report import agg, code_version, dig, fmt_agg, machine_info, markdown, stop_on_signal
 from profiling.bench_core import run_generator, user_install
 from profiling.bench_jobs import jobs_state
 
@@ -84,13 +84,12 @@ class Config:
         # that started and ended inside it.
         self.warmup = 2.0
         self.duration = 10.0 if quick else 20.0
-        self.cli_reps_skyd = 10 if quick else 20
-        self.cli_reps_sky = 3 if quick else 5
+        self.cli_reps = {"skyd": 10 if quick else 20, "SkyPilot": 3 if quick else 5}
         self.burst = min(args.burst, args.burst_cap)
         self.burst_requested = args.burst
         self.mem_cap_gib = args.mem_cap_gib
-        self.settle_sky = 15.0      # SkyPilot starts daemons' workers for ~10 s after start
-        self.settle_skyd = 1.0
+        # SkyPilot starts its daemons' workers for ~10 s after it answers
+        self.settle = {"skyd": 1.0, "SkyPilot": 15.0}
         self.drain_timeout = 300.0
 
 
@@ -359,9 +358,9 @@ def session_short(server, cfg: Config, res: dict) -> None:
     box = server.box
     print(f"  [{server.name}] start", flush=True)
     res["start"] = server.start()
-    time.sleep(cfg.settle_sky if server.name == "SkyPilot" else cfg.settle_skyd)
+    time.sleep(cfg.settle[server.name])
     res["idle"] = box.memory(full=True)
-    reps = cfg.cli_reps_sky if server.name == "SkyPilot" else cfg.cli_reps_skyd
+    reps = cfg.cli_reps[server.name]
     print(f"  [{server.name}] cli status x{reps}", flush=True)
     times = [server.cli_status() for _ in range(reps)]
     res["cli_status_s"] = {"median": statistics.median(times), "min": min(times), "max": max(times),
@@ -388,7 +387,7 @@ def session_burst(server, cfg: Config, res: dict) -> None:
     box = server.box
     print(f"  [{server.name}] start; burst of {cfg.burst} async long requests", flush=True)
     res["burst_start"] = server.start()
-    time.sleep(cfg.settle_sky if server.name == "SkyPilot" else cfg.settle_skyd)
+    time.sleep(cfg.settle[server.name])
     ids: list[str] = []
     w = Watch(box, cfg.mem_cap_gib * 1024, on_trip=lambda: (server.cancel(ids), box.kill()))
     w.start()
@@ -445,21 +444,8 @@ def run_server(who: str, run: int, cfg: Config, root: Path, prep: dict, limit: i
 
 def figures(runs: list[dict], who: str) -> dict[str, dict]:
     """Each figure of one server as agg() over the runs (None where a run lacks it)."""
-    def get(path: str):
-        vals = []
-        for r in runs:
-            v: Any = r.get(who)
-            for key in path.split("."):
-                if isinstance(v, dict):
-                    v = v.get(key)
-                elif isinstance(v, list) and int(key) < len(v):
-                    v = v[int(key)]
-                else:
-                    v = None
-                if v is None:
-                    break
-            vals.append(v)
-        return agg(vals)
+    def get(path: str) -> dict:
+        return agg([dig(r.get(who), path) for r in runs])
 
     f = {"start_s": get("start.until_answering_s"), "idle_processes": get("idle.processes"),
          "idle_rss_mib": get("idle.rss_mib"), "idle_uss_mib": get("idle.uss_mib"),
