@@ -169,9 +169,9 @@ def cmd_launch(ctx: Ctx, args: argparse.Namespace) -> int:
             args.idle_minutes_to_autostop = 0.0   # as SkyPilot: down once all jobs finish
         op = protocol.Launch(task=task, cluster=args.cluster,
                              idle_minutes_to_autostop=args.idle_minutes_to_autostop,
-                             down=args.down)
+                             down=args.down, timeout=args.timeout)
     else:
-        op = protocol.Exec(task=task, cluster=args.cluster)
+        op = protocol.Exec(task=task, cluster=args.cluster, timeout=args.timeout)
     code, result = follow_request(ctx, op, wait=not args.async_)
     if code != output.OK or result is None:
         return code
@@ -263,12 +263,17 @@ def cmd_infra(ctx: Ctx, args: argparse.Namespace) -> int:
         print("No ssh node pools (the daemon reads them from <state-dir>/ssh_node_pools.yaml).")
         return output.OK
     output.table(["POOL", "HOST", "USER", "REACHABLE", "CPUS", "MEMORY", "CLUSTER"],
-                 [[h.pool, f"{h.ip}:{h.port}", h.user,
+                 [[h.pool, f"{h.ip}:{h.port}",
+                   f"{h.user} (shared)" if h.shared_login else h.user,
                    output.paint("yes", "green") if h.reachable else
                    output.paint(f"no: {h.error}", "red"),
                    h.cpus if h.cpus is not None else "-",
                    f"{h.memory_bytes / 2**30:.1f} GiB" if h.memory_bytes else "-",
                    h.cluster or "-"] for h in hosts])
+    for pool in dict.fromkeys(h.pool for h in hosts if h.shared_login):
+        print(output.paint(f"pool {pool}: shared login: users of this pool are not isolated "
+                           "from each other (each can read and signal the others' work)",
+                           "yellow"))
     return output.OK if all(h.reachable for h in hosts) else output.FAILED
 
 
@@ -427,6 +432,21 @@ def cmd_api_info(ctx: Ctx, args: argparse.Namespace) -> int:
                             f"{info.short_pending} pending"),
             ("sized from", info.slots_source),
             ("up since", output.age(info.started_at))]
+    lim = info.limits
+    if lim is not None:
+        def cap(n: int, unit: str = "") -> str:
+            return "no cap" if not n else f"{n:,}{unit}"
+
+        def secs(t: float) -> str:
+            return "none" if not t else f"{t:g} s"
+        rows += [("limits", f"per user: {cap(lim.connections_per_user)} connections, "
+                            f"{cap(lim.user_long_slots)} long slots, "
+                            f"{cap(lim.user_pending)} waiting long requests (root: no caps)"),
+                 ("", f"long request time limit: {secs(lim.long_timeout)}; "
+                      f"request log: {cap(lim.request_log_bytes, ' bytes')}"),
+                 ("", f"handshake: {secs(lim.handshake_timeout)}, frames up to "
+                      f"{lim.handshake_max_frame:,} bytes; then {lim.max_frame:,} bytes; "
+                      f"in flight: {cap(lim.inflight_bytes, ' bytes')}")]
     for key, value in rows:
         print(f"{key + ':':13}{value}")
     return output.OK
@@ -462,8 +482,15 @@ def _task_args(p: argparse.ArgumentParser, task_required: bool) -> None:
     _common(p, json=False)
 
 
+def _timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="fail the request if provisioning and setup take longer than this "
+                        "(default: the server's, see skyctl api info)")
+
+
 def _launch_args(p: argparse.ArgumentParser) -> None:
     _task_args(p, task_required=False)
+    _timeout_arg(p)
     p.add_argument("-c", "--cluster", help="cluster name (default: a generated one)")
     p.add_argument("-i", "--idle-minutes-to-autostop", type=float, metavar="MINUTES",
                    help="stop the cluster after this many idle minutes")
@@ -474,6 +501,7 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
 
 def _exec_args(p: argparse.ArgumentParser) -> None:
     _task_args(p, task_required=True)
+    _timeout_arg(p)
     p.add_argument("-c", "--cluster", required=True, help="the cluster to run on")
     p.set_defaults(func=cmd_launch)
 
@@ -500,7 +528,7 @@ def _autostop_args(p: argparse.ArgumentParser) -> None:
 
 def _status_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("clusters", nargs="*", metavar="CLUSTER")
-    p.add_argument("-u", "--all-users", action="store_true", help="show every user's clusters")
+    p.add_argument("-u", "--all-users", action="store_true", help="every user's clusters (admins only)")
     _common(p)
     p.set_defaults(func=cmd_status)
 
@@ -540,7 +568,7 @@ def _api_args(api_parser: argparse.ArgumentParser) -> None:
     p = api.add_parser("status", help="list requests (pending and running; -a for all)")
     p.add_argument("request_ids", nargs="*", metavar="ID", help="ids or unique prefixes")
     p.add_argument("-a", "--all", action="store_true", help="include finished requests")
-    p.add_argument("-u", "--all-users", action="store_true", help="every user's requests")
+    p.add_argument("-u", "--all-users", action="store_true", help="every user's requests (admins only)")
     p.add_argument("-l", "--limit", type=int, default=50, help="at most this many (default 50)")
     _common(p)
     p.set_defaults(func=cmd_api_status)
@@ -583,7 +611,7 @@ def _jobs_args(jobs_parser: argparse.ArgumentParser) -> None:
     p.add_argument("job_ids", nargs="*", type=int, metavar="ID")
     p.add_argument("-a", "--all", action="store_true", help="show every column (infra, "
                                                             "cluster, restarts, reason)")
-    p.add_argument("-u", "--all-users", action="store_true", help="every user's jobs")
+    p.add_argument("-u", "--all-users", action="store_true", help="every user's jobs (admins only)")
     p.add_argument("-s", "--skip-finished", action="store_true", help="only unfinished jobs")
     p.add_argument("-l", "--limit", type=int, default=0, help="at most this many (default: all)")
     _common(p)

@@ -55,7 +55,10 @@ class Connection:
             raise Unreachable(f"cannot connect to {self.path}: {e.strerror or e}") from None
         self.sock = sock
         try:
-            protocol.send_msg(sock, Hello(protocol.PROTOCOL_VERSION, CLIENT))
+            try:
+                protocol.send_msg(sock, Hello(protocol.PROTOCOL_VERSION, CLIENT))
+            except (BrokenPipeError, ConnectionResetError):
+                pass        # refused at once (too many connections): its reason is waiting
             reply = self.read()
         except (ConnectionError, OSError) as e:
             self.close()

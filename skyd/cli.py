@@ -39,6 +39,27 @@ def _serve_parser(sub) -> None:
     p.add_argument("--jobs-recover-after", type=float,
                    help="seconds a managed job's node may not answer before the job is "
                         "relaunched elsewhere (default 30)")
+    g = p.add_argument_group("fair shares and limits", "shown by `skyctl api info`; 0 means no "
+                             "cap where noted; root (uid 0) has no per-user caps")
+    g.add_argument("--handshake-timeout", type=float, metavar="SECONDS",
+                   help="close a connection that has not said hello within this (default 10)")
+    g.add_argument("--connections-per-user", type=int, metavar="N",
+                   help="open connections one user may hold (default 64; 0: no cap)")
+    g.add_argument("--inflight-bytes", type=int, metavar="BYTES",
+                   help="bytes of unfinished large frames all connections may hold together "
+                        "(default 256 MiB; 0: no cap)")
+    g.add_argument("--handshake-max-frame", type=int, metavar="BYTES",
+                   help="largest frame accepted before the handshake (default 64 KiB)")
+    g.add_argument("--user-long-slots", type=int, metavar="N",
+                   help="long slots one user may hold at once (default: half the long slots, "
+                        "at least 1; 0: no cap)")
+    g.add_argument("--user-pending", type=int, metavar="N",
+                   help="long requests one user may have waiting (default 100; 0: no cap)")
+    g.add_argument("--long-timeout", type=float, metavar="SECONDS",
+                   help="default time limit of a long request (provisioning and setup); a "
+                        "request's own --timeout replaces it (default 0: none)")
+    g.add_argument("--request-log-bytes", type=int, metavar="BYTES",
+                   help="bytes of output kept per request log (default 64 MiB; 0: no cap)")
     p.add_argument("--skip-resources-check", action="store_true", default=None,
                    help="start even below the minimum for team use")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
@@ -112,7 +133,9 @@ async def _run(cfg) -> int:
         await daemon.startup()
     except (StartupError, ListenError, ValueError) as e:
         print(f"skyd: error: {e}", file=sys.stderr)
-        if "daemon" in locals():
+        # Only a daemon that took the state directory has anything to shut down: one
+        # refused by the lock touched nothing and must not log "shutting down ... stopped".
+        if "daemon" in locals() and daemon.locked:
             await daemon.shutdown()
         return 1
     try:

@@ -41,6 +41,16 @@ class Config:
     ssh_known_hosts: Path | None = None   # default: each user's ~/.ssh/known_hosts
     jobs_parallelism: int | None = None   # managed-job launches/teardowns at once (default: half the long slots)
     jobs_recover_after: float = 30.0      # seconds a managed job's node may not answer before it is relaunched
+    # Fair shares and limits (reported by `skyctl api info`). 0: no limit, where allowed.
+    # Root (uid 0) is the host's operator: no per-user connection or queue caps.
+    handshake_timeout: float = 10.0       # a connection must say hello within this (<=0: forever)
+    connections_per_user: int = 64        # open connections one uid may hold (0: no cap)
+    inflight_bytes: int = 256 * 1024 * 1024   # all connections' unfinished large frames together
+    handshake_max_frame: int = 64 * 1024  # largest frame before the handshake (a hello is tiny)
+    user_long_slots: int | None = None    # long slots one user may hold (default: half the slots; 0: no cap)
+    user_pending: int = 100               # long requests one user may have waiting (0: no cap)
+    long_timeout: float = 0.0             # default time limit of a long request, seconds (0: none)
+    request_log_bytes: int = 64 * 1024 * 1024  # bytes kept per request log (0: no cap)
     log_level: str = "INFO"
 
     @property
@@ -69,6 +79,8 @@ class Config:
 
 
 ENV = {f.name: "SKYD_" + f.name.upper() for f in fields(Config)}
+ZERO_MEANS_NO_CAP = {"connections_per_user", "inflight_bytes", "user_long_slots", "user_pending",
+                     "request_log_bytes"}
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -84,8 +96,9 @@ def _coerce(name: str, raw: Any) -> Any:
             return str(raw).strip().lower() in ("1", "true", "yes", "on")
         if kind.startswith("int"):
             value = int(raw)
-            if value < 1:
-                raise ValueError("must be at least 1")
+            if value < (0 if name in ZERO_MEANS_NO_CAP else 1):
+                raise ValueError("must be at least " +
+                                 ("0 (no cap)" if name in ZERO_MEANS_NO_CAP else "1"))
             return value
         if kind.startswith("float"):
             return float(raw)

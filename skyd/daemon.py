@@ -1,13 +1,18 @@
 """The daemon: startup() -> serve() -> shutdown().
 
-Start-up order matters: resources are checked, the schema migrated, what was pending is
-queued again and what was running reconciled — only then does the socket accept anyone.
+Start-up order matters: the state directory is locked (one daemon per state directory,
+refused before anything is touched), what a crashed previous run left is killed, resources
+are checked, the schema migrated, what was pending is queued again and what was running
+reconciled — only then does the socket accept anyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import time
@@ -21,10 +26,10 @@ from skyd.jobs_controller import JobsController
 from skyd.nodepools import NodePools, PoolError
 from skyd.listeners import bind_unix, group_id, is_admin, peer_caller
 from skyd.scheduler import Caller, Scheduler, caller_for
-from skyd.session import Session
+from skyd.session import FrameBudget, Session
 from skyd.state import ClusterState
 from skyd.store import Store
-from skyd.workers import WorkerPool
+from skyd.workers import WorkerPool, reap_previous
 
 log = logging.getLogger("skyd")
 
@@ -33,8 +38,42 @@ AUTOSTOP_TICK = 1.0      # seconds between idle checks: a few dict lookups per c
 HEALTH_INTERVAL = 300.0  # seconds between probes of ssh nodes (one multiplexed `true` each)
 
 
+LOCK_NAME = "skyd.lock"
+
+
 class StartupError(RuntimeError):
     pass
+
+
+class AlreadyRunning(StartupError):
+    """Another daemon holds the state directory: nothing was touched."""
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """Take the state directory for this process: an exclusive POSIX record lock on
+    <state_dir>/skyd.lock, held through the returned descriptor for the daemon's life, with
+    our pid written in the file. A record lock belongs to the process: a child forked from
+    the daemon (or one it started that outlives it) never holds it, so it is gone as soon
+    as the daemon is. The descriptor is close-on-exec; nothing else in the daemon may open
+    the file (closing any descriptor of it would drop the lock)."""
+    path = state_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        raise AlreadyRunning(f"cannot open the lock file {path}: {e.strerror}") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EACCES, errno.EAGAIN):
+            raise AlreadyRunning(f"another skyd (pid {holder}) is running on the state directory "
+                                 f"{state_dir} (it holds {path}); stop it first or use another "
+                                 "--state-dir") from None
+        raise AlreadyRunning(f"cannot lock {path}: {e.strerror}") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 class Daemon:
@@ -55,9 +94,14 @@ class Daemon:
                                   self.is_admin)
         self.state.pools = NodePools(config.node_pools_path)
         self.state.ssh_known_hosts = str(config.ssh_known_hosts or "")
-        self.pool = WorkerPool(spares=config.spares)
-        self.scheduler = Scheduler(self.store, self.pool, self.state, config.logs_dir,
-                                   self.long_slots, self.short_slots, config.kill_grace)
+        self.pool = WorkerPool(spares=config.spares, run_dir=config.state_dir / "workers")
+        self.scheduler = Scheduler(
+            self.store, self.pool, self.state, config.logs_dir, self.long_slots,
+            self.short_slots, config.kill_grace,
+            user_long_slots=(max(1, self.long_slots // 2) if config.user_long_slots is None
+                             else config.user_long_slots),
+            user_pending=config.user_pending, long_timeout=config.long_timeout,
+            log_limit=config.request_log_bytes)
         self.jobs = JobsController(self.store, self.scheduler, self.state, config.managed_logs_dir,
                                    self.is_admin,
                                    config.jobs_parallelism or max(1, self.long_slots // 2),
@@ -66,26 +110,45 @@ class Daemon:
         self._server: asyncio.AbstractServer | None = None
         self._bound: str | None = None        # the socket file we created (and so remove)
         self._sessions: set[asyncio.Task] = set()
+        self.connections: collections.Counter[int] = collections.Counter()   # open, per uid
+        self.frame_budget = FrameBudget(config.inflight_bytes)
         self._gc: asyncio.Task | None = None
         self._autostop: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self.stopping = asyncio.Event()
+        self._lock_fd: int | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
 
+    @property
+    def locked(self) -> bool:
+        """Whether this daemon holds its state directory (and so may shut anything down)."""
+        return self._lock_fd is not None
+
     async def startup(self) -> None:
         cfg = self.config
+        # Private by default: the database holds every request (secrets included) and the
+        # logs their output. The state dir stays traversable so that people can reach
+        # their own local clusters (each 0700, theirs) and, by default, the socket (0600).
+        os.umask(0o077)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        # First of all: one daemon per state directory. A second one stops here, before
+        # migrations, recovery or anything else has touched the directory.
+        self._lock_fd = lock_state_dir(cfg.state_dir)
+        # Then nothing of a crashed previous run may go on beside what we re-run.
+        try:
+            killed = await asyncio.to_thread(reap_previous, self.pool.run_dir)
+        except RuntimeError as e:
+            raise StartupError(str(e)) from None
+        if killed:
+            log.warning("killed %d processes left by the previous run (workers, their setups, "
+                        "the forkserver): %s", len(killed), " ".join(map(str, sorted(killed))))
         if not cfg.skip_resources_check:
             problems = hardware.check_minimum(self.hardware)
             if problems:
                 raise StartupError("not enough resources for team use:\n  " +
                                    "\n  ".join(problems) +
                                    "\n(start anyway with --skip-resources-check)")
-        # Private by default: the database holds every request (secrets included) and the
-        # logs their output. The state dir stays traversable so that people can reach
-        # their own local clusters (each 0700, theirs) and, by default, the socket (0600).
-        os.umask(0o077)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(cfg.state_dir, 0o711)
         cfg.logs_dir.mkdir(parents=True, exist_ok=True)
         for path in (cfg.db_path, *(cfg.db_path.with_name(cfg.db_path.name + s)
@@ -150,6 +213,9 @@ class Daemon:
             with contextlib.suppress(OSError):
                 os.unlink(self._bound)
         log.info("stopped")
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)       # the state directory is free for the next daemon
+            self._lock_fd = None
 
     # ---- connections ---------------------------------------------------------------------
 
@@ -157,13 +223,33 @@ class Daemon:
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
+        uid: int | None = None
         try:
             caller = peer_caller(writer.get_extra_info("socket"), self._admin_gid)
-            await Session(self, reader, writer, caller).run()
+            if self._admit(caller.uid, writer):
+                uid = caller.uid
+                await Session(self, reader, writer, caller).run()
         except asyncio.CancelledError:
             pass
         finally:
             self._sessions.discard(task)
+            if uid is not None:
+                self.connections[uid] -= 1
+                if self.connections[uid] <= 0:
+                    del self.connections[uid]
+
+    def _admit(self, uid: int, writer: asyncio.StreamWriter) -> bool:
+        """Count the connection against its uid's cap (root has none), or refuse it."""
+        cap, n = self.config.connections_per_user, self.connections[uid]
+        if cap and uid != 0 and n >= cap:
+            writer.write(protocol.encode_frame(protocol.Error(
+                protocol.ErrorCode.BUSY, f"too many connections for you: {n} open (limit "
+                                         f"{cap} per user)",
+                "close some (followed logs, shells) and retry")))
+            writer.close()
+            return False
+        self.connections[uid] += 1
+        return True
 
     def is_admin(self, uid: int) -> bool:
         return is_admin(uid, self._admin_gid)
@@ -177,7 +263,18 @@ class Daemon:
             admin=caller.admin, long_slots=s.long_slots, short_slots=s.short.size,
             long_running=len(s.long_running), long_pending=len(s.long_pending),
             short_running=s.short.in_use, short_pending=s.short.waiting,
-            slots_source=self.slots_source, short_peak=s.short.peak, long_peak=s.long_peak)
+            slots_source=self.slots_source, short_peak=s.short.peak, long_peak=s.long_peak,
+            limits=self.limits())
+
+    def limits(self) -> protocol.Limits:
+        cfg, s = self.config, self.scheduler
+        return protocol.Limits(
+            handshake_timeout=max(0.0, cfg.handshake_timeout),
+            connections_per_user=cfg.connections_per_user, max_frame=cfg.max_frame,
+            handshake_max_frame=min(cfg.handshake_max_frame, cfg.max_frame),
+            inflight_bytes=cfg.inflight_bytes, user_long_slots=s.user_long_slots,
+            user_pending=s.user_pending, long_timeout=s.long_timeout,
+            request_log_bytes=s.log_limit)
 
     # ---- autostop --------------------------------------------------------------------------
 

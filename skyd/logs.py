@@ -47,18 +47,38 @@ class Topic:
 class RequestLog:
     """The append-only log of one running request; the daemon is its only writer."""
 
-    def __init__(self, path: Path, topic: Topic):
+    def __init__(self, path: Path, topic: Topic, limit: int = 0):
         self.path = path
         self.topic = topic            # the request's: its followers wake on every append
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # Output kept at most `limit` bytes (0: no cap), counting what an earlier run of
+        # the request left; the daemon's own lines are always written.
+        self.limit = limit
+        self._room = max(0, limit - os.fstat(self._fd).st_size) if limit > 0 else -1
+        self.truncated = False
 
     def append(self, data: bytes) -> None:
-        if self._fd >= 0 and data:
-            os.write(self._fd, data)
-            self.topic.notify()
+        if self._fd < 0 or not data:
+            return
+        if self._room >= 0 and len(data) > self._room:
+            if not self.truncated:    # once: keep what fits, say why the rest is dropped
+                self.truncated = True
+                kept, self._room = data[:self._room], 0
+                sep = b"" if not kept or kept.endswith(b"\n") else b"\n"
+                self._write(kept + sep + f"[skyd] output truncated: log limit of {self.limit} "
+                                         f"bytes reached\n".encode())
+            return
+        if self._room > 0:
+            self._room -= len(data)
+        self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        self.topic.notify()
 
     def line(self, text: str) -> None:
-        self.append(f"[skyd] {text}\n".encode())
+        if self._fd >= 0:
+            self._write(f"[skyd] {text}\n".encode())
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -100,10 +120,12 @@ async def follow(path: Path, offset: int, topic: Topic | None,
 
 async def follow_files(sources: list[tuple[bytes, str]], offset: int, follow: bool,
                        finished: Callable[[], bool],
-                       wait_change: Callable[[float], Awaitable[None]]) -> AsyncIterator[bytes]:
+                       wait_change: Callable[[float], Awaitable[None]],
+                       read: Callable[[str, int], Awaitable[bytes]]) -> AsyncIterator[bytes]:
     """Follow files written by processes we cannot hear from (job logs): read what is new,
     then sleep with back-off until `finished()`. Several files are merged by line, each
-    line prefixed with its node. `offset` counts the bytes already delivered (one file)."""
+    line prefixed with its node. `offset` counts the bytes already delivered (one file).
+    `read(path, offset)` fetches a chunk (off the loop: these files are not ours)."""
     offsets = [offset if len(sources) == 1 else 0 for _ in sources]
     partial = [b"" for _ in sources]
     delay = JOB_LOG_POLL[0]
@@ -111,7 +133,7 @@ async def follow_files(sources: list[tuple[bytes, str]], offset: int, follow: bo
         done = finished()
         out = []
         for i, (prefix, path) in enumerate(sources):
-            data = read_from(path, offsets[i])
+            data = await read(path, offsets[i])
             if not data:
                 continue
             offsets[i] += len(data)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import socket
 import struct
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -58,6 +58,7 @@ class ErrorCode(str, enum.Enum):
     PERMISSION_DENIED = "permission_denied"
     CONFLICT = "conflict"                        # e.g. cluster busy or in the wrong state
     UNAVAILABLE = "unavailable"                  # shutting down, or no capacity
+    BUSY = "busy"                                # a share or limit reached: retry later
     FAILED = "failed"                            # the request ran and failed
     INTERNAL = "internal"
 
@@ -98,14 +99,17 @@ class RequestRecord(msgspec.Struct, omit_defaults=True):
 class NodeInfo(msgspec.Struct, omit_defaults=True):
     rank: int
     ip: str
-    host: str            # where it lives: "local", or user@ip:port
+    host: str            # where it lives: "local", user@ip:port (shared login) or ip:port
     path: str = ""       # the node's directory (local: absolute; ssh: under the login's home)
-    user: str = ""       # ssh: how to reach it
+    user: str = ""       # ssh: the login on the node
     port: int = 22
     identity_file: str = ""
     proxy_jump: str = ""
     cpus: float = 0.0    # what the node has (ssh: probed at provision; 0: unknown)
     memory_bytes: int = 0
+    # ssh: the local account whose ssh (keys, config, control dir) reaches the node: the
+    # cluster's owner on a per-user pool; -1 on a shared login (the daemon's own).
+    login_uid: int = -1
 
 
 class ClusterRecord(msgspec.Struct, omit_defaults=True):
@@ -188,6 +192,7 @@ class HostRecord(msgspec.Struct, omit_defaults=True):
     memory_bytes: int | None = None
     cluster: str | None = None       # the cluster it serves now, if any
     error: str = ""
+    shared_login: bool = False       # one login for everyone: users are not isolated
 
 
 class LaunchResult(msgspec.Struct):
@@ -214,6 +219,20 @@ class ServerInfo(msgspec.Struct):
     slots_source: str
     short_peak: int = 0      # most short requests ever running at once since start
     long_peak: int = 0
+    limits: Limits | None = None   # None: a server older than the limits
+
+
+class Limits(msgspec.Struct):
+    """Fair shares and limits in force (0: no cap). Root (uid 0) has no per-user caps."""
+    handshake_timeout: float        # seconds to say hello before the connection is closed
+    connections_per_user: int
+    max_frame: int                  # largest frame, bytes
+    handshake_max_frame: int        # largest frame before the handshake
+    inflight_bytes: int             # unfinished large frames of all connections together
+    user_long_slots: int            # long slots one user may hold at once
+    user_pending: int               # long requests one user may have waiting
+    long_timeout: float             # default time limit of a long request, seconds
+    request_log_bytes: int          # output kept per request log
 
 
 # ---- operations (a request's arguments) ---------------------------------------------
@@ -228,7 +247,11 @@ class Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=Tru
         return getattr(self, "cluster", None)
 
 
-class Launch(Op, tag="launch"):
+# A long request's own time limit (provisioning and setup), seconds; None: the daemon's.
+TimeLimit = Annotated[float, msgspec.Meta(gt=0)] | None
+
+
+class Launch(Op, tag="launch", omit_defaults=True):
     schedule = Queue.LONG
     result = LaunchResult
     idempotent = True
@@ -236,13 +259,15 @@ class Launch(Op, tag="launch"):
     cluster: str | None = None
     idle_minutes_to_autostop: float | None = None
     down: bool = False       # with autostop: tear down instead of stopping
+    timeout: TimeLimit = None
 
 
-class Exec(Op, tag="exec"):
+class Exec(Op, tag="exec", omit_defaults=True):
     schedule = Queue.LONG
     result = LaunchResult
     task: Task
     cluster: str
+    timeout: TimeLimit = None
 
 
 class Stop(Op, tag="stop"):
@@ -252,11 +277,12 @@ class Stop(Op, tag="stop"):
     cluster: str
 
 
-class Start(Op, tag="start"):
+class Start(Op, tag="start", omit_defaults=True):
     schedule = Queue.LONG
     result = ClusterRecord
     idempotent = True
     cluster: str
+    timeout: TimeLimit = None
 
 
 class Down(Op, tag="down"):
@@ -289,21 +315,29 @@ class JobQueue(Op, tag="queue"):
     skip_finished: bool = False
 
 
+# Ids, offsets and counts a client sends: bounded at decoding, so a negative or huge one
+# (SQLite and lseek take at most 2**63-1) is a clear BAD_REQUEST naming the field.
+MAX_WIRE_INT = 2**62
+JobId = Annotated[int, msgspec.Meta(ge=1, le=MAX_WIRE_INT)]
+ByteOffset = Annotated[int, msgspec.Meta(ge=0, le=MAX_WIRE_INT)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_WIRE_INT)]
+
+
 class JobLogs(Op, tag="logs"):
     schedule = Queue.SHORT
     result = JobRecord
     streams = True
     cluster: str
-    job_id: int | None = None     # None: the latest job
+    job_id: JobId | None = None   # None: the latest job
     follow: bool = True
-    offset: int = 0               # resume after this many bytes
+    offset: ByteOffset = 0        # resume after this many bytes
 
 
 class CancelJobs(Op, tag="cancel"):
     schedule = Queue.SHORT
     result = list[int]
     cluster: str
-    job_ids: list[int] = []
+    job_ids: list[JobId] = []
     all: bool = False
 
 
@@ -325,10 +359,10 @@ class JobsLaunch(Op, tag="jobs_launch"):
 class JobsQueue(Op, tag="jobs_queue"):
     schedule = Queue.SHORT
     result = list[ManagedJobRecord]
-    job_ids: list[int] = []
+    job_ids: list[JobId] = []
     all_users: bool = False
     skip_finished: bool = False
-    limit: int = 0                # 0: all
+    limit: Count = 0              # 0: all
 
 
 class JobsLogs(Op, tag="jobs_logs"):
@@ -336,16 +370,16 @@ class JobsLogs(Op, tag="jobs_logs"):
     schedule = Queue.SHORT
     result = ManagedJobRecord
     streams = True
-    job_id: int | None = None     # None: your latest
+    job_id: JobId | None = None   # None: your latest
     controller: bool = False
     follow: bool = True
-    offset: int = 0
+    offset: ByteOffset = 0
 
 
 class JobsCancel(Op, tag="jobs_cancel"):
     schedule = Queue.SHORT
     result = list[int]
-    job_ids: list[int] = []
+    job_ids: list[JobId] = []
     all: bool = False             # all of yours that have not finished
     all_users: bool = False       # everyone's (admins only)
 
@@ -365,7 +399,7 @@ class ApiLogs(Op, tag="api_logs"):
     streams = True
     request_id: str
     follow: bool = True
-    offset: int = 0
+    offset: ByteOffset = 0
 
 
 class ApiCancel(Op, tag="api_cancel"):

@@ -67,6 +67,11 @@ def stored_error(status: Status, stored: Any) -> Error | None:
     return None
 
 
+def _time_limit(limit: float) -> Error:
+    return Error(ErrorCode.FAILED, f"time limit of {limit:g} s exceeded",
+                 "give the request more time with --timeout SECONDS (launch, exec)")
+
+
 class FifoSlots:
     """A counting semaphore that admits waiters strictly in arrival order."""
 
@@ -113,7 +118,7 @@ class Request:
     """A request's runtime beside its persisted row: never stored itself."""
 
     __slots__ = ("record", "op", "op_bytes", "log", "topic", "result", "worker",
-                 "cancel_requested", "done")
+                 "cancel_requested", "done", "counted", "timed_out", "timer")
 
     def __init__(self, record: RequestRecord, op: Op, op_bytes: bytes | None = None):
         self.record = record
@@ -125,11 +130,16 @@ class Request:
         self.worker: Worker | None = None
         self.cancel_requested = False
         self.done = asyncio.get_running_loop().create_future()
+        self.counted = False               # counts against its user's pending cap
+        self.timed_out: float | None = None   # the time limit it ran past, seconds
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Scheduler:
     def __init__(self, store: Store, pool: WorkerPool, state: ClusterState, logs_dir: Path,
-                 long_slots: int, short_slots: int, kill_grace: float = 3.0):
+                 long_slots: int, short_slots: int, kill_grace: float = 3.0, *,
+                 user_long_slots: int = 0, user_pending: int = 0, long_timeout: float = 0.0,
+                 log_limit: int = 0):
         self.store = store
         self.pool = pool
         self.state = state
@@ -140,6 +150,20 @@ class Scheduler:
         self.long_pending: dict[str, Request] = {}     # insertion order is FIFO order
         self.long_running: dict[str, Request] = {}
         self.long_peak = 0
+        # Fair shares (0: no cap; root has none): long slots one user may hold, long
+        # requests one user may have waiting; the default time limit; bytes per log.
+        self.user_long_slots = user_long_slots
+        self.user_pending = user_pending
+        self.long_timeout = long_timeout
+        self.log_limit = log_limit
+        # The long queue by user (FIFO each) and by cluster (acceptance order, so that a
+        # request on a cluster waits for the earlier ones on it, whoever sent them).
+        self._user_queues: dict[int, dict[str, Request]] = {}
+        self._cluster_queues: dict[str, dict[str, None]] = {}
+        self._user_running: collections.Counter[int] = collections.Counter()
+        self._user_waiting: collections.Counter[int] = collections.Counter()  # counted ones
+        self._served: dict[int, int] = {}     # uid -> when it last got a slot (a sequence)
+        self._serve_seq = 0
         # Long requests pending or running, per cluster (None: no cluster): lets a
         # submission behind a busy cluster skip the dispatch scan altogether.
         self._cluster_load: collections.Counter[str | None] = collections.Counter()
@@ -182,6 +206,17 @@ class Scheduler:
                             "retry in a few seconds")
         op = self.state.check_submit(op, caller.uid, caller.admin, self.queued_launch_owner,
                                      internal)
+        # The pending cap binds people, not the daemon's own submissions on their behalf
+        # (the jobs controller bounds its launches itself; autostop is one per cluster).
+        counted = bool(self.user_pending) and not internal and caller.uid != 0
+        if counted:
+            waiting = self._user_waiting[caller.uid]
+            if waiting >= self.user_pending:
+                raise SkydError(ErrorCode.BUSY,
+                                f"queue full for you: {waiting} of your long requests are "
+                                f"waiting (limit {self.user_pending} per user)",
+                                "wait for some to start, or cancel some: skyctl api status; "
+                                "skyctl api cancel ID")
         record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
                                queue=Queue.LONG, status=Status.PENDING, user=caller.user,
                                uid=caller.uid, created_at=time.time(),
@@ -192,15 +227,66 @@ class Scheduler:
         writes = [self.store.add_request(record, op_bytes)]
         if with_insert is not None:
             writes.append(with_insert(record))
-        await asyncio.gather(*writes)
+        if counted:
+            self._user_waiting[caller.uid] += 1    # held across the commit
+        try:
+            await asyncio.gather(*writes)
+        except BaseException:
+            if counted:
+                self._uncount(caller.uid)
+            raise
+        req.counted = counted
         ahead = len(self.long_pending) + max(0, len(self.long_running) - self.long_slots + 1)
-        self.long_pending[record.id] = req
         self.counters["long_accepted"] += 1
         free = record.cluster is None or record.cluster not in self._cluster_load
-        self._cluster_load[record.cluster] += 1
+        self._enqueue(req)
         if free:
             self._dispatch()    # else it waits behind its cluster: nothing new could start
         return req, ahead
+
+    def _enqueue(self, req: Request) -> None:
+        rec = req.record
+        self.long_pending[rec.id] = req
+        self._user_queues.setdefault(rec.uid, {})[rec.id] = req
+        if rec.cluster is not None:
+            self._cluster_queues.setdefault(rec.cluster, {})[rec.id] = None
+        self._cluster_load[rec.cluster] += 1
+
+    def _dequeue(self, req: Request) -> None:
+        """It leaves the pending queue (to run, or cancelled)."""
+        rec = req.record
+        del self.long_pending[rec.id]
+        mine = self._user_queues[rec.uid]
+        del mine[rec.id]
+        if not mine:
+            del self._user_queues[rec.uid]
+        if rec.cluster is not None:
+            on_cluster = self._cluster_queues[rec.cluster]
+            del on_cluster[rec.id]
+            if not on_cluster:
+                del self._cluster_queues[rec.cluster]
+        if req.counted:
+            req.counted = False
+            self._uncount(rec.uid)
+
+    def _uncount(self, uid: int) -> None:
+        self._user_waiting[uid] -= 1
+        if self._user_waiting[uid] <= 0:
+            del self._user_waiting[uid]
+
+    def _at_cap(self, uid: int) -> bool:
+        cap = self.user_long_slots
+        return bool(cap) and uid != 0 and self._user_running[uid] >= cap
+
+    def _next_of(self, uid: int, busy: set[str]) -> Request | None:
+        """The user's oldest request that may start now: not behind its cluster."""
+        for req in self._user_queues[uid].values():
+            cluster = req.record.cluster
+            if cluster is None:
+                return req
+            if cluster not in busy and next(iter(self._cluster_queues[cluster])) == req.record.id:
+                return req
+        return None
 
     def _dispatch(self) -> None:
         if len(self.long_running) >= self.long_slots or not self.long_pending:
@@ -208,23 +294,39 @@ class Scheduler:
         busy = {r.record.cluster for r in self.long_running.values() if r.record.cluster}
         if None not in self._cluster_load and len(busy) == len(self._cluster_load):
             return              # every pending request waits behind a busy cluster
-        for req in list(self.long_pending.values()):
-            if len(self.long_running) >= self.long_slots:
-                break
-            cluster = req.record.cluster
-            if cluster is not None:
-                if cluster in busy:
-                    continue
-                busy.add(cluster)      # later requests on it wait for this one
-            del self.long_pending[req.record.id]
+        # Round robin across users, the one served least recently first; FIFO within a
+        # user; a user at their share of slots waits.
+        served = self._served
+        turn = collections.deque(sorted(self._user_queues, key=lambda u: served.get(u, 0)))
+        while turn and len(self.long_running) < self.long_slots:
+            uid = turn.popleft()
+            if self._at_cap(uid):
+                continue
+            req = self._next_of(uid, busy)
+            if req is None:
+                continue
+            if req.record.cluster is not None:
+                busy.add(req.record.cluster)      # later requests on it wait for this one
+            self._dequeue(req)
+            self._serve_seq += 1
+            served[uid] = self._serve_seq
+            self._user_running[uid] += 1
             # The slot is taken before the task starts and given back in its
             # done-callback, so no exception or cancellation can leak it.
             self.long_running[req.record.id] = req
             self.long_peak = max(self.long_peak, len(self.long_running))
             self._spawn(self._run_long(req), lambda _t, r=req: self._release_long(r))
+            if uid in self._user_queues:
+                turn.append(uid)
 
     def _release_long(self, req: Request) -> None:
         self.long_running.pop(req.record.id, None)
+        uid = req.record.uid
+        self._user_running[uid] -= 1
+        if self._user_running[uid] <= 0:
+            del self._user_running[uid]
+        if req.timer is not None:
+            req.timer.cancel()
         self._unload(req)
         if not req.done.done():
             # The task died without recording an outcome (a bug): never leave a waiter hanging.
@@ -247,7 +349,7 @@ class Scheduler:
 
     async def _run_long(self, req: Request) -> None:
         rec = req.record
-        req.log = RequestLog(self.log_path(rec.id), req.topic)
+        req.log = RequestLog(self.log_path(rec.id), req.topic, self.log_limit)
         try:
             cluster, jobs = await self.state.prepare(req.op, rec)
         except SkydError as e:
@@ -257,19 +359,27 @@ class Scheduler:
         await self.store.mark_running(rec.id, started)   # durable before any work starts
         rec.started_at, rec.status = started, Status.RUNNING
         req.topic.notify()
+        limit = getattr(req.op, "timeout", None) or self.long_timeout
+        if 0 < limit < float("inf"):
+            req.timer = asyncio.get_running_loop().call_later(limit, self._time_up, req, limit)
         worker = await self.pool.take()
         req.worker = worker
-        if req.cancel_requested:
+        if req.cancel_requested or req.timed_out is not None:
             self.pool.release(worker)
             worker.signal_group(signal.SIGKILL)
-            await self._finish(req, Status.CANCELLED)
+            if req.timed_out is not None:
+                await self._finish(req, Status.FAILED, error=_time_limit(req.timed_out))
+            else:
+                await self._finish(req, Status.CANCELLED)
             return
         req.log.line(f"running {rec.name} in worker process {worker.pid}")
         assert req.op_bytes is not None
-        _, gid, home = user_identity(rec.uid)
+        # On someone's cluster even an admin acts as its owner, never as root.
+        uid = cluster.uid if cluster is not None else rec.uid
+        user, gid, home = user_identity(uid)
         await worker.assign(Assignment(
-            request_id=rec.id, op=req.op_bytes, uid=rec.uid, gid=gid,
-            user=rec.user, home=home, state_dir=self.state.state_dir,
+            request_id=rec.id, op=req.op_bytes, uid=uid, gid=gid,
+            user=user, home=home, state_dir=self.state.state_dir,
             cluster=cluster, jobs=jobs, ssh_known_hosts=self.state.ssh_known_hosts))
         pump = asyncio.get_running_loop().create_task(self._pump(worker, req.log))
         done: Done | None = None
@@ -278,7 +388,7 @@ class Scheduler:
                 if isinstance(msg, Done):
                     done = msg
                 else:
-                    await self.state.apply(msg)
+                    await self.state.apply(msg, rec)
             code = await worker.wait_exit()
         finally:
             worker.signal_group(signal.SIGKILL)   # anything it left in its group
@@ -286,7 +396,9 @@ class Scheduler:
                 await asyncio.wait_for(pump, 1.0)
             pump.cancel()
             self.pool.release(worker)
-        if req.cancel_requested:
+        if req.timed_out is not None and (done is None or done.error is not None):
+            await self._finish(req, Status.FAILED, error=_time_limit(req.timed_out))
+        elif req.cancel_requested:
             await self._finish(req, Status.CANCELLED)
         elif done is None:
             why = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -296,6 +408,20 @@ class Scheduler:
             await self._finish(req, Status.FAILED, error=done.error)
         else:
             await self._finish(req, Status.SUCCEEDED, value=done.value)
+
+    def _time_up(self, req: Request, limit: float) -> None:
+        """Past its time limit: stop its worker's process group, as a cancel does."""
+        if req.done.done() or req.cancel_requested or req.timed_out is not None:
+            return
+        req.timed_out = limit
+        if req.log is not None:
+            req.log.line(f"time limit of {limit:g} s exceeded: stopping the worker's "
+                         "process group")
+        worker = req.worker
+        if worker is not None:
+            worker.signal_group(signal.SIGTERM)
+            asyncio.get_running_loop().call_later(
+                self.kill_grace, worker.signal_group, signal.SIGKILL)
 
     @staticmethod
     async def _pump(worker: Worker, out: RequestLog) -> None:
@@ -338,7 +464,7 @@ class Scheduler:
     async def cancel(self, req: Request) -> bool:
         rid = req.record.id
         if rid in self.long_pending:
-            del self.long_pending[rid]
+            self._dequeue(req)
             self._unload(req)
             await self._finish(req, Status.CANCELLED)
             self._dispatch()
@@ -423,8 +549,7 @@ class Scheduler:
                     continue
             else:
                 requeued += 1
-            self.long_pending[rec.id] = req
-            self._cluster_load[rec.cluster] += 1
+            self._enqueue(req)
         await asyncio.gather(*writes)
         self._dispatch()
         return requeued, rerun, failed

@@ -45,6 +45,29 @@ INLINE_HANDLERS = {
 }
 
 
+# Frames up to this size are read whole: a StreamReader buffers about this much per
+# connection anyway. Larger ones are reserved against the daemon's FrameBudget first.
+SMALL_FRAME = 64 * 1024
+BODY_CHUNK = 256 * 1024
+
+
+class FrameBudget:
+    """Bytes of unfinished large frames that all connections together may hold (0: no cap)."""
+
+    def __init__(self, cap: int):
+        self.cap = cap
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.cap and self.used + n > self.cap:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
 class _Hangup(Exception):
     """The stream can no longer be framed: answer, then close the connection."""
 
@@ -72,22 +95,48 @@ class Session:
 
     # ---- framing ----------------------------------------------------------------------
 
-    async def _read(self) -> Any:
+    async def _read(self, limit: int | None = None) -> Any:
         head = await self.reader.readexactly(4)
         (size,) = protocol.HEADER.unpack(head)
-        if size > self.d.config.max_frame:
+        limit = limit or self.d.config.max_frame
+        if size > limit:
             await self._send(Error(ErrorCode.TOO_LARGE,
-                                   f"frame of {size} bytes exceeds the limit of "
-                                   f"{self.d.config.max_frame} bytes"))
+                                   f"frame of {size} bytes exceeds the limit of {limit} bytes"
+                                   + ("" if limit == self.d.config.max_frame else
+                                      " before the handshake")))
             raise _Hangup
-        body = await self.reader.readexactly(size)
+        reserved = 0
+        if size > SMALL_FRAME:
+            budget: FrameBudget = self.d.frame_budget
+            if not budget.take(size):
+                await self._send(Error(ErrorCode.BUSY,
+                                       f"server busy: {budget.used} bytes of unfinished frames "
+                                       f"are in flight (limit {budget.cap}); a frame of {size} "
+                                       "bytes does not fit now", "retry in a moment"))
+                raise _Hangup
+            reserved = size
         try:
-            return _dec.decode(body)
-        except msgspec.ValidationError as e:
-            await self._send(_decode_error(e))
-        except msgspec.DecodeError as e:
-            await self._send(Error(ErrorCode.BAD_REQUEST, f"malformed frame: {e}"))
-        raise _Skip
+            body = await (self._read_body(size) if reserved else self.reader.readexactly(size))
+            try:
+                return _dec.decode(body)
+            except msgspec.ValidationError as e:
+                await self._send(_decode_error(e))
+            except msgspec.DecodeError as e:
+                await self._send(Error(ErrorCode.BAD_REQUEST, f"malformed frame: {e}"))
+            raise _Skip
+        finally:
+            if reserved:
+                self.d.frame_budget.give(reserved)
+
+    async def _read_body(self, size: int) -> bytearray:
+        """A large body in chunks: the StreamReader never buffers more than its limit."""
+        body = bytearray()
+        while len(body) < size:
+            chunk = await self.reader.read(min(BODY_CHUNK, size - len(body)))
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(body), size)
+            body += chunk
+        return body
 
     async def _send(self, msg: Any) -> None:
         self.writer.write(protocol.encode_frame(msg))
@@ -117,9 +166,17 @@ class Session:
             self.writer.close()
 
     async def _handshake(self) -> bool:
+        cfg = self.d.config
         try:
-            hello = await self._read()
+            async with asyncio.timeout(cfg.handshake_timeout if cfg.handshake_timeout > 0
+                                       else None):
+                hello = await self._read(min(cfg.handshake_max_frame, cfg.max_frame))
         except _Skip:
+            return False
+        except TimeoutError:
+            self.writer.write(protocol.encode_frame(Error(
+                ErrorCode.BAD_REQUEST, f"no hello within {cfg.handshake_timeout:g} s: "
+                                       "closing the connection")))
             return False
         if not isinstance(hello, Hello):
             await self._send(Error(ErrorCode.BAD_REQUEST, "a connection starts with a hello frame"))

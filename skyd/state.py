@@ -10,22 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import msgspec
 
 from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc
 from skyd.logs import Topic
-from skyd import protocol
+from skyd import privilege, protocol
 from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, NodeInfo, SkydError
 from skyd.store import Store
 from skyd.hardware import Hardware
+from skyd.infra.local import cluster_dir as local_cluster_dir, control_dir, control_root
+from skyd.infra.local import mark_cancelled as local_mark_cancelled
 from skyd.infra.ssh import node_dir as ssh_node_dir
-from skyd.nodepools import NodePools, Pool, PoolError
+from skyd.nodepools import NodePools, Pool, PoolError, same_hosts
 from skyd.taskspec import Task, TaskError, infra_kind, normalise, shortfall
 from skyd.worker import user_identity
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
@@ -103,8 +107,10 @@ class ClusterState:
                             f"the task needs {num_nodes}")
         return pool
 
-    def allocate(self, cluster: str, pool_name: str | None, num_nodes: int) -> list[NodeInfo]:
-        """Free hosts of the pool, in the pool's order: a host serves one cluster at a time."""
+    def allocate(self, cluster: str, pool_name: str | None, num_nodes: int, uid: int,
+                 login: str) -> list[NodeInfo]:
+        """Free hosts of the pool, in the pool's order: a host serves one cluster at a time.
+        The nodes are reached as the owner (uid, login) unless the pool has a shared login."""
         pool = self.pool(pool_name, num_nodes)
         taken = self.host_owners()
         free = [h for h in pool.hosts if (h.ip, h.port) not in taken]
@@ -114,9 +120,8 @@ class ClusterState:
                             f"pool {pool.name!r} has {len(free)} free host(s) of "
                             f"{len(pool.hosts)}; the task needs {num_nodes}",
                             "down a cluster on this pool, or add hosts to it")
-        return [NodeInfo(rank=i, ip=h.ip, host=h.address, path=ssh_node_dir(cluster, i),
-                         user=h.user, port=h.port, identity_file=h.identity_file,
-                         proxy_jump=h.proxy_jump) for i, h in enumerate(free[:num_nodes])]
+        return [pool.node(h, i, ssh_node_dir(cluster, i), uid, login)
+                for i, h in enumerate(free[:num_nodes])]
 
     def free_hosts(self, pool_name: str) -> int:
         """Hosts of the pool serving no cluster (0 for an unknown pool)."""
@@ -190,13 +195,12 @@ class ClusterState:
         return self.clusters.get(name)
 
     def require(self, name: str, uid: int, admin: bool) -> ClusterEntry:
+        """The cluster if the caller may act on it; someone else's answers exactly as a
+        missing one (its owner and its existence stay private); admins may act on any."""
         entry = self.clusters.get(name)
-        if entry is None:
+        if entry is None or (entry.record.uid != uid and not admin):
             raise SkydError(ErrorCode.NOT_FOUND, f"cluster {name!r} does not exist",
                             "list clusters with: skyctl status")
-        if entry.record.uid != uid and not admin:
-            raise SkydError(ErrorCode.PERMISSION_DENIED,
-                            f"cluster {name!r} belongs to {entry.record.user}")
         return entry
 
     async def save_cluster(self, record: ClusterRecord) -> None:
@@ -218,6 +222,7 @@ class ClusterState:
                 live.watcher.cancel()
             live.topic.notify()
         await self.store.delete_cluster(name)
+        await asyncio.to_thread(_remove_cluster_dirs, self.state_dir, name)
         self._changed(name)
 
     # ---- jobs --------------------------------------------------------------------------
@@ -225,9 +230,14 @@ class ClusterState:
     async def new_job(self, cluster: str, name: str, uid: int, user: str,
                       request_id: str) -> JobRecord:
         entry = self.clusters[cluster]
+        # An admin's exec on someone's cluster is a job of that someone (it runs as them).
+        uid, user = entry.record.uid, entry.record.user
         job = JobRecord(cluster=cluster, job_id=entry.next_job_id, name=name, status="PENDING",
                         user=user, uid=uid, submitted_at=time.time(), request_id=request_id)
         entry.next_job_id += 1
+        # Nothing left from an earlier cluster of this name passes for this job's files.
+        await asyncio.to_thread(privilege.remove_private_tree,
+                                control_root(self.state_dir) / cluster / str(job.job_id))
         self.jobs[(cluster, job.job_id)] = LiveJob(job)
         await asyncio.gather(self.store.save_cluster(entry.record, entry.next_job_id),
                              self.store.save_job(job, None))    # one commit
@@ -288,8 +298,16 @@ class ClusterState:
 
     async def _spawn(self, live: LiveJob, infra: Infra, nodes: list[NodeInfo]) -> None:
         rec = live.record
+        entry = self.clusters.get(rec.cluster)
+        # A job runs as its cluster's owner, whoever asked for it (an admin's exec too).
+        owner = entry.record.uid if entry is not None else rec.uid
+        # Where its output and exit status go is the daemon's choice, never the worker's.
+        handle = msgspec.structs.replace(live.handle, nodes=[
+            msgspec.structs.replace(np, ctl=control_dir(self.state_dir, rec.cluster,
+                                                        rec.job_id, np.rank))
+            for np in live.handle.nodes])
         try:
-            handle = await infra.spawn(live.handle, nodes, rec.uid, user_identity(rec.uid)[1])
+            handle = await infra.spawn(handle, nodes, owner, user_identity(owner)[1])
         except Exception as e:  # noqa: BLE001 - the job fails, the daemon goes on
             log.warning("job %s on %s could not start: %s", rec.job_id, rec.cluster, e)
             live.spawning = False
@@ -315,13 +333,50 @@ class ClusterState:
             await self.save_job(msgspec.structs.replace(live.record, status=status,
                                                         ended_at=time.time()), None)
 
-    async def apply(self, msg: SaveCluster | SaveJob | DropCluster) -> None:
+    async def apply(self, msg: SaveCluster | SaveJob | DropCluster,
+                    req: protocol.RequestRecord) -> None:
+        """A change reported by the worker of `req`. Workers run as users: what they say
+        is checked against what the request may change before it is applied."""
+        why = self._refuse(msg, req)
+        if why:
+            log.warning("request %s: worker message refused: %s", req.id, why)
+            return
         if isinstance(msg, SaveCluster):
             await self.save_cluster(msg.record)
         elif isinstance(msg, SaveJob):
             await self.save_job(msg.record, msg.handle)
         elif isinstance(msg, DropCluster):
             await self.drop_cluster(msg.name)
+
+    def _refuse(self, msg: SaveCluster | SaveJob | DropCluster,
+                req: protocol.RequestRecord) -> str:
+        name = msg.name if isinstance(msg, DropCluster) else \
+            msg.record.name if isinstance(msg, SaveCluster) else msg.record.cluster
+        if name != req.cluster:
+            return f"it names cluster {name!r}, the request is for {req.cluster!r}"
+        entry = self.clusters.get(name)
+        if isinstance(msg, SaveCluster):
+            if entry is None:
+                return f"cluster {name!r} does not exist"
+            old, new = entry.record, msg.record
+            if (new.uid, new.user, new.infra, new.num_nodes, new.launched_at) != \
+                    (old.uid, old.user, old.infra, old.num_nodes, old.launched_at):
+                return "it changes who owns the cluster or what it is"
+            if old.infra == "local" and any(
+                    not _inside(n.path, local_cluster_dir(self.state_dir, name)) for n in new.nodes):
+                return "a node outside the cluster's directory"
+            if old.infra != "local" and not same_hosts(old.nodes, new.nodes):
+                return "it changes the cluster's hosts or how they are reached"
+        if isinstance(msg, SaveJob):
+            live = self.jobs.get((msg.record.cluster, msg.record.job_id))
+            if live is None:
+                return f"no job {msg.record.job_id} waits on {name!r}"
+            if (msg.record.uid, msg.record.request_id) != (live.record.uid, live.record.request_id):
+                return "it changes the job's owner or request"
+            if msg.handle is not None and any(np.pid or np.start or np.ctl for np in
+                                              handle_dec.decode(msg.handle).nodes):
+                return "a job handle that claims to be started"
+        return ""
 
     def _watch(self, live: LiveJob) -> None:
         live.watcher = asyncio.get_running_loop().create_task(
@@ -427,19 +482,20 @@ class ClusterState:
     def _check_owner(self, name: str, uid: int, admin: bool,
                      queued_launch_owner: Callable[[str], int | None],
                      must_exist: bool = False) -> None:
-        """A cluster, or the queued launch that will create it, belongs to one person."""
-        if name in self.clusters:
-            self.require(name, uid, admin)
+        """A cluster, or the queued launch that will create it, belongs to one person.
+        Acting on someone else's answers as a missing cluster; launching onto a name
+        someone else holds says only that the name is taken (never by whom)."""
+        entry = self.clusters.get(name)
+        owner = entry.record.uid if entry is not None else queued_launch_owner(name)
+        if owner is not None and (owner == uid or admin):
             return
-        owner = queued_launch_owner(name)
-        if owner is None:
-            if must_exist:
-                self.require(name, uid, admin)      # raises NOT_FOUND
+        if must_exist:
+            self.require(name, uid, admin)      # raises NOT_FOUND: missing, or not theirs
             return
-        if owner != uid and not admin:
+        if owner is not None:
             raise SkydError(ErrorCode.PERMISSION_DENIED,
-                            f"cluster {name!r} belongs to {user_identity(owner)[0]} "
-                            "(its launch is queued)")
+                            f"cluster name {name!r} is taken by another user",
+                            "pick another name with: -c NAME")
 
     async def prepare(self, op: protocol.Op, req: protocol.RequestRecord
                       ) -> tuple[ClusterRecord | None, list[JobEntry]]:
@@ -456,7 +512,8 @@ class ClusterState:
                                        num_nodes=op.task.num_nodes, user=req.user, uid=req.uid,
                                        launched_at=time.time(), last_use=time.time(),
                                        resources=describe_resources(op.task),
-                                       nodes=self.allocate(name, pool, op.task.num_nodes)
+                                       nodes=self.allocate(name, pool, op.task.num_nodes,
+                                                           req.uid, req.user)
                                        if kind == "ssh" else [])
                 await self.save_cluster(record)
                 entry = self.clusters[name]
@@ -482,17 +539,25 @@ class ClusterState:
                 live = self.job_of_request(req.id)
             jobs = [JobEntry(live.record, live.handle_bytes)] if live else []
             return entry.record, jobs
+        if isinstance(op, (protocol.Stop, protocol.Down)) and entry.record.infra == "local":
+            # The worker stops them as their owner; that they were cancelled is the
+            # daemon's to record, in its own files.
+            for (c, _), live in self.jobs.items():
+                if c == name and live.handle is not None and live.handle.spawned:
+                    local_mark_cancelled(live.handle)
         return entry.record, self.live_jobs(name)
 
 
 MANAGED_PREFIX = "managed-"      # managed job N runs on cluster managed-N
 
 
-_CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+# ASCII only (with IGNORECASE, [a-z] would also take the Kelvin sign and the long s);
+# fullmatch, since `$` also matches before a final newline.
+_CLUSTER_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE | re.ASCII)
 
 
 def check_cluster_name(name: str) -> None:
-    if not _CLUSTER_NAME.match(name):
+    if not _CLUSTER_NAME.fullmatch(name):
         raise SkydError(ErrorCode.BAD_REQUEST,
                         f"invalid cluster name {name!r}: use 1-63 letters, digits and '-', "
                         "starting and ending with a letter or digit")
@@ -510,6 +575,19 @@ def describe_resources(task: Task) -> str:
     if task.resources.memory is not None:
         parts.append(f"mem={task.resources.memory}")
     return ", ".join(parts) or "-"
+
+
+def _inside(path: str, directory: Path) -> bool:
+    p = Path(path)
+    return p.is_absolute() and ".." not in p.parts and p.is_relative_to(directory)
+
+
+def _remove_cluster_dirs(state_dir: str, name: str) -> None:
+    """After down: the cluster's control files (the daemon's) and its emptied directory
+    (the owner removed what was in it; its parent is the daemon's)."""
+    privilege.remove_private_tree(control_root(state_dir) / name)
+    with contextlib.suppress(OSError):
+        os.rmdir(local_cluster_dir(state_dir, name))
 
 
 def _with(record: ClusterRecord, **changes) -> ClusterRecord:

@@ -313,10 +313,14 @@ class Store:
                                (request_id,))
         return (_request_record(rows[0]), rows[0][11]) if rows else None
 
-    async def request_ids_with_prefix(self, prefix: str, limit: int = 10) -> list[str]:
+    async def request_ids_with_prefix(self, prefix: str, limit: int = 10,
+                                      uid: int | None = None) -> list[str]:
         # A range scan on the unique index: ids are lowercase hex and dashes.
-        rows = await self._all("SELECT id FROM requests WHERE id >= ? AND id < ? LIMIT ?",
-                               (prefix, prefix + "\uffff", limit))
+        # `uid`: only that user's requests (what a non-admin may name).
+        mine = "" if uid is None else " AND uid = ?"
+        rows = await self._all(f"SELECT id FROM requests WHERE id >= ? AND id < ?{mine} LIMIT ?",
+                               (prefix, prefix + "\uffff", *(() if uid is None else (uid,)),
+                                limit))
         return [r[0] for r in rows]
 
     async def list_requests(self, uid: int | None, limit: int,

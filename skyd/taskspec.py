@@ -22,9 +22,11 @@ SUPPORTED_TOP = ("name", "workdir", "num_nodes", "resources", "envs", "secrets",
 SUPPORTED_RESOURCES = ("cpus", "memory", "infra", "job_recovery")
 MAX_RESTARTS_ON_ERRORS = 100
 MAX_NUM_NODES = 64
-_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_AMOUNT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*$", re.IGNORECASE)
+# Matched with fullmatch: `$` would also match before a final newline. ASCII: \d and
+# IGNORECASE would otherwise take other scripts' digits and letters.
+_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_AMOUNT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*", re.IGNORECASE | re.ASCII)
 
 
 class TaskError(ValueError):
@@ -82,7 +84,7 @@ def parse_amount(field: str, raw: int | float | str | None) -> Amount | None:
         if raw <= 0:
             raise TaskError(f"resources.{field}: must be positive, got {raw}")
         return Amount(float(raw), False)
-    m = _AMOUNT_RE.match(raw)
+    m = _AMOUNT_RE.fullmatch(raw)
     if not m or float(m.group(1)) <= 0:
         raise TaskError(f"resources.{field}: expected a number like 4 or '4+', got {raw!r}")
     return Amount(float(m.group(1)), bool(m.group(2)))
@@ -149,13 +151,13 @@ def task_from_obj(obj: Any) -> Task:
 
 def normalise(task: Task) -> Task:
     """Check values that types alone cannot, and turn env values into strings."""
-    if task.name is not None and not _NAME_RE.match(task.name):
+    if task.name is not None and not _NAME_RE.fullmatch(task.name):
         raise TaskError(f"name: {task.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
     if not 1 <= task.num_nodes <= MAX_NUM_NODES:
         raise TaskError(f"num_nodes: must be between 1 and {MAX_NUM_NODES}, got {task.num_nodes}")
     for label, mapping in (("envs", task.envs), ("secrets", task.secrets)):
         for key in mapping:
-            if not _ENV_NAME_RE.match(key):
+            if not _ENV_NAME_RE.fullmatch(key):
                 raise TaskError(f"{label}: {key!r} is not a valid environment variable name")
     overlap = set(task.envs) & set(task.secrets)
     if overlap:
@@ -171,6 +173,15 @@ def normalise(task: Task) -> Task:
             raise TaskError("file_mounts: both the target and the source must be non-empty")
         if "://" in src:
             raise TaskError(f"file_mounts: {dst}: only local paths are supported, got {src!r}")
+        # A target lives on the node (relative to it, or to ~): nothing may climb out.
+        if ".." in dst.split("/"):
+            raise TaskError(f"file_mounts: target {dst!r} must not contain '..': targets "
+                            "stay on the node")
+        if dst.startswith("~") and dst != "~" and not dst.startswith("~/"):
+            raise TaskError(f"file_mounts: target {dst!r}: only ~ or ~/PATH (your own home) "
+                            "may start with '~'")
+        if "\0" in dst or "\n" in dst:
+            raise TaskError(f"file_mounts: target {dst!r} contains a NUL or newline")
     if task.run is None and task.setup is None:
         raise TaskError("the task has neither `run` nor `setup`: nothing to do")
     envs = {k: _env_str(v) for k, v in task.envs.items()}

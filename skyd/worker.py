@@ -11,9 +11,11 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import select
 import signal
 import socket
 import sys
+import threading
 import traceback
 
 import msgspec
@@ -34,6 +36,24 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except OSError:
         return
+
+
+def _die_with_daemon(ctrl: socket.socket) -> None:
+    """Once busy: when the daemon goes away (its end of the control socket closes, which
+    happens only when it dies or after it killed us), SIGKILL this whole process group,
+    so the setup commands this worker started die with it. A watcher thread, blocked in
+    poll(): nothing to do for the handler. (The parent-death signal alone would not do:
+    the forkserver outlives the daemon while any worker holds its "alive" pipe, and it
+    kills only the worker, never what the worker started.)"""
+    def watch() -> None:
+        p = select.poll()
+        p.register(ctrl.fileno(), select.POLLRDHUP)
+        while True:
+            for _fd, ev in p.poll():
+                if ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    os.killpg(0, signal.SIGKILL)
+                    os._exit(1)
+    threading.Thread(target=watch, name="die-with-daemon", daemon=True).start()
 
 
 class WorkerContext:
@@ -76,6 +96,7 @@ def spare_main(ctrl: socket.socket, log: socket.socket) -> None:
         frame = protocol.recv_frame(ctrl)
     except (ConnectionError, OSError):
         os._exit(0)                 # retired spare
+    _die_with_daemon(ctrl)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     log.close()

@@ -4,6 +4,12 @@ Starting a multiprocessing Process is a blocking round trip to the forkserver (~
 so it happens in a thread, ahead of need: a few idle spares wait for an assignment and
 are refilled in the background. Handing a request to a spare is one socket write, which
 keeps accepted -> running well under the 10 ms goal. Still one process per request.
+
+Every worker (its own process group), the forkserver and the resource tracker are recorded
+in <state_dir>/workers/ while they live (pid and start time: a reused pid is never taken
+for one of them). A busy worker takes its whole group down when the daemon goes away; if
+anything still survived a crash, the next daemon kills it from these records before it
+re-runs anything (reap_previous).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import multiprocessing
 import os
 import signal
 import socket
+import time
 from collections import deque
+from pathlib import Path
 from typing import AsyncIterator
 
 import msgspec
@@ -99,8 +107,9 @@ class Worker:
 class WorkerPool:
     """Keeps `spares` idle workers ready; hands one out per long request."""
 
-    def __init__(self, spares: int = 2):
+    def __init__(self, spares: int = 2, run_dir: Path | str | None = None):
         self.target_spares = max(1, spares)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
         self._ctx = multiprocessing.get_context("forkserver")
         self._spares: deque[Worker] = deque()
         self._waiters: deque[asyncio.Future] = deque()
@@ -112,10 +121,26 @@ class WorkerPool:
 
     async def start(self) -> None:
         self._ctx.set_forkserver_preload(PRELOAD)
-        await asyncio.to_thread(_ensure_forkserver)
+        await asyncio.to_thread(self._start_forkserver)
         self._refiller = asyncio.get_running_loop().create_task(self._refill_loop(),
                                                                 name="worker-refill")
         self._refill_wake.set()
+
+    def _start_forkserver(self) -> None:
+        _ensure_forkserver()
+        if self.run_dir is not None:
+            self.run_dir.mkdir(mode=0o700, exist_ok=True)
+            from multiprocessing import resource_tracker
+            for name, pid in (("forkserver", self.forkserver_pid),
+                              ("resource-tracker", getattr(resource_tracker._resource_tracker,
+                                                           "_pid", None))):
+                if pid:
+                    record_process(self.run_dir, name, pid, group=False)
+
+    def _forget(self, name: str) -> None:
+        if self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.run_dir / name)
 
     @property
     def forkserver_pid(self) -> int | None:
@@ -152,7 +177,7 @@ class WorkerPool:
         proc = self._ctx.Process(target=worker.spare_main, args=(ctrl_child, log_child),
                                  name="skyd-worker", daemon=False)
         try:
-            await asyncio.to_thread(proc.start)
+            await asyncio.to_thread(self._start_worker, proc)
         finally:
             ctrl_child.close()
             log_child.close()
@@ -160,6 +185,12 @@ class WorkerPool:
         await w.attach()
         self.started += 1
         return w
+
+    def _start_worker(self, proc: multiprocessing.Process) -> None:
+        proc.start()
+        if self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                record_process(self.run_dir, str(proc.pid), proc.pid, group=True)
 
     async def take(self) -> Worker:
         """An idle worker, now: a spare if one is ready, else the next one started."""
@@ -179,10 +210,12 @@ class WorkerPool:
     def release(self, w: Worker) -> None:
         self.busy.discard(w)
         w.close()
+        self._forget(str(w.pid))
 
     def _retire(self, w: Worker) -> None:
         w.signal_group(signal.SIGKILL)
         w.close()
+        self._forget(str(w.pid))
 
     async def shutdown(self, grace: float = 2.0) -> None:
         """Stop every worker, spare or busy, and the forkserver: no child left behind."""
@@ -206,7 +239,10 @@ class WorkerPool:
         for w in busy:
             w.signal_group(signal.SIGKILL)
             w.close()
+            self._forget(str(w.pid))
         await asyncio.to_thread(_stop_forkserver)
+        self._forget("forkserver")
+        self._forget("resource-tracker")
 
 
 def _ensure_forkserver() -> None:
@@ -226,3 +262,99 @@ def _stop_forkserver() -> None:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
+
+
+# ---- what a crashed run left ------------------------------------------------------------
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, process group, start time in clock ticks) of a process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0].decode(), int(fields[2]), int(fields[19])
+
+
+def record_process(run_dir: Path, name: str, pid: int, group: bool) -> None:
+    """Note a process (or, with `group`, the process group it leads) for reap_previous.
+    Not fsync'd: it only has to outlive the daemon process, not the machine."""
+    st = _stat(pid)
+    if st is None:
+        return
+    fd = os.open(run_dir / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC |
+                 os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, f"{pid} {st[2]} {'group' if group else 'process'}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def reap_previous(run_dir: Path | None, timeout: float = 10.0) -> list[int]:
+    """Kill what a previous daemon left behind (from the records in `run_dir`): each
+    recorded worker's whole process group (setup commands included), the forkserver and
+    the resource tracker; wait until every one of them is gone. Blocking. Returns the pids
+    killed; raises RuntimeError naming those still alive after `timeout` seconds, since
+    nothing may be re-run while any process of its first run is alive."""
+    if run_dir is None:
+        return []
+    try:
+        names = os.listdir(run_dir)
+    except FileNotFoundError:
+        return []
+    records: list[tuple[int, int, bool]] = []
+    for name in names:
+        try:
+            with open(run_dir / name) as f:
+                pid, start, kind = f.read().split()
+            records.append((int(pid), int(start), kind == "group"))
+        except (OSError, ValueError):
+            pass
+    me = os.getpid()
+
+    def survivors() -> tuple[set[int], set[int]]:
+        procs: set[int] = set()
+        groups: dict[int, int] = {}            # group id -> its leader's start time
+        for pid, start, group in records:
+            st = _stat(pid)
+            if st is not None and st[2] == start:
+                if st[0] != "Z":
+                    procs.add(pid)
+                if group:
+                    groups[pid] = start
+            elif st is None and group:
+                # The leader is gone; its pid was not handed out again, so a group with
+                # its id is still its own (members started after it).
+                groups[pid] = start
+        if groups:
+            for entry in os.scandir("/proc"):
+                if not entry.name.isdigit():
+                    continue
+                st = _stat(int(entry.name))
+                if st and st[0] != "Z" and st[1] in groups and st[2] >= groups[st[1]]:
+                    procs.add(int(entry.name))
+        procs.discard(me)
+        return procs, set(groups)
+
+    killed: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        procs, groups = survivors()
+        if not procs:
+            break
+        if time.monotonic() >= deadline:
+            raise RuntimeError(
+                "processes of the previous run would not die, so nothing can be re-run "
+                f"safely: pids {' '.join(map(str, sorted(procs)))}")
+        for pg in groups:
+            with contextlib.suppress(OSError):
+                os.killpg(pg, signal.SIGKILL)
+        for pid in procs:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        killed |= procs
+        time.sleep(0.02)
+    for name in names:
+        with contextlib.suppress(OSError):
+            os.unlink(run_dir / name)
+    return sorted(killed)

@@ -205,3 +205,29 @@ def raw_frames(sock_path: Path, payloads: list[bytes], hello: bool = True,
                 except (ConnectionError, OSError):
                     out.append(None)
     return out
+
+
+# ---- real people: two ordinary accounts beside root (tests/users.py) ----------------------
+
+@pytest.fixture(scope="session")
+def people():
+    """[alice, bob]: real accounts in the group `skyd-users`, running the real skyctl."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create and act as other users")
+    import users
+    try:
+        client, persons = users.make_people()
+    except (RuntimeError, subprocess.CalledProcessError) as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"test accounts cannot run skyctl: {e}")
+    yield persons
+    client.close()
+
+
+@pytest.fixture
+def team(make_daemon, workdir, people):
+    """A root daemon whose socket is open to the group `skyd-users` (alice and bob)."""
+    import users
+    os.chmod(workdir, 0o755)          # mkdtemp made it 0700: let them reach the socket
+    return make_daemon("--socket-group", users.GROUP)

@@ -269,13 +269,17 @@ class SshHosts:
     must be short (keep it in /tmp). __enter__ returns the list of SshHost; the object also
     has .hosts, .identity_file, .known_hosts and pool_yaml()."""
 
-    def __init__(self, base_dir: Path, count: int = 3, first_ip: int = 2, port: int = 22022):
+    def __init__(self, base_dir: Path, count: int = 3, first_ip: int = 2, port: int = 22022,
+                 logins: tuple[str, ...] = ()):
         if not 1 <= count or first_ip < 1 or first_ip + count - 1 > 254:
             raise ValueError(f"bad host range 127.0.0.{first_ip} x {count}")
         self.base_dir = Path(base_dir)
         self.count = count
         self.first_ip = first_ip
         self.port = port
+        # Other accounts of this machine that log in with their own keys (their
+        # ~/.ssh/authorized_keys), as people do on a per-user node pool.
+        self.logins = tuple(logins)
         self.user = getpass.getuser()
         self.identity_file = self.base_dir / "id_ed25519"
         self.known_hosts = self.base_dir / "known_hosts"
@@ -311,7 +315,7 @@ class SshHosts:
             f"Port {port}",
             f"HostKey {d / 'ssh_host_ed25519_key'}",
             f"PidFile {d / 'sshd.pid'}",
-            f"AuthorizedKeysFile {self.base_dir / 'authorized_keys'}",
+            "AuthorizedKeysFile .ssh/authorized_keys",
             "PermitRootLogin prohibit-password",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
@@ -326,6 +330,10 @@ class SshHosts:
             "LogLevel ERROR",
             "MaxStartups 100",
             "MaxSessions 100",
+            # The test client key logs in as the test login only; other logins (`logins`)
+            # with the keys in their own ~/.ssh/authorized_keys.
+            f"Match User {self.user}",
+            f"    AuthorizedKeysFile {self.base_dir / 'authorized_keys'}",
             "",
         ])
 
@@ -348,7 +356,8 @@ class SshHosts:
         client_pub = self._keygen(self.identity_file, "skyd-test-client")
         (self.base_dir / "authorized_keys").write_text(client_pub + "\n")
         ips = [f"127.0.0.{self.first_ip + i}" for i in range(self.count)]
-        self.use_pam = _account_locked(self.user)
+        # A locked account ('!') logs in with a key only through PAM.
+        self.use_pam = any(_account_locked(u) for u in (self.user, *self.logins))
         for ip in ips:
             d = self.base_dir / ip
             d.mkdir(exist_ok=True)
@@ -421,11 +430,17 @@ class SshHosts:
         os.chown(home, pw.pw_uid, pw.pw_gid)
         os.chmod(self.base_dir, 0o755)
         self.user, self._made_user = name, True
-    def pool_yaml(self, name: str, hosts: list[SshHost] | None = None) -> str:
-        """A SkyPilot-style ssh node pool entry (ssh_node_pools.yaml) for these hosts."""
+    def pool_yaml(self, name: str, hosts: list[SshHost] | None = None,
+                  shared_login: bool = True) -> str:
+        """A SkyPilot-style ssh node pool entry (ssh_node_pools.yaml) for these hosts. With
+        shared_login (the default here) everyone reaches them as the test login with the test
+        key; without, each person logs in as themselves with their own keys."""
         hosts = self.hosts if hosts is None else hosts
-        lines = [f"{name}:", f"  user: {self.user}", f"  identity_file: {self.identity_file}",
-                 "  hosts:"]
+        lines = [f"{name}:"]
+        if shared_login:
+            lines += ["  shared_login: true", f"  user: {self.user}",
+                      f"  identity_file: {self.identity_file}"]
+        lines += ["  hosts:"]
         for h in hosts:
             lines += [f"    - ip: {h.ip}", f"      port: {h.port}"]
         return "\n".join(lines) + "\n"

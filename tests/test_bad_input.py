@@ -6,6 +6,7 @@ real client would never send such bytes, and the real skyctl otherwise."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -433,7 +434,6 @@ def test_unknown_job_on_an_existing_cluster_is_not_found(daemon):
     launched(daemon, "nojobs")                    # setup only: a cluster without jobs
     for op, text in [
         (protocol.JobLogs(cluster="jobs", job_id=2, follow=False), "has no job 2"),
-        (protocol.JobLogs(cluster="jobs", job_id=-1, follow=False), "has no job -1"),
         (protocol.CancelJobs(cluster="jobs", job_ids=[2]), "has no job 2"),
         (protocol.JobLogs(cluster="nojobs"), "has no jobs yet"),
         (protocol.CancelJobs(cluster="nojobs", job_ids=[1]), "has no job 1"),
@@ -562,3 +562,132 @@ def test_exec_with_a_missing_workdir_fails_naming_it(daemon, workdir):
     assert str(missing) in p.stderr
     assert "should-not-run" not in p.stdout
     assert clusters(daemon) == {"wd": "UP"}
+
+
+# ---- names with a trailing newline, targets that climb out, ids out of range ----------------
+
+@pytest.mark.parametrize("name", [
+    pytest.param("adev\n", id="trailing-newline"),
+    pytest.param("adev\n\n", id="two-newlines"),
+    pytest.param("ADEV\n", id="upper-trailing-newline"),
+    pytest.param("\u212adev", id="kelvin-sign"),       # [a-z] with IGNORECASE would take it
+])
+def test_a_cluster_name_with_a_trailing_newline_is_refused(daemon, name):
+    launched(daemon, "adev")
+    before = long_ids(daemon)
+    with pytest.raises(ServerError) as e:
+        daemon.call(setup_only(name))
+    assert e.value.error.code is ErrorCode.BAD_REQUEST, e.value.error
+    assert f"invalid cluster name {name!r}" in e.value.error.message
+    p = daemon.skyctl("launch", "-c", name, "echo hi")
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "invalid cluster name" in p.stderr
+    assert long_ids(daemon) == before
+    assert clusters(daemon) == {"adev": "UP"}          # no second "adev"
+    assert_serving(daemon)
+
+
+@pytest.mark.parametrize("task, field", [
+    pytest.param(Task(run="true", name="train\n"), "name", id="task-name"),
+    pytest.param(Task(run="true", envs={"A\n": "1"}), "envs", id="env-name"),
+    pytest.param(Task(run="true", secrets={"B\n": "1"}), "secrets", id="secret-name"),
+])
+def test_task_names_with_a_trailing_newline_are_invalid_on_the_wire(daemon, task, field):
+    before = long_ids(daemon)
+    for op in (protocol.Launch(task=task, cluster="wire"), protocol.JobsLaunch(task=task)):
+        out = raw_frames(daemon.socket, [protocol.encode_frame(Submit(op, wait=False))])
+        assert isinstance(out[1], Error) and out[1].code is ErrorCode.INVALID_TASK, out
+        assert f"{field}:" in out[1].message, out[1]
+    assert long_ids(daemon) == before
+    assert clusters(daemon) == {}
+    assert daemon.call(protocol.JobsQueue()) == []
+    assert_serving(daemon)
+
+
+@pytest.mark.parametrize("target", [
+    "../../other/x", "/a/../../b", "~/../other/.ssh/authorized_keys", "x/..", "..", "~root/x",
+])
+def test_a_file_mounts_target_that_climbs_out_is_refused(daemon, workdir, target):
+    src = workdir / "payload.txt"
+    src.write_text("payload\n")
+    before = long_ids(daemon)
+    # The real client refuses it, naming the field...
+    path = write_task(workdir, "mounts.yaml",
+                      f"file_mounts:\n  {json.dumps(target)}: {src}\nrun: 'true'\n")
+    p = daemon.skyctl("launch", str(path), "-c", "mounts")
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"file_mounts: target {target!r}" in p.stderr, p.stderr
+    # ... and so does the daemon, for a raw client that skips skyctl's checks.
+    task = Task(run="true", file_mounts={target: str(src)})
+    for op in (protocol.Launch(task=task, cluster="mounts"), protocol.JobsLaunch(task=task)):
+        out = raw_frames(daemon.socket, [protocol.encode_frame(Submit(op, wait=False))])
+        assert isinstance(out[1], Error) and out[1].code is ErrorCode.INVALID_TASK, out
+        assert f"file_mounts: target {target!r}" in out[1].message, out[1]
+    assert long_ids(daemon) == before
+    assert clusters(daemon) == {}
+    assert not list(workdir.glob("**/other"))
+    assert_serving(daemon)
+
+
+def test_targets_that_stay_on_the_node_are_still_accepted(daemon, workdir):
+    src = workdir / "payload.txt"
+    src.write_text("payload\n")
+    task = Task(run="cat ../a..b/p.txt ../inner/q.txt ../r.txt",
+                file_mounts={"a..b/p.txt": str(src), "/inner/q.txt": str(src),
+                             "~/r.txt": str(src)})
+    msgs = daemon.frames(protocol.Launch(task=task, cluster="mounts"))
+    assert isinstance(msgs[-1], Result) and msgs[-1].status is Status.SUCCEEDED, msgs
+    job = daemon.wait_job("mounts", 1)
+    assert job.status == "SUCCEEDED", job
+
+
+HUGE = 2**63 + 5
+
+
+@pytest.mark.parametrize("op, field", [
+    pytest.param({"op": "logs", "cluster": "ids", "job_id": HUGE}, "job_id", id="logs-huge"),
+    pytest.param({"op": "logs", "cluster": "ids", "job_id": 2**64 - 1}, "job_id",
+                 id="logs-uint64-max"),
+    pytest.param({"op": "logs", "cluster": "ids", "job_id": -1}, "job_id", id="logs-negative"),
+    pytest.param({"op": "logs", "cluster": "ids", "job_id": 0}, "job_id", id="logs-zero"),
+    pytest.param({"op": "logs", "cluster": "ids", "job_id": 1, "offset": HUGE}, "offset",
+                 id="logs-offset"),
+    pytest.param({"op": "logs", "cluster": "ids", "job_id": 1, "offset": -5}, "offset",
+                 id="logs-negative-offset"),
+    pytest.param({"op": "cancel", "cluster": "ids", "job_ids": [1, HUGE]}, "job_ids[1]",
+                 id="cancel"),
+    pytest.param({"op": "jobs_logs", "job_id": HUGE}, "job_id", id="jobs-logs"),
+    pytest.param({"op": "jobs_logs", "job_id": 1, "offset": -2**63}, "offset",
+                 id="jobs-logs-offset"),
+    pytest.param({"op": "jobs_cancel", "job_ids": [HUGE]}, "job_ids[0]", id="jobs-cancel"),
+    pytest.param({"op": "jobs_queue", "job_ids": [-3]}, "job_ids[0]", id="jobs-queue"),
+    pytest.param({"op": "jobs_queue", "limit": HUGE}, "limit", id="jobs-queue-limit"),
+    pytest.param({"op": "api_logs", "request_id": "ab", "offset": HUGE}, "offset",
+                 id="api-logs-offset"),
+])
+def test_ids_out_of_range_are_bad_request_without_a_traceback(daemon, op, field):
+    launched(daemon, "ids", run="echo out", setup=None)
+    daemon.wait_job("ids", 1)
+    before = long_ids(daemon)
+    out = raw_frames(daemon.socket, [submit_body(op), protocol.encode_frame(Submit(ApiInfo()))])
+    err = out[1]
+    assert isinstance(err, Error) and err.code is ErrorCode.BAD_REQUEST, out
+    assert err.message.startswith("malformed request:") and f"`$.op.{field}`" in err.message, err
+    assert isinstance(out[2], Result) and out[2].status is Status.SUCCEEDED, out  # goes on
+    assert long_ids(daemon) == before
+    assert "Traceback" not in daemon.log()
+    assert_serving(daemon)
+
+
+def test_logs_with_a_huge_job_id_through_the_cli(daemon):
+    launched(daemon, "ids", run="echo out", setup=None)
+    daemon.wait_job("ids", 1)
+    for args in (("logs", "ids", str(HUGE), "--no-follow"), ("cancel", "ids", str(HUGE)),
+                 ("jobs", "logs", str(HUGE), "--no-follow"), ("logs", "ids", "-1")):
+        p = daemon.skyctl(*args)
+        assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+        assert "job_id" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    assert "Traceback" not in daemon.log()
+    p = daemon.skyctl("logs", "ids", "1", "--no-follow")
+    assert p.returncode == 0 and p.stdout == "out\n", (p.returncode, p.stdout, p.stderr)
+    assert_serving(daemon)

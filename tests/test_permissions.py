@@ -206,17 +206,24 @@ def test_nobody_cannot_see_or_touch_roots_cluster(shared, workdir, nobody_client
     assert names == []
     p = nobody_client.run(shared, "status")
     assert p.returncode == 0 and "rootc" not in p.stdout, p.stdout
-    everyone = json_of(nobody_client.run(shared, "status", "-u", "--json"))
-    assert [(c["name"], c["user"]) for c in everyone] == [("rootc", "root")]
+    p = nobody_client.run(shared, "status", "-u", "--json")      # -u is for admins
+    assert p.returncode == 5 and "admins only" in p.stderr, (p.returncode, p.stdout, p.stderr)
+    assert "rootc" not in p.stdout + p.stderr
 
+    # Root's cluster answers exactly as a missing one; its name is only "taken" for a launch.
     for args in (("queue", "rootc"), ("logs", "rootc"), ("logs", "rootc", "1", "--no-follow"),
                  ("cancel", "rootc", "1"), ("cancel", "rootc", "--all"),
                  ("down", "rootc"), ("stop", "rootc"), ("start", "rootc"),
-                 ("exec", "-c", "rootc", "echo intruder"),
+                 ("exec", "-c", "rootc", "echo intruder"), ("status", "rootc"),
                  ("launch", "-c", "rootc", "echo intruder")):
         p = nobody_client.run(shared, *args)
-        assert p.returncode == 5, (args, p.returncode, p.stdout, p.stderr)
-        assert "belongs to root" in p.stderr, (args, p.stderr)
+        if args[0] == "launch":
+            assert p.returncode == 5, (args, p.returncode, p.stdout, p.stderr)
+            assert "'rootc' is taken by another user" in p.stderr, (args, p.stderr)
+        else:
+            assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+            assert "cluster 'rootc' does not exist" in p.stderr, (args, p.stderr)
+        assert "root" not in p.stderr.replace("rootc", ""), (args, p.stderr)
         assert "root-job-output" not in p.stdout
 
     # Nothing changed.
@@ -264,8 +271,14 @@ def test_nobody_cannot_act_on_roots_cluster_while_its_launch_is_queued(
         d.wait_request(r.id)
     assert d.request(root_launch).status is Status.SUCCEEDED
 
-    assert proc.returncode == 5, (proc.returncode, out, err)
-    assert "belongs to root" in err
+    # Acting on it answers as a missing cluster; launching says only that the name is taken.
+    if args[0] == "launch":
+        assert proc.returncode == 5, (proc.returncode, out, err)
+        assert "'rootc' is taken by another user" in err
+    else:
+        assert proc.returncode == 2, (proc.returncode, out, err)
+        assert "cluster 'rootc' does not exist" in err
+    assert "root" not in err.replace("rootc", "")
     clusters = {c.name: c for c in d.call(protocol.ClusterStatus(all_users=True))}
     assert "rootc" in clusters, consequence
     assert (clusters["rootc"].status, clusters["rootc"].user) == ("UP", "root")
@@ -282,18 +295,21 @@ def test_nobody_cannot_cancel_or_read_roots_request(shared, workdir, nobody_clie
     rid = p.stdout.strip()
     assert wait_until(lambda: shared.request(rid).status is Status.RUNNING, 10)
 
+    # Root's request answers as one that does not exist.
     p = nobody_client.run(shared, "api", "cancel", rid)
-    assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)
-    assert "belongs to root" in p.stderr
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"no request matches '{rid}'" in p.stderr and "root" not in p.stderr
     p = nobody_client.run(shared, "api", "cancel", rid[:8])
-    assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"no request matches '{rid[:8]}'" in p.stderr
     p = nobody_client.run(shared, "api", "cancel", "-u")
     assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)
     assert "only an admin" in p.stderr
     p = nobody_client.run(shared, "api", "cancel", "--all")      # all of *nobody's*: none
     assert p.returncode == 0 and "Nothing to cancel" in p.stdout, (p.stdout, p.stderr)
     p = nobody_client.run(shared, "api", "logs", rid, "--no-follow")
-    assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert f"no request matches '{rid}'" in p.stderr
     assert "running launch" not in p.stdout
 
     # Still running, its setup still alive.
@@ -332,8 +348,12 @@ def test_nobody_sees_only_their_own_requests_unless_all_users(shared, workdir, n
     assert nobody_rid in ids
     ids = {r["id"] for r in json_of(nobody_client.run(shared, "api", "status", "-a", "--json"))}
     assert root_rid not in ids and nobody_rid in ids
-    every = {r["id"]: r["user"] for r in
-             json_of(nobody_client.run(shared, "api", "status", "-u", "--json"))}
+    # -u is for admins: nobody gets a clear error, not a silent list of their own.
+    for args in (("-u",), ("-u", "-a")):
+        p = nobody_client.run(shared, "api", "status", *args, "--json")
+        assert p.returncode == 5 and "admins only" in p.stderr, (args, p.returncode, p.stderr)
+        assert root_rid not in p.stdout + p.stderr and nobody_rid not in p.stdout
+    every = {r.id: r.user for r in shared.call(protocol.ApiStatus(all_users=True))}
     assert every.get(root_rid) == "root" and every.get(nobody_rid) == "nobody"
     p = nobody_client.run(shared, "api", "status")
     assert root_rid not in p.stdout and nobody_rid in p.stdout

@@ -46,8 +46,10 @@ def test_hosts_answer_on_their_own_ip(ssh_hosts):
         assert user == h.user
     pool = yaml.safe_load(ssh_hosts.pool_yaml("mypool"))
     assert pool == {"mypool": {
-        "user": hosts[0].user, "identity_file": hosts[0].identity_file,
+        "shared_login": True, "user": hosts[0].user, "identity_file": hosts[0].identity_file,
         "hosts": [{"ip": h.ip, "port": h.port} for h in hosts]}}
+    own = yaml.safe_load(ssh_hosts.pool_yaml("own", shared_login=False))
+    assert own == {"own": {"hosts": [{"ip": h.ip, "port": h.port} for h in hosts]}}
     sub = yaml.safe_load(ssh_hosts.pool_yaml("two", hosts[1:]))
     assert [e["ip"] for e in sub["two"]["hosts"]] == ["127.0.0.3", "127.0.0.4"]
 

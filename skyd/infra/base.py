@@ -14,8 +14,9 @@ class NodeProc(msgspec.Struct):
     rank: int
     pid: int
     start: int          # process start time (clock ticks): guards against pid reuse
-    jobdir: str
+    jobdir: str         # the job's files in its owner's space (script, environment)
     log: str
+    ctl: str = ""       # local: the daemon's control directory (skyd.privilege.JobFiles)
 
 
 class JobHandle(msgspec.Struct):

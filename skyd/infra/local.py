@@ -21,38 +21,41 @@ from typing import Callable, Mapping
 
 import msgspec
 
-from skyd import hardware
+from skyd import hardware, privilege
 
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
                              run_streamed)
-from skyd.logs import follow_files
+from skyd.logs import READ_CHUNK, follow_files
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 LOCAL_IP = "127.0.0.1"
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _HOST_CPUS = hardware.detect().cpus     # a local node is this host (cgroup-aware)
 WORKDIR = "sky_workdir"
 
-# The runner: run the user's script, then record how it ended. Cancel writes the
-# `cancelled` marker first, then signals the whole session. Starting a job is idempotent:
-# only the first runner (mkdir is atomic) runs the script; one started again (the daemon
-# died between starting it and recording that) follows the first to its end instead.
+# The runner, started by the daemon as the job's owner with the job's output file as
+# stdout and the exit-status file as descriptor $3 (both in the daemon's control
+# directory: the owner has no path to them). It loads the job's environment (then removes
+# the file: secrets live only in the process environment), runs the user's script and
+# records how it ended. Starting a job is idempotent: only the first runner (mkdir is
+# atomic) runs the script; one started again (the daemon died between starting it and
+# recording that) follows the first to its end instead.
 RUNNER = r'''
-jobdir=$1
+jobdir=$1 workdir=$2
+[ "$3" = 3 ] || eval "exec 3>&$3 $3>&-"
 if mkdir "$jobdir/started" 2>/dev/null; then
   echo $$ > "$jobdir/started/pid"
-  bash "$jobdir/run.sh" < /dev/null
+  ( . "$jobdir/env.sh" && rm -f "$jobdir/env.sh" && cd "$workdir" && exec bash "$jobdir/run.sh" ) < /dev/null 3>&-
   rc=$?
-  printf '%s\n' "$rc" > "$jobdir/exit_code.tmp" && mv "$jobdir/exit_code.tmp" "$jobdir/exit_code"
+  printf '%s\n' "$rc" >&3
   exit $rc
 fi
+exec 3>&-
 i=0
 while [ ! -s "$jobdir/started/pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
 first=$(cat "$jobdir/started/pid" 2>/dev/null)
 trap '[ -n "$first" ] && kill -TERM -- -$first 2>/dev/null' TERM
 while [ -n "$first" ] && kill -0 "$first" 2>/dev/null; do sleep 0.5 & wait $!; done
-[ -e "$jobdir/exit_code" ] && exit "$(cat "$jobdir/exit_code")"
-exit 1
+exit 0
 '''
 
 
@@ -64,19 +67,25 @@ def cluster_dir(state_dir: str | Path, name: str) -> Path:
     return cluster_root(state_dir) / name
 
 
-def prepare_cluster_dir(state_dir: str | Path, name: str, uid: int, gid: int) -> Path:
-    """Run before the worker drops privileges: the sandbox belongs to the requester."""
+def control_root(state_dir: str | Path) -> Path:
+    """The daemon's own directory of job control files (see skyd.privilege.JobFiles)."""
+    return Path(state_dir) / "jobs"
+
+
+def control_dir(state_dir: str | Path, cluster: str, job_id: int, rank: int) -> str:
+    return str(control_root(state_dir) / cluster / str(job_id) / f"node-{rank}")
+
+
+def prepare_cluster_dir(state_dir: str | Path, cluster: ClusterRecord, uid: int, gid: int) -> Path:
+    """Run before the worker drops privileges: the sandbox belongs to the cluster's owner.
+    A new cluster (no nodes yet) always gets a fresh directory; an existing one keeps its
+    own, and only if it still is a directory of this owner."""
     root = cluster_root(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711)     # owners reach their own cluster; nobody lists the others
-    d = root / name
-    try:
-        d.mkdir(mode=0o700)
-    except FileExistsError:
-        return d              # it keeps the owner it was created for
-    if os.geteuid() == 0:
-        os.chown(d, uid, gid)
-    return d
+    if not cluster.nodes:
+        privilege.discard_user_tree(root, cluster.name)
+    return privilege.make_user_dir(root, cluster.name, uid, gid)
 
 
 def provision(state_dir: str, name: str, num_nodes: int) -> list[NodeInfo]:
@@ -146,39 +155,43 @@ def prepare_job(nodes: list[NodeInfo], job_id: int, run: str,
         fd = os.open(jobdir / "env.sh", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(env_script(envs(n)))
-        (jobdir / "runner.sh").write_text(f'. "$1/env.sh"\n{RUNNER}')
         procs.append(NodeProc(rank=n.rank, pid=0, start=0, jobdir=str(jobdir),
                               log=str(jobdir / "run.log")))
     return JobHandle(nodes=procs)
 
 
 def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int) -> JobHandle:
-    """Start the runners, detached (own session), as the job's owner."""
+    """Start the runners, detached (own session), as the job's owner, with a clean login
+    environment; their output and exit status go to the daemon's control files."""
     by_rank = {n.rank: n for n in nodes}
-    ids = {}
-    if os.geteuid() == 0 and uid != 0:
-        from skyd.worker import user_identity
-        name = user_identity(uid)[0]
-        try:
-            groups = os.getgrouplist(name, gid)
-        except OSError:
-            groups = [gid]
-        ids = {"user": uid, "group": gid, "extra_groups": groups}
     procs = []
     for np in handle.nodes:
         node = by_rank[np.rank]
-        with open(np.log, "ab") as out:
-            p = subprocess.Popen(["sh", f"{np.jobdir}/runner.sh", np.jobdir],
-                                 cwd=Path(node.path) / WORKDIR,
-                                 env={"PATH": os.environ.get("PATH", _DEFAULT_PATH)},
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True, close_fds=True, **ids)
-        procs.append(msgspec.structs.replace(np, pid=p.pid, start=process_start(p.pid) or 0))
+        files = privilege.JobFiles(Path(np.ctl))
+        log_fd, code_fd = files.open_for_runner(uid, gid)
+        try:
+            p = subprocess.Popen(
+                ["bash", "-c", RUNNER, "skyd-runner", np.jobdir,
+                 str(Path(node.path) / WORKDIR), str(code_fd)],
+                cwd="/", env=privilege.login_env(uid), stdin=subprocess.DEVNULL,
+                stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
+                start_new_session=True, **privilege.popen_identity(uid, gid))
+        finally:
+            os.close(log_fd)
+            os.close(code_fd)
+        procs.append(msgspec.structs.replace(np, pid=p.pid, start=process_start(p.pid) or 0,
+                                             log=str(files.log)))
     return msgspec.structs.replace(handle, nodes=procs)
 
 
 def teardown(state_dir: str, name: str) -> None:
-    shutil.rmtree(cluster_dir(state_dir, name), ignore_errors=True)
+    """As the cluster's owner (the worker runs as them): remove its nodes. The emptied
+    directory itself is removed by the daemon, which owns its parent."""
+    try:
+        privilege.rmtree_owned(cluster_dir(state_dir, name))
+    except OSError as e:
+        raise SkydError(ErrorCode.FAILED, f"teardown of cluster {name!r} did not finish: {e}",
+                        "remove what blocks it, then run down again") from None
 
 
 # ---- used by the daemon: cheap, non-blocking in practice -------------------------------
@@ -200,18 +213,21 @@ def _alive(np: NodeProc) -> bool:
     return start is not None and (np.start == 0 or start == np.start)
 
 
+def _files(np: NodeProc) -> privilege.JobFiles | None:
+    return privilege.JobFiles(Path(np.ctl)) if np.ctl else None
+
+
 def _exit_code(np: NodeProc) -> int | None:
-    try:
-        return int(Path(np.jobdir, "exit_code").read_text().strip())
-    except (OSError, ValueError):
-        return None
+    files = _files(np)
+    return files.exit_status() if files is not None else None
 
 
 def job_outcome(handle: JobHandle) -> Outcome | None:
     """None while any node still runs; else how the job ended."""
     if any(_alive(np) for np in handle.nodes):
         return None
-    if Path(handle.nodes[0].jobdir, "cancelled").exists():
+    first = _files(handle.nodes[0])
+    if first is not None and first.is_cancelled():
         return Outcome("CANCELLED", None, "cancelled")
     codes = [(np, _exit_code(np)) for np in handle.nodes]
     for np, code in codes:
@@ -254,11 +270,11 @@ def signal_job(handle: JobHandle, sig: int) -> None:
 
 
 def mark_cancelled(handle: JobHandle) -> None:
+    """The daemon's marker (in its control directory): the job ends CANCELLED."""
     for np in handle.nodes:
-        try:
-            Path(np.jobdir, "cancelled").touch()
-        except OSError:
-            pass
+        files = _files(np)
+        if files is not None:
+            files.mark_cancelled()
 
 
 async def wait_exit(handle: JobHandle) -> None:
@@ -282,8 +298,15 @@ async def wait_exit(handle: JobHandle) -> None:
 
 
 def log_sources(handle: JobHandle) -> list[tuple[bytes, str]]:
-    """(line prefix, log path) per node; no prefix for a single node."""
-    return [(rank_prefix(np.rank, len(handle.nodes)), np.log) for np in handle.nodes]
+    """(line prefix, log path) per node; no prefix for a single node. Only the daemon's
+    control files: a handle without them (never started) has no log."""
+    return [(rank_prefix(np.rank, len(handle.nodes)), str(_files(np).log))
+            for np in handle.nodes if np.ctl]
+
+
+async def read_log(path: str, offset: int) -> bytes:
+    """A chunk of a job's log, read off the loop, never following a link or a FIFO."""
+    return await asyncio.to_thread(privilege.read_regular, path, offset, READ_CHUNK)
 
 
 
@@ -344,7 +367,8 @@ class LocalInfra(Infra):
         signal_job(handle, signal.SIGKILL)
 
     def follow_log(self, handle, nodes, offset, follow, finished, wait_change):
-        return follow_files(log_sources(handle), offset, follow, finished, wait_change)
+        return follow_files(log_sources(handle), offset, follow, finished, wait_change,
+                            read_log)
 
 
 register(LocalInfra())

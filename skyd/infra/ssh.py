@@ -1,34 +1,88 @@
 """The `ssh` infra: nodes are existing hosts from a node pool, reached with the system's
 ssh and rsync (so ~/.ssh/config, agents and jump hosts just work).
 
+Who logs in: on a per-user pool (the default) a node is reached under its cluster owner's
+own login name with the owner's own ssh setup — every ssh and rsync runs *as the owner*:
+in the worker (which already is the owner) and in the daemon (starting, watching,
+cancelling jobs, reading logs, health checks, `skyctl infra` probes), where the ssh child
+drops to the owner's uid, groups, HOME and clean environment and uses the owner's control
+directory `<state>/ssh/<uid>`. Users of one pool then cannot read each other's files or
+signal each other's jobs. A pool with `shared_login: true` is reached with its one login
+and key, by the daemon as itself (control directory `<state>/ssh/daemon`): not isolated.
+
 Connections are multiplexed (ControlMaster): one handshake per host serves every command
-of a request. A node's files live under `~/.skyd/<cluster>/node-<rank>/` of the login:
-the workdir in `sky_workdir/`, each job in `jobs/<id>/` — its script, its environment
-(0600), its log and its exit status, written on the node by a detached runner, so a job
-outlives the daemon and an ssh drop.
+of a request. A node's files live under `~/.skyd/<cluster>/node-<rank>/` of the login
+(0700): the workdir in `sky_workdir/`, each job in `jobs/<id>/` — its script, its
+environment (0600, deleted by the runner as soon as it has read it: no secret stays in a
+file once the job has started), its log and its exit status, written on the node by a
+detached runner, so a job outlives the daemon and an ssh drop. Every command line puts
+`--` before the destination; the pool file's fields are checked (skyd.nodepools).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets as _secrets
 import shlex
+import stat
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, NamedTuple
 
 import msgspec
 
+from skyd import privilege
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
                              run_streamed)
-from skyd.infra.local import RUNNER, env_script, setup_failed
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
+
+# The runner on a node: read the job's environment and delete it at once (secrets are
+# never left in a file once the job has started), run the user's script, then record how
+# it ended. Cancel writes the `cancelled` marker first, then signals the whole session.
+# Starting a job is idempotent: only the first runner (mkdir is atomic) reads the
+# environment and runs the script; one started again (the daemon died between starting
+# it and recording that) follows the first to its end instead and needs no env.sh. The
+# environment is applied in a subshell, so a task variable cannot change the runner's own.
+RUNNER = r'''
+jobdir=$1
+if mkdir "$jobdir/started" 2>/dev/null; then
+  echo $$ > "$jobdir/started/pid"
+  skyd_env=$(cat "$jobdir/env.sh" 2>/dev/null)
+  rm -f "$jobdir/env.sh"
+  (eval "$skyd_env"; unset skyd_env; exec bash "$1/run.sh" < /dev/null)
+  rc=$?
+  printf '%s\n' "$rc" > "$jobdir/exit_code.tmp" && mv "$jobdir/exit_code.tmp" "$jobdir/exit_code"
+  exit $rc
+fi
+i=0
+while [ ! -s "$jobdir/started/pid" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+first=$(cat "$jobdir/started/pid" 2>/dev/null)
+trap '[ -n "$first" ] && kill -TERM -- -$first 2>/dev/null' TERM
+while [ -n "$first" ] && kill -0 "$first" 2>/dev/null; do sleep 0.5 & wait $!; done
+[ -e "$jobdir/exit_code" ] && exit "$(cat "$jobdir/exit_code")"
+exit 1
+'''
+
+
+def env_script(env: dict[str, str]) -> str:
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def setup_failed(n: NodeInfo, rc: int, tail: list[bytes]) -> SkydError:
+    last = b"".join(tail).decode(errors="replace").rstrip()
+    return SkydError(ErrorCode.FAILED,
+                     f"setup failed on node {n.rank} ({where(n)}) with exit status {rc}",
+                     f"last lines of output:\n{last}" if last else "")
+
 
 CONNECT_TIMEOUT = 10        # seconds for a TCP connect + handshake
 COMMAND_TIMEOUT = 120       # a bookkeeping command (mkdir, start a job) never takes longer
 WATCH_RETRY = (1.0, 10.0)   # back-off while a node does not answer
 KILL_GRACE = 3
+OWNER_TTL = 60.0            # seconds an owner's identity (groups, home) is reused
 
 
 # Is the runner $pid (started at $start) still running? A zombie is not: the runner's
@@ -41,25 +95,104 @@ def node_dir(cluster: str, rank: int) -> str:
     return f".skyd/{cluster}/node-{rank}"
 
 
+class Owner(NamedTuple):
+    """The local account an ssh child runs as (a per-user pool's cluster owner)."""
+    uid: int
+    gid: int
+    groups: list[int]
+    env: dict[str, str]          # a clean login-like environment, never the daemon's
+    control_dir: str             # <state>/ssh/<uid>, the owner's own
+
+    def popen(self) -> dict:
+        """subprocess.Popen arguments that start the child as this owner."""
+        return {"user": self.uid, "group": self.gid, "extra_groups": self.groups,
+                "env": self.env, "cwd": "/"}
+
+    def exec_kwargs(self) -> dict:
+        """The same for asyncio's subprocesses (uvloop has no user/group arguments): the
+        child drops its groups, gid and uid before exec, with nothing but syscalls."""
+        uid, gid, groups = self.uid, self.gid, self.groups
+
+        def become() -> None:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
+        return {"preexec_fn": become, "env": self.env, "cwd": "/"}
+
+
 class SshInfra(Infra):
     kind = "ssh"
 
     def __init__(self) -> None:
-        self.control_dir = "/tmp"
+        self.control_dir = "/tmp"       # this process's own ssh control sockets
+        self.control_base = "/tmp"      # <state>/ssh: owners' control dirs are <uid> in it
         self.known_hosts = ""
+        self._owners: dict[int, tuple[float, Owner]] = {}
         # Told when a node stops or starts answering: (host, ok, reason).
         self.on_health: Callable[[str, bool, str], None] = lambda *_: None
 
     def configure(self, control_dir: str, known_hosts: str = "") -> None:
+        """`control_dir` is `<state>/ssh/<uid>` (a worker) or `<state>/ssh/daemon`; owners'
+        control dirs are its siblings."""
         Path(control_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.control_dir, self.known_hosts = control_dir, known_hosts
+        self.control_base = str(Path(control_dir).parent)
+        self._owners.clear()
+
+    # ---- who runs ssh ------------------------------------------------------------------
+
+    def _switches(self, node: NodeInfo) -> bool:
+        """Must ssh to this node run as another account than this process?"""
+        return node.login_uid >= 0 and node.login_uid != os.geteuid() and os.geteuid() == 0
+
+    def owner(self, node: NodeInfo) -> Owner | None:
+        """The account ssh to `node` runs as, when not this process itself (blocking: NSS
+        lookups and the owner's control dir; cached)."""
+        if not self._switches(node):
+            return None
+        uid = node.login_uid
+        cached = self._owners.get(uid)
+        if cached is not None and time.monotonic() - cached[0] < OWNER_TTL:
+            return cached[1]
+        _name, gid, _home, _shell = privilege.identity(uid)
+        owner = Owner(uid, gid, privilege.groups_of(uid, gid), privilege.login_env(uid),
+                      self._owner_control_dir(uid, gid))
+        self._owners[uid] = (time.monotonic(), owner)
+        return owner
+
+    async def aowner(self, node: NodeInfo) -> Owner | None:
+        if not self._switches(node):
+            return None
+        cached = self._owners.get(node.login_uid)
+        if cached is not None and time.monotonic() - cached[0] < OWNER_TTL:
+            return cached[1]
+        return await asyncio.to_thread(self.owner, node)
+
+    def _owner_control_dir(self, uid: int, gid: int) -> str:
+        """`<state>/ssh/<uid>`, owned by uid and 0700. Its parent is the daemon's and no
+        user can change it, so what is found there was made by the daemon (or a worker's
+        prepare_as_root) and may be given to its owner."""
+        path = os.path.join(self.control_base, str(uid))
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise SkydError(ErrorCode.INTERNAL, f"{path} is not a directory")
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.chown(path, uid, gid, follow_symlinks=False)
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(path, 0o700)
+        return path
 
     # ---- commands -------------------------------------------------------------------
 
-    def ssh_options(self, node: NodeInfo) -> list[str]:
+    def ssh_options(self, node: NodeInfo, control_dir: str | None = None) -> list[str]:
         opts = ["-p", str(node.port), "-o", "BatchMode=yes",
                 "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
-                "-o", "ControlMaster=auto", "-o", f"ControlPath={self.control_dir}/%C",
+                "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={control_dir or self.control_dir}/%C",
                 "-o", "ControlPersist=120", "-o", "ServerAliveInterval=5",
                 "-o", "ServerAliveCountMax=3", "-o", "StrictHostKeyChecking=accept-new",
                 "-o", "LogLevel=ERROR"]
@@ -71,20 +204,24 @@ class SshInfra(Infra):
             opts += ["-J", node.proxy_jump]
         return opts
 
-    def ssh(self, node: NodeInfo, command: str) -> list[str]:
-        return ["ssh", *self.ssh_options(node), f"{node.user}@{node.ip}", command]
+    def ssh(self, node: NodeInfo, command: str, owner: Owner | None = None) -> list[str]:
+        """The ssh command line; `--` ends the options whatever the pool file says."""
+        return ["ssh", *self.ssh_options(node, owner.control_dir if owner else None), "--",
+                f"{node.user}@{node.ip}", command]
 
     def run(self, node: NodeInfo, script: str, timeout: float = COMMAND_TIMEOUT) -> str:
         """Run a bookkeeping script on a node; its stdout, or a clear error."""
+        owner = self.owner(node)
         try:
-            p = subprocess.run(self.ssh(node, "bash -s"), input=script.encode(),
-                               capture_output=True, timeout=timeout)
+            p = subprocess.run(self.ssh(node, "bash -s", owner), input=script.encode(),
+                               capture_output=True, timeout=timeout,
+                               **(owner.popen() if owner else {}))
         except subprocess.TimeoutExpired:
-            raise SkydError(ErrorCode.FAILED, f"{node.host}: no answer within {timeout:g}s") from None
+            raise SkydError(ErrorCode.FAILED, f"{where(node)}: no answer within {timeout:g}s") from None
         if p.returncode == 255:
             raise unreachable(node, p.stderr)
         if p.returncode != 0:
-            raise SkydError(ErrorCode.FAILED, f"{node.host}: command failed with exit status "
+            raise SkydError(ErrorCode.FAILED, f"{where(node)}: command failed with exit status "
                             f"{p.returncode}", _last_lines(p.stderr))
         return p.stdout.decode(errors="replace")
 
@@ -97,7 +234,7 @@ class SshInfra(Infra):
 
     def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
         def prepare(n: NodeInfo) -> NodeInfo:
-            out = self.run(n, f"mkdir -p {n.path}/sky_workdir {n.path}/jobs && "
+            out = self.run(n, f"umask 077 && mkdir -p {n.path}/sky_workdir {n.path}/jobs && "
                               "chmod 700 .skyd && nproc && "
                               "awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo").split()
             return msgspec.structs.replace(n, cpus=float(out[-2]), memory_bytes=int(float(out[-1])))
@@ -107,16 +244,21 @@ class SshInfra(Infra):
         source = Path(src).expanduser()
         if not source.exists():
             raise SkydError(ErrorCode.INVALID_TASK, f"{src} does not exist")
-        shell = " ".join(shlex.quote(o) for o in ["ssh", *self.ssh_options(node)])
+        owner = self.owner(node)
+        opts = self.ssh_options(node, owner.control_dir if owner else None)
+        shell = " ".join(shlex.quote(o) for o in ["ssh", *opts])
         s = str(source) + ("/" if source.is_dir() else "")
+        host = f"[{node.ip}]" if ":" in node.ip else node.ip
         try:
-            p = subprocess.run(["rsync", "-a", "-e", shell, s, f"{node.user}@{node.ip}:{dst}"],
-                               capture_output=True, timeout=3600)
+            p = subprocess.run(["rsync", "-a", "-e", shell, "--", s,
+                                f"{node.user}@{host}:{dst}"],
+                               capture_output=True, timeout=3600,
+                               **(owner.popen() if owner else {}))
         except FileNotFoundError:
             raise SkydError(ErrorCode.FAILED, "rsync is not installed on the server",
                             "install it: apt-get install rsync") from None
         if p.returncode != 0:
-            raise SkydError(ErrorCode.FAILED, f"copying {src} to {node.host} failed "
+            raise SkydError(ErrorCode.FAILED, f"copying {src} to {where(node)} failed "
                             f"(rsync exit status {p.returncode})", _last_lines(p.stderr))
 
     def sync_workdir(self, nodes, src):
@@ -128,13 +270,15 @@ class SshInfra(Infra):
         for target, src in mounts.items():
             dst = target if target.startswith("/") else f"{target.removeprefix('~/')}"
             parent = str(Path(dst).parent)
-            self.each(nodes, lambda n: (self.run(n, f"mkdir -p {shlex.quote(parent)}"),
+            self.each(nodes, lambda n: (self.run(n, f"mkdir -p -- {shlex.quote(parent)}"),
                                         self._rsync(n, src, dst)))
 
     def run_setup(self, nodes, script, envs):
         def start(n: NodeInfo) -> subprocess.Popen:
-            p = subprocess.Popen(self.ssh(n, "bash -s"), stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            owner = self.owner(n)
+            p = subprocess.Popen(self.ssh(n, "bash -s", owner), stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 **(owner.popen() if owner else {}))
             p.stdin.write((env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
                            f"bash -c {shlex.quote(script)} < /dev/null\n").encode())
             p.stdin.close()
@@ -147,12 +291,13 @@ class SshInfra(Infra):
     def prepare_job(self, nodes, job_id, run, envs):
         def prepare(n: NodeInfo) -> NodeProc:
             # A fresh job dir: what a failed teardown left there must not pass for this job.
+            # env.sh (0600) lives until the runner has read it.
             eof = "SKYD_" + _secrets.token_hex(8)
             script = (f"set -e\njobdir=$HOME/{n.path}/jobs/{job_id}\nrm -rf \"$jobdir\"\n"
-                      "mkdir -p \"$jobdir\"\n"
-                      f"umask 077\ncat > \"$jobdir/run.sh\" <<'{eof}'\n{run}\n{eof}\n"
+                      "umask 077\nmkdir -p \"$jobdir\"\n"
+                      f"cat > \"$jobdir/run.sh\" <<'{eof}'\n{run}\n{eof}\n"
                       f"cat > \"$jobdir/env.sh\" <<'{eof}'\n{env_script(envs(n))}{eof}\n"
-                      f"cat > \"$jobdir/runner.sh\" <<'{eof}'\n. \"$1/env.sh\"\n{RUNNER}\n{eof}\n"
+                      f"cat > \"$jobdir/runner.sh\" <<'{eof}'\n{RUNNER}\n{eof}\n"
                       "echo \"$jobdir\"\n")
             jobdir = self.run(n, script).split()[-1]
             return NodeProc(rank=n.rank, pid=0, start=0, jobdir=jobdir, log=f"{jobdir}/run.log")
@@ -169,13 +314,21 @@ class SshInfra(Infra):
             try:
                 self.run(n, f"rm -rf {n.path}; rmdir .skyd/{cluster.name} 2>/dev/null; true")
             except SkydError as e:
-                print(f"warning: could not clean {n.host}: {e.message}", flush=True)
+                print(f"warning: could not clean {where(n)}: {e.message}", flush=True)
         self.each(cluster.nodes, remove)
 
     # ---- daemon side -----------------------------------------------------------------------
 
     def capacity(self, node):
         return node.cpus or float("inf")     # unknown until probed: do not hold jobs back
+
+    async def _exec(self, node: NodeInfo, command: str, **kw) -> asyncio.subprocess.Process:
+        """ssh to `node` running `command`, as the node's owner (per-user pool) or as this
+        process (shared login), in a session of its own."""
+        owner = await self.aowner(node)
+        return await asyncio.create_subprocess_exec(
+            *self.ssh(node, command, owner), start_new_session=True,
+            **(owner.exec_kwargs() if owner else {}), **kw)
 
     async def spawn(self, handle, nodes, uid, gid):
         by_rank = {n.rank: n for n in nodes}
@@ -200,9 +353,9 @@ class SshInfra(Infra):
                     timeout: float | None = None) -> tuple[int, bytes, bytes]:
         # The script travels as the command, not on stdin: an ssh that fails at once
         # (connection refused) would close its stdin under the write.
-        proc = await asyncio.create_subprocess_exec(
-            *self.ssh(node, "bash -c " + shlex.quote(script)), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        proc = await self._exec(node, "bash -c " + shlex.quote(script),
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -218,8 +371,8 @@ class SshInfra(Infra):
         except asyncio.TimeoutError:
             rc, err = 255, f"no answer within {timeout:g}s".encode()
         if rc == 255:
-            self.on_health(node.host, False, f"node {node.rank} ({node.host}) does not answer: "
-                                             f"{_last_lines(err) or 'ssh failed'}")
+            self.on_health(node.host, False, f"node {node.rank} ({where(node)}) does not "
+                                             f"answer: {_last_lines(err) or 'ssh failed'}")
             return False
         self.on_health(node.host, True, "")
         return True
@@ -239,8 +392,8 @@ class SshInfra(Infra):
             if rc != 255:
                 self.on_health(node.host, True, "")
                 return out.decode().strip() or "lost"
-            self.on_health(node.host, False, f"node {node.rank} ({node.host}) does not answer: "
-                                             f"{_last_lines(err) or 'ssh failed'}")
+            self.on_health(node.host, False, f"node {node.rank} ({where(node)}) does not "
+                                             f"answer: {_last_lines(err) or 'ssh failed'}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, WATCH_RETRY[1])
 
@@ -292,10 +445,8 @@ class SshInfra(Infra):
                        "while alive; do sleep 0.1; done; sleep 0.3; kill $t; true")
             else:
                 cmd = f"tail -c +{start} {log} 2>/dev/null; true"
-            proc = await asyncio.create_subprocess_exec(*self.ssh(node, cmd),
-                                                        stdout=subprocess.PIPE,
-                                                        stdin=subprocess.DEVNULL,
-                                                        start_new_session=True)
+            proc = await self._exec(node, cmd, stdout=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
             try:
                 assert proc.stdout is not None
                 if not prefix:
@@ -332,7 +483,9 @@ def _kill_script(np: NodeProc, graceful: bool) -> str:
     """Mark the job cancelled and signal its session; escalate after a grace period."""
     jobdir = shlex.quote(np.jobdir)
     if np.pid <= 0:                      # never started: `kill -- -0` would hit the shell
-        return f"touch {jobdir}/cancelled\n" if graceful else "true\n"
+        # and never will: its environment (secrets) goes now
+        return (f"touch {jobdir}/cancelled; rm -f {jobdir}/env.sh\n" if graceful
+                else f"rm -f {jobdir}/env.sh\n")
     if not graceful:
         return f"kill -KILL -- -{np.pid} 2>/dev/null; true\n"
     return (f"touch {jobdir}/cancelled\nkill -TERM -- -{np.pid} 2>/dev/null\n"
@@ -357,14 +510,21 @@ def _last_lines(data: bytes, n: int = 5) -> str:
     return "\n".join(data.decode(errors="replace").strip().splitlines()[-n:])
 
 
+def where(node: NodeInfo) -> str:
+    """login@ip:port of a node, for messages."""
+    return node.host if "@" in node.host else f"{node.user}@{node.host}"
+
+
 def unreachable(node: NodeInfo, stderr: bytes) -> SkydError:
     detail = _last_lines(stderr)
     hint = ""
     if "Permission denied" in detail:
-        hint = "check the pool's user and identity_file"
+        hint = ("check the pool's user and identity_file" if node.login_uid < 0 else
+                f"{node.user} logs in with their own ssh keys (or the pool's identity_file, "
+                f"in their home): authorize one for {node.user} on {node.ip}")
     elif "Host key verification failed" in detail or "IDENTIFICATION HAS CHANGED" in detail:
         hint = "the host's key changed: check the host, then fix known_hosts"
-    return SkydError(ErrorCode.FAILED, f"cannot reach node {node.rank} ({node.host}): "
+    return SkydError(ErrorCode.FAILED, f"cannot reach node {node.rank} ({where(node)}): "
                      f"{detail or 'ssh failed'}", hint)
 
 

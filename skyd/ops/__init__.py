@@ -27,7 +27,7 @@ def prepare_as_root(a: Assignment, op: protocol.Op) -> None:
     if a.cluster.infra == "local":
         if isinstance(op, (protocol.Launch, protocol.Start)):
             from skyd.infra import local
-            local.prepare_cluster_dir(a.state_dir, a.cluster.name, a.uid, a.gid)
+            local.prepare_cluster_dir(a.state_dir, a.cluster, a.uid, a.gid)
         return
     import os
     from skyd.infra.base import get_infra

@@ -13,28 +13,45 @@ from skyd.scheduler import Caller, Request, current_request
 if TYPE_CHECKING:
     from skyd.daemon import Daemon
 
-_PREFIX = re.compile(r"^[0-9a-f-]{1,36}$")
+_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 MAX_LIMIT = 10_000
+ADMINS_ONLY = "admins only: -u (every user's {}) needs an admin"
 
 
-async def resolve(d: "Daemon", prefix: str) -> str:
-    """A full request id from any unique prefix."""
+async def resolve(d: "Daemon", caller: Caller, prefix: str) -> str:
+    """A full request id from any unique prefix, among the requests the caller may see
+    (their own; an admin's: everyone's). Someone else's id answers as a missing one."""
     prefix = prefix.strip().lower()
-    if not _PREFIX.match(prefix):
+    if not _PREFIX.fullmatch(prefix):
         raise SkydError(ErrorCode.BAD_REQUEST, f"{prefix!r} is not a request id (hex digits and '-')")
     s = d.scheduler
-    found = {rid for rid in (*s.long_pending, *s.long_running, *s.short_live)
-             if rid.startswith(prefix)}
-    found.update(r.id for r in s.short_ring if r.id.startswith(prefix))
-    found.update(await d.store.request_ids_with_prefix(prefix, limit=10))
+    uid = None if caller.admin else caller.uid
+    found = {rid for rid, req in (*s.long_pending.items(), *s.long_running.items(),
+                                  *s.short_live.items())
+             if rid.startswith(prefix) and uid in (None, req.record.uid)}
+    found.update(r.id for r in s.short_ring if r.id.startswith(prefix) and uid in (None, r.uid))
+    found.update(await d.store.request_ids_with_prefix(prefix, limit=10, uid=uid))
     if not found:
-        raise SkydError(ErrorCode.NOT_FOUND, f"no request matches {prefix!r}",
-                        "list requests with: skyctl api status -a")
+        raise _missing(prefix)
     if len(found) > 1:
         shown = ", ".join(sorted(found)[:5])
         raise SkydError(ErrorCode.AMBIGUOUS, f"{prefix!r} matches {len(found)} requests: {shown}",
                         "type more of the id")
     return found.pop()
+
+
+def _missing(prefix: str) -> SkydError:
+    return SkydError(ErrorCode.NOT_FOUND, f"no request matches {prefix!r}",
+                     "list requests with: skyctl api status -a")
+
+
+async def lookup(d: "Daemon", caller: Caller, prefix: str) -> RequestRecord:
+    """The caller's request (any request, for an admin) named by an id or unique prefix;
+    anyone else's answers exactly as one that does not exist."""
+    rec = await record_of(d, await resolve(d, caller, prefix))
+    if rec is None or not (caller.admin or rec.uid == caller.uid):
+        raise _missing(prefix.strip().lower())
+    return rec
 
 
 async def record_of(d: "Daemon", rid: str) -> RequestRecord | None:
@@ -53,14 +70,12 @@ def _visible(caller: Caller, rec: RequestRecord, all_users: bool) -> bool:
 
 
 async def api_status(d: "Daemon", caller: Caller, op: ApiStatus) -> list[RequestRecord]:
+    if op.all_users and not caller.admin:
+        raise SkydError(ErrorCode.PERMISSION_DENIED, ADMINS_ONLY.format("requests"),
+                        "list your own with: skyctl api status")
     limit = max(1, min(op.limit, MAX_LIMIT))
     if op.request_ids:
-        out = []
-        for prefix in op.request_ids:
-            rec = await record_of(d, await resolve(d, prefix))
-            if rec is not None:
-                out.append(rec)
-        return out
+        return [await lookup(d, caller, prefix) for prefix in op.request_ids]
     s = d.scheduler
     me = current_request.get()
     active = [r.record for r in (*s.long_running.values(), *s.long_pending.values(),
@@ -76,13 +91,6 @@ async def api_status(d: "Daemon", caller: Caller, op: ApiStatus) -> list[Request
     return sorted(merged.values(), key=lambda r: r.created_at, reverse=True)[:limit]
 
 
-def _owned(caller: Caller, rec: RequestRecord) -> None:
-    if rec.uid != caller.uid and not caller.admin:
-        raise SkydError(ErrorCode.PERMISSION_DENIED,
-                        f"request {rec.id} belongs to {rec.user}; only they or an admin may "
-                        "cancel it")
-
-
 async def api_cancel(d: "Daemon", caller: Caller, op: ApiCancel) -> list[str]:
     s = d.scheduler
     if op.all_users and not caller.admin:
@@ -96,11 +104,8 @@ async def api_cancel(d: "Daemon", caller: Caller, op: ApiCancel) -> list[str]:
         raise SkydError(ErrorCode.BAD_REQUEST, "name the requests to cancel, or pass --all")
     else:
         for prefix in op.request_ids:
-            rid = await resolve(d, prefix)
-            rec = await record_of(d, rid)
-            if rec is None:
-                raise SkydError(ErrorCode.NOT_FOUND, f"no request {rid}")
-            _owned(caller, rec)
+            rec = await lookup(d, caller, prefix)
+            rid = rec.id
             req = s.active(rid)
             if req is None or req.record.queue is not protocol.Queue.LONG:
                 if len(op.request_ids) == 1:
@@ -117,11 +122,5 @@ async def api_info(d: "Daemon", caller: Caller, op: ApiInfo) -> protocol.ServerI
 
 async def api_logs_source(d: "Daemon", caller: Caller, op: ApiLogs) -> str:
     """Resolve which request's log to stream; the session streams it."""
-    rid = await resolve(d, op.request_id)
-    rec = await record_of(d, rid)
-    if rec is None:
-        raise SkydError(ErrorCode.NOT_FOUND, f"no request {rid}")
-    if rec.uid != caller.uid and not caller.admin:
-        raise SkydError(ErrorCode.PERMISSION_DENIED, f"request {rid} belongs to {rec.user}")
-    return rid
+    return (await lookup(d, caller, op.request_id)).id
 

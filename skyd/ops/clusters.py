@@ -7,11 +7,11 @@ instead of repeated.
 
 from __future__ import annotations
 
-import os
 import time
 
 import msgspec
 
+from skyd import privilege
 from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
@@ -19,8 +19,6 @@ from skyd.taskspec import Task, parse_amount, shortfall
 from skyd.worker import WorkerContext
 from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
 
-_BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def task_env(ctx: WorkerContext, task: Task, cluster: ClusterRecord, node: NodeInfo,
@@ -28,10 +26,8 @@ def task_env(ctx: WorkerContext, task: Task, cluster: ClusterRecord, node: NodeI
     """A clean environment: the task's envs and secrets and SkyPilot's variables,
     never the daemon's own environment."""
     a = ctx.assignment
-    env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
-    env.setdefault("PATH", _DEFAULT_PATH)
-    env.update(HOME=a.home, USER=a.user, LOGNAME=a.user, SHELL="/bin/bash",
-               PYTHONUNBUFFERED="1")
+    env = privilege.login_env(a.uid)
+    env.update(HOME=a.home, USER=a.user, LOGNAME=a.user, PYTHONUNBUFFERED="1")
     env.update(task.envs)
     env.update(task.secrets)
     ips = node_ips(cluster.nodes)

@@ -21,6 +21,10 @@ MAX_IDS = 10_000
 async def jobs_queue(d: "Daemon", caller: Caller, op: JobsQueue) -> list[ManagedJobRecord]:
     if len(op.job_ids) > MAX_IDS:
         raise SkydError(ErrorCode.BAD_REQUEST, f"at most {MAX_IDS} job ids at once")
+    if op.all_users and not caller.admin:
+        raise SkydError(ErrorCode.PERMISSION_DENIED,
+                        "admins only: -u (every user's managed jobs) needs an admin",
+                        "list your own with: skyctl jobs queue")
     uid = None if op.all_users else caller.uid
     live = d.jobs.jobs
     if op.skip_finished:
@@ -35,18 +39,17 @@ async def jobs_queue(d: "Daemon", caller: Caller, op: JobsQueue) -> list[Managed
 
 
 async def _record(d: "Daemon", caller: Caller, job_id: int) -> ManagedJobRecord:
+    """The caller's managed job (any, for an admin); someone else's answers exactly as
+    one that does not exist."""
     job = d.jobs.live(job_id)
     if job is not None:
         rec = job.record
     else:
         rows = await d.store.managed_jobs(None, [job_id])
-        if not rows:
-            raise SkydError(ErrorCode.NOT_FOUND, f"no managed job {job_id}",
-                            "list them with: skyctl jobs queue")
-        rec = rows[0]
-    if rec.uid != caller.uid and not caller.admin:
-        raise SkydError(ErrorCode.PERMISSION_DENIED,
-                        f"managed job {job_id} belongs to {rec.user}")
+        rec = rows[0] if rows else None
+    if rec is None or (rec.uid != caller.uid and not caller.admin):
+        raise SkydError(ErrorCode.NOT_FOUND, f"no managed job {job_id}",
+                        "list them with: skyctl jobs queue")
     return rec
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from skyd.infra.base import handle_dec
 from skyd.protocol import (JOB_FINISHED, Autostop, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
-                           HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord, NodeInfo,
+                           HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord,
                            SkydError)
 from skyd.scheduler import Caller
 
@@ -16,15 +16,19 @@ if TYPE_CHECKING:
 
 
 async def status(d: "Daemon", caller: Caller, op: ClusterStatus) -> list[ClusterRecord]:
-    entries = d.state.clusters
+    if op.all_users and not caller.admin:
+        raise SkydError(ErrorCode.PERMISSION_DENIED,
+                        "admins only: -u (every user's clusters) needs an admin",
+                        "list your own with: skyctl status")
+    # Someone else's cluster answers exactly as a missing one (an admin sees them all).
+    entries = {n: e for n, e in d.state.clusters.items()
+               if caller.admin or e.record.uid == caller.uid}
     if op.clusters:
         missing = [n for n in op.clusters if n not in entries]
         if missing:
             raise SkydError(ErrorCode.NOT_FOUND, f"cluster {missing[0]!r} does not exist")
-        picked = [entries[n].record for n in op.clusters]
-    else:
-        picked = [e.record for e in entries.values()]
-    return [c for c in picked if op.all_users or c.uid == caller.uid]
+        return [entries[n].record for n in op.clusters]
+    return [e.record for e in entries.values() if op.all_users or e.record.uid == caller.uid]
 
 
 async def autostop(d: "Daemon", caller: Caller, op: Autostop) -> ClusterRecord:
@@ -175,11 +179,19 @@ async def infra(d: "Daemon", caller: Caller, op: InfraStatus) -> list[HostRecord
     ssh = get_infra("ssh")
     owner = d.state.host_owners()
 
+    def serving(h) -> str | None:
+        """The cluster on a host: its name if it is the caller's (or for an admin)."""
+        name = owner.get((h.ip, h.port))
+        entry = d.state.clusters.get(name) if name else None
+        if entry is None or caller.admin or entry.record.uid == caller.uid:
+            return name
+        return "(in use)"
+
     async def probe(pool: str, h) -> HostRecord:
-        node = NodeInfo(rank=0, ip=h.ip, host=h.address, user=h.user, port=h.port,
-                        identity_file=h.identity_file, proxy_jump=h.proxy_jump)
-        rec = HostRecord(pool=pool, ip=h.ip, port=h.port, user=h.user, reachable=False,
-                         cluster=owner.get((h.ip, h.port)))
+        # Reached as the caller would reach it: their own login on a per-user pool.
+        node = pools[pool].node(h, 0, "", caller.uid, caller.user)
+        rec = HostRecord(pool=pool, ip=h.ip, port=h.port, user=node.user, reachable=False,
+                         cluster=serving(h), shared_login=pools[pool].shared_login)
         try:
             rc, out, err = await ssh._arun(node, PROBE, PROBE_TIMEOUT)
         except asyncio.TimeoutError:
