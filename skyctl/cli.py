@@ -443,7 +443,8 @@ def cmd_api_info(ctx: Ctx, args: argparse.Namespace) -> int:
                             f"{cap(lim.user_long_slots)} long slots, "
                             f"{cap(lim.user_pending)} waiting long requests (root: no caps)"),
                  ("", f"long request time limit: {secs(lim.long_timeout)}; "
-                      f"request log: {cap(lim.request_log_bytes, ' bytes')}"),
+                      f"request log: {cap(lim.request_log_bytes, ' bytes')}; "
+                      f"job log: {cap(lim.job_log_bytes, ' bytes')} per node"),
                  ("", f"handshake: {secs(lim.handshake_timeout)}, frames up to "
                       f"{lim.handshake_max_frame:,} bytes; then {lim.max_frame:,} bytes; "
                       f"in flight: {cap(lim.inflight_bytes, ' bytes')}")]

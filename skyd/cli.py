@@ -60,6 +60,9 @@ def _serve_parser(sub) -> None:
                         "request's own --timeout replaces it (default 0: none)")
     g.add_argument("--request-log-bytes", type=int, metavar="BYTES",
                    help="bytes of output kept per request log (default 64 MiB; 0: no cap)")
+    g.add_argument("--job-log-bytes", type=int, metavar="BYTES",
+                   help="bytes of a job's output kept per node, the rest discarded with a "
+                        "marker line (default 1 GiB; 0: no cap)")
     p.add_argument("--skip-resources-check", action="store_true", default=None,
                    help="start even below the minimum for team use")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")

@@ -51,6 +51,7 @@ class Config:
     user_pending: int = 100               # long requests one user may have waiting (0: no cap)
     long_timeout: float = 0.0             # default time limit of a long request, seconds (0: none)
     request_log_bytes: int = 64 * 1024 * 1024  # bytes kept per request log (0: no cap)
+    job_log_bytes: int = 1024 * 1024 * 1024    # bytes kept of a job's output per node (0: no cap)
     log_level: str = "INFO"
 
     @property

@@ -159,6 +159,7 @@ class Daemon:
             self.state.pools.get()          # a broken pool file is reported now, not later
         except PoolError as e:
             raise StartupError(str(e)) from None
+        get_infra("local").log_limit = max(0, cfg.job_log_bytes)   # type: ignore[attr-defined]
         ssh = get_infra("ssh")
         ssh.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
         ssh.on_health = self.state.node_health
@@ -274,7 +275,7 @@ class Daemon:
             handshake_max_frame=min(cfg.handshake_max_frame, cfg.max_frame),
             inflight_bytes=cfg.inflight_bytes, user_long_slots=s.user_long_slots,
             user_pending=s.user_pending, long_timeout=s.long_timeout,
-            request_log_bytes=s.log_limit)
+            request_log_bytes=s.log_limit, job_log_bytes=max(0, cfg.job_log_bytes))
 
     # ---- autostop --------------------------------------------------------------------------
 

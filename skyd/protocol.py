@@ -233,6 +233,7 @@ class Limits(msgspec.Struct):
     user_pending: int               # long requests one user may have waiting
     long_timeout: float             # default time limit of a long request, seconds
     request_log_bytes: int          # output kept per request log
+    job_log_bytes: int = 0          # output kept per job and node (local infra)
 
 
 # ---- operations (a request's arguments) ---------------------------------------------

@@ -206,3 +206,25 @@ run: |
     # The secret lived in a file only until the job started.
     assert "env.sh" not in p.stdout, p.stdout
     assert not list(_node(d, "env").glob("jobs/*/env.sh"))
+
+
+def test_a_jobs_output_is_capped_with_a_marker_and_the_job_goes_on(make_daemon, workdir):
+    d = make_daemon("--job-log-bytes", "100000")
+    assert d.call(protocol.ApiInfo()).limits.job_log_bytes == 100000
+    task = write_task(workdir, "chatty.yaml",
+                      "run: |\n  yes 0123456789 | head -c 3000000\n  echo finished-fine >&2\n"
+                      "  exit 7\n")
+    p = d.skyctl("launch", "-c", "chat", str(task))
+    job = d.wait_job("chat", 1, 60)
+    assert (job.status, job.exit_code) == ("FAILED", 7), job       # its own exit status
+    out = d.skyctl("logs", "chat", "1", "--no-follow").stdout
+    assert out.startswith("0123456789\n"), out[:100]
+    assert "[skyd] output truncated: the job log limit of 100000 bytes" in out
+    assert "finished-fine" not in out
+    assert 100000 < len(out) < 100300, len(out)
+    [ctl] = (d.state_dir / "jobs" / "chat" / "1").iterdir()
+    assert (ctl / "run.log").stat().st_size < 100300
+    assert p.returncode != 0
+    small = write_task(workdir, "small.yaml", "run: echo just-this\n")
+    d.skyctl("exec", "-c", "chat", str(small), check=True)
+    assert "truncated" not in d.skyctl("logs", "chat", "2", "--no-follow").stdout

@@ -39,13 +39,32 @@ WORKDIR = "sky_workdir"
 # records how it ended. Starting a job is idempotent: only the first runner (mkdir is
 # atomic) runs the script; one started again (the daemon died between starting it and
 # recording that) follows the first to its end instead.
+#
+# $4 caps the bytes kept of the job's output (0: no cap): past it one marker line says
+# so and the rest is read and discarded, so the job is never blocked or killed by it.
+# (`head -c N` reads no more than it writes, so the byte after the cap is still there.)
 RUNNER = r'''
-jobdir=$1 workdir=$2
+jobdir=$1 workdir=$2 cap=${4:-0}
 [ "$3" = 3 ] || eval "exec 3>&$3 $3>&-"
+run_job() {
+  ( . "$jobdir/env.sh" && rm -f "$jobdir/env.sh" && cd "$workdir" && exec bash "$jobdir/run.sh" ) < /dev/null 3>&-
+}
+keep() {
+  head -c "$cap"
+  if [ "$(head -c 1 | wc -c)" -gt 0 ]; then
+    printf '\n[skyd] output truncated: the job log limit of %s bytes was reached; the rest is discarded\n' "$cap"
+    cat > /dev/null
+  fi
+}
 if mkdir "$jobdir/started" 2>/dev/null; then
   echo $$ > "$jobdir/started/pid"
-  ( . "$jobdir/env.sh" && rm -f "$jobdir/env.sh" && cd "$workdir" && exec bash "$jobdir/run.sh" ) < /dev/null 3>&-
-  rc=$?
+  if [ "$cap" -gt 0 ]; then
+    run_job 2>&1 | keep
+    rc=${PIPESTATUS[0]}
+  else
+    run_job
+    rc=$?
+  fi
   printf '%s\n' "$rc" >&3
   exit $rc
 fi
@@ -160,7 +179,8 @@ def prepare_job(nodes: list[NodeInfo], job_id: int, run: str,
     return JobHandle(nodes=procs)
 
 
-def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int) -> JobHandle:
+def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
+          log_limit: int = 0) -> JobHandle:
     """Start the runners, detached (own session), as the job's owner, with a clean login
     environment; their output and exit status go to the daemon's control files."""
     by_rank = {n.rank: n for n in nodes}
@@ -172,7 +192,7 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int) -> JobHa
         try:
             p = subprocess.Popen(
                 ["bash", "-c", RUNNER, "skyd-runner", np.jobdir,
-                 str(Path(node.path) / WORKDIR), str(code_fd)],
+                 str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit))],
                 cwd="/", env=privilege.login_env(uid), stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
                 start_new_session=True, **privilege.popen_identity(uid, gid))
@@ -323,6 +343,7 @@ def _stop_jobs(handles: list[JobHandle], grace: float = 3.0) -> None:
 
 class LocalInfra(Infra):
     kind = "local"
+    log_limit = 0          # bytes kept of each node's job output (0: all); set by the daemon
 
     def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
         return provision(state_dir, cluster.name, cluster.num_nodes)
@@ -340,7 +361,7 @@ class LocalInfra(Infra):
         return prepare_job(nodes, job_id, run, envs)
 
     async def spawn(self, handle, nodes, uid, gid):
-        return spawn(handle, nodes, uid, gid)      # a fork+exec per node: quick
+        return spawn(handle, nodes, uid, gid, self.log_limit)   # a fork+exec per node
 
     def capacity(self, node):
         return _HOST_CPUS
