@@ -289,7 +289,8 @@ class Scheduler:
         return None
 
     def _dispatch(self) -> None:
-        if len(self.long_running) >= self.long_slots or not self.long_pending:
+        if (len(self.long_running) >= self.long_slots or not self.long_pending
+                or not self.accepting):     # shutting down: what waits stays pending
             return
         busy = {r.record.cluster for r in self.long_running.values() if r.record.cluster}
         if None not in self._cluster_load and len(busy) == len(self._cluster_load):

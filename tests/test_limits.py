@@ -40,6 +40,12 @@ def _slow(workdir: Path) -> str:
     return str(write_task(workdir, "slow-setup.yaml", "setup: sleep 60\n"))
 
 
+def _cancel_all(d) -> None:
+    """Leave nothing running for the fixture's shutdown."""
+    d.call(protocol.ApiCancel(all=True, all_users=True))
+    assert wait_until(lambda: not d.call(protocol.ApiInfo()).long_running, 15)
+
+
 def _rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -186,6 +192,7 @@ def test_pending_long_requests_per_user_are_capped(make_daemon, workdir, people)
     _submit(bob, d, "-c", "q0", "true")        # bob's share is his own
     info = d.call(protocol.ApiInfo())
     assert info.limits.user_pending == 2
+    _cancel_all(d)
 
 
 def test_long_slots_per_user_are_capped(make_daemon, workdir, people):
@@ -203,6 +210,7 @@ def test_long_slots_per_user_are_capped(make_daemon, workdir, people):
     assert (info.long_running, info.long_pending, info.limits.user_long_slots) == (2, 1, 1)
     assert alice.skyctl(d, "api", "cancel", a0).returncode == 0
     assert wait_until(lambda: d.request(a1).status is running)
+    _cancel_all(d)
 
 
 def test_long_request_is_killed_at_its_time_limit(make_daemon, workdir):

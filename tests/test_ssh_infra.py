@@ -14,9 +14,10 @@ from skyd import protocol
 
 @pytest.fixture
 def pooled(make_daemon, ssh_hosts, workdir):  # noqa: F811
-    """A daemon whose node pool `p` holds the three loopback hosts."""
+    """A daemon whose node pool `p` holds the three loopback hosts, reached with one shared
+    login (root runs these requests; per-user logins: test_ssh_logins.py)."""
     pools = workdir / "pools.yaml"
-    pools.write_text(ssh_hosts.pool_yaml("p"))
+    pools.write_text(ssh_hosts.pool_yaml("p", shared_login=True))
     d = make_daemon("--node-pools", str(pools), "--ssh-known-hosts", str(ssh_hosts.known_hosts))
     d.hosts = ssh_hosts
     d.pools_file = pools

@@ -5,6 +5,7 @@ file's fields never reach ssh as options; secrets do not stay in a file on a nod
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,11 +19,14 @@ import pytest
 
 from conftest import wait_until, write_task
 from sshd import SshHosts, SshdUnavailable, ssh_hosts  # noqa: F401 - the fixture
-from skyd import nodepools, protocol
+from skyd import protocol
 from skyd.infra import ssh as ssh_infra
 from skyd.nodepools import PoolError, parse
 
 SECRET = "s3cr3t-" + os.urandom(4).hex()
+# A job checks it has the secret without the secret being written in its script.
+HAS_SECRET = ('[ "$(printf %s "$SECRET" | sha256sum | cut -c1-16)" = '
+              f'{hashlib.sha256(SECRET.encode()).hexdigest()[:16]} ]')
 
 
 # ---- the pool file's fields --------------------------------------------------------------
@@ -105,11 +109,11 @@ def test_the_runner_deletes_the_environment_and_a_second_runner_needs_none(tmp_p
     first = subprocess.Popen(["sh", str(jobdir / "runner.sh"), str(jobdir)],
                              stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert wait_until(lambda: not (jobdir / "env.sh").exists(), 5)
-    second = subprocess.run(["sh", str(jobdir / "runner.sh"), str(jobdir)],
-                            capture_output=True, text=True, timeout=20)
-    out, _ = first.communicate(timeout=20)
+    second = subprocess.Popen(["sh", str(jobdir / "runner.sh"), str(jobdir)],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    out, _ = first.communicate(timeout=20)      # reaped: the second sees it gone
     assert out == f"got={SECRET}\ndone\n"              # the task's own `jobdir` did not matter
-    assert (first.returncode, second.returncode, second.stdout) == (0, 0, "")
+    assert (first.returncode, second.wait(timeout=20), second.stdout.read()) == (0, 0, "")
     assert (jobdir / "exit_code").read_text() == "0\n"
     assert not (jobdir / "env.sh").exists()
 
@@ -127,7 +131,7 @@ def shared(make_daemon, ssh_hosts, workdir):  # noqa: F811
 
 def test_a_shared_login_still_works_and_infra_says_it_is_not_isolated(shared, workdir):
     task = write_task(workdir, "t.yaml", f"resources:\n  infra: ssh/p\nenvs:\n  SECRET: {SECRET}\n"
-                                         "run: |\n  [ \"$SECRET\" = " + SECRET + " ] && echo ok\n"
+                                         f"run: |\n  {HAS_SECRET} && echo ok\n"
                                          "  id -un; sleep 30\n")
     shared.skyctl("launch", "-c", "sh1", "-d", str(task), check=True)
     assert wait_until(lambda: "ok" in shared.skyctl("logs", "sh1", "1", "--no-follow").stdout, 20)
@@ -230,22 +234,28 @@ def _job_log(d, person, cluster: str, want: str, timeout: float = 30) -> str:
 def test_each_person_logs_in_as_themselves_and_cannot_reach_the_others_work(own_pool, people, workdir):
     d = own_pool
     alice, bob = people
-    task = write_task(workdir, "t.yaml", f"""
+    for person, cluster in ((alice, "ac"), (bob, "bc")):
+        # Each copies a workdir of their own (rsync as themselves, with their own key).
+        assert person.sh("rm -rf ~/wd && mkdir ~/wd && echo from-$USER > ~/wd/hello.txt"
+                         ).returncode == 0
+        task = write_task(workdir, f"{cluster}.yaml", f"""
+workdir: {person.home}/wd
 resources:
   infra: ssh/own
 envs:
   SECRET: {SECRET}
 run: |
-  [ "$SECRET" = {SECRET} ] && echo secret-ok
+  {HAS_SECRET} && echo secret-ok
+  cat hello.txt
   echo "who=$(id -un) pid=$$"
   sleep 300
 """)
-    for person, cluster in ((alice, "ac"), (bob, "bc")):
         p = person.skyctl(d, "launch", "-c", cluster, "-d", str(task))
         assert p.returncode == 0, p.stdout + p.stderr
     logs = {c: _job_log(d, person, c, "pid=") for person, c in ((alice, "ac"), (bob, "bc"))}
-    assert "secret-ok" in logs["ac"] and f"who={alice.name} " in logs["ac"]
-    assert "secret-ok" in logs["bc"] and f"who={bob.name} " in logs["bc"]
+    for person, cluster in ((alice, "ac"), (bob, "bc")):
+        assert "secret-ok" in logs[cluster] and f"from-{person.name}" in logs[cluster]
+        assert f"who={person.name} " in logs[cluster]
     alice_pid = int(re.search(r"pid=(\d+)", logs["ac"]).group(1))
     [ac] = [c for c in d.call(protocol.ClusterStatus(all_users=True)) if c.name == "ac"]
     host = next(h for h in d.hosts if h.ip == ac.nodes[0].ip)
