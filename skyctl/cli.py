@@ -439,21 +439,38 @@ def cmd_api_info(ctx: Ctx, args: argparse.Namespace) -> int:
 
         def secs(t: float) -> str:
             return "none" if not t else f"{t:g} s"
-        rows += [("limits", f"per user: {cap(lim.connections_per_user)} connections, "
-                            f"{cap(lim.user_long_slots)} long slots, "
-                            f"{cap(lim.user_pending)} waiting long requests (root: no caps)"),
-                 ("", f"long request time limit: {secs(lim.long_timeout)}; "
-                      f"request log: {cap(lim.request_log_bytes, ' bytes')}; "
-                      f"job log: {cap(lim.job_log_bytes, ' bytes')} per node"),
-                 ("", f"handshake: {secs(lim.handshake_timeout)}, frames up to "
-                      f"{lim.handshake_max_frame:,} bytes; then {lim.max_frame:,} bytes; "
-                      f"in flight: {cap(lim.inflight_bytes, ' bytes')}")]
+
+        def size(n: int) -> str:
+            for unit, k in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+                if n and n % k == 0:
+                    return f"{n // k} {unit}"
+            return cap(n, " bytes")
+        rows += [("limits", (f"per user: {cap(lim.connections_per_user)} connections, "
+                             f"{cap(lim.user_long_slots)} long slots, "
+                             f"{cap(lim.user_pending)} waiting long requests (operators: none)")),
+                 ("", (f"long request time limit: {secs(lim.long_timeout)}; "
+                       f"request log: {size(lim.request_log_bytes)}; "
+                       f"job log: {size(lim.job_log_bytes)} per node")),
+                 ("", (f"handshake: {secs(lim.handshake_timeout)}, frames up to "
+                       f"{size(lim.handshake_max_frame)}, then {size(lim.max_frame)}; "
+                       f"in flight: {size(lim.inflight_bytes)}"))]
     for key, value in rows:
-        print(f"{key + ':':13}{value}")
+        print(f"{key + ':' if key else '':13}{value}")
     return output.OK
 
 
 # ---- the table of commands ---------------------------------------------------------------------
+
+def _job_id(text: str) -> int:
+    """A job id as argparse reads it: within what the protocol carries."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= protocol.MAX_WIRE_INT:
+        raise argparse.ArgumentTypeError(f"{text} is not a job id (1 to {protocol.MAX_WIRE_INT})")
+    return n
+
 
 def _common(p: argparse.ArgumentParser, json: bool = True) -> None:
     p.add_argument("--host", help="server address: unix:///path/to/skyd.sock "
@@ -543,7 +560,7 @@ def _queue_args(p: argparse.ArgumentParser) -> None:
 
 def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("cluster")
-    p.add_argument("job_id", nargs="?", type=int, help="job id (default: the latest)")
+    p.add_argument("job_id", nargs="?", type=_job_id, help="job id (default: the latest)")
     p.add_argument("--no-follow", action="store_true", help="print what is there and return")
     _common(p, json=False)
     p.set_defaults(func=cmd_logs)
@@ -551,7 +568,7 @@ def _logs_args(p: argparse.ArgumentParser) -> None:
 
 def _cancel_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("cluster")
-    p.add_argument("job_ids", nargs="*", type=int, metavar="JOB_ID")
+    p.add_argument("job_ids", nargs="*", type=_job_id, metavar="JOB_ID")
     p.add_argument("-a", "--all", action="store_true", help="every pending or running job")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")
     _common(p)
@@ -609,7 +626,7 @@ def _jobs_args(jobs_parser: argparse.ArgumentParser) -> None:
                                                        "the request and job ids) as JSON")
 
     p = jobs.add_parser("queue", help="list managed jobs (newest first)")
-    p.add_argument("job_ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("job_ids", nargs="*", type=_job_id, metavar="ID")
     p.add_argument("-a", "--all", action="store_true", help="show every column (infra, "
                                                             "cluster, restarts, reason)")
     p.add_argument("-u", "--all-users", action="store_true", help="every user's jobs (admins only)")
@@ -619,7 +636,7 @@ def _jobs_args(jobs_parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_jobs_queue)
 
     p = jobs.add_parser("logs", help="follow a managed job's output (all its attempts)")
-    p.add_argument("job_id", nargs="?", type=int, metavar="ID", help="default: your latest")
+    p.add_argument("job_id", nargs="?", type=_job_id, metavar="ID", help="default: your latest")
     p.add_argument("--no-follow", action="store_true", help="print what is there and return")
     p.add_argument("--controller", action="store_true",
                    help="the controller's log: state changes, launch and teardown output")
@@ -627,7 +644,7 @@ def _jobs_args(jobs_parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_jobs_logs)
 
     p = jobs.add_parser("cancel", help="cancel managed jobs (queued ones never start)")
-    p.add_argument("job_ids", nargs="*", type=int, metavar="ID")
+    p.add_argument("job_ids", nargs="*", type=_job_id, metavar="ID")
     p.add_argument("-a", "--all", action="store_true", help="all of your unfinished jobs")
     p.add_argument("-u", "--all-users", action="store_true", help="everyone's (admins only)")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (skyctl never asks)")

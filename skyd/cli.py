@@ -40,7 +40,7 @@ def _serve_parser(sub) -> None:
                    help="seconds a managed job's node may not answer before the job is "
                         "relaunched elsewhere (default 30)")
     g = p.add_argument_group("fair shares and limits", "shown by `skyctl api info`; 0 means no "
-                             "cap where noted; root (uid 0) has no per-user caps")
+                             "cap where noted; root and the daemon's own user have no per-user caps")
     g.add_argument("--handshake-timeout", type=float, metavar="SECONDS",
                    help="close a connection that has not said hello within this (default 10)")
     g.add_argument("--connections-per-user", type=int, metavar="N",

@@ -42,7 +42,7 @@ class Config:
     jobs_parallelism: int | None = None   # managed-job launches/teardowns at once (default: half the long slots)
     jobs_recover_after: float = 30.0      # seconds a managed job's node may not answer before it is relaunched
     # Fair shares and limits (reported by `skyctl api info`). 0: no limit, where allowed.
-    # Root (uid 0) is the host's operator: no per-user connection or queue caps.
+    # Root and the daemon's own user operate the host: no per-user connection or queue caps.
     handshake_timeout: float = 10.0       # a connection must say hello within this (<=0: forever)
     connections_per_user: int = 64        # open connections one uid may hold (0: no cap)
     inflight_bytes: int = 256 * 1024 * 1024   # all connections' unfinished large frames together

@@ -240,9 +240,9 @@ class Daemon:
                     del self.connections[uid]
 
     def _admit(self, uid: int, writer: asyncio.StreamWriter) -> bool:
-        """Count the connection against its uid's cap (root has none), or refuse it."""
+        """Count the connection against its uid's cap (operators have none), or refuse it."""
         cap, n = self.config.connections_per_user, self.connections[uid]
-        if cap and uid != 0 and n >= cap:
+        if cap and uid not in self.scheduler.uncapped and n >= cap:
             writer.write(protocol.encode_frame(protocol.Error(
                 protocol.ErrorCode.BUSY, f"too many connections for you: {n} open (limit "
                                          f"{cap} per user)",

@@ -223,7 +223,8 @@ class ServerInfo(msgspec.Struct):
 
 
 class Limits(msgspec.Struct):
-    """Fair shares and limits in force (0: no cap). Root (uid 0) has no per-user caps."""
+    """Fair shares and limits in force (0: no cap). Root and the daemon's own user (the
+    host's operators) have no per-user caps."""
     handshake_timeout: float        # seconds to say hello before the connection is closed
     connections_per_user: int
     max_frame: int                  # largest frame, bytes

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import contextvars
 import logging
+import os
 import signal
 import time
 import uuid
@@ -65,6 +66,11 @@ def stored_error(status: Status, stored: Any) -> Error | None:
     if status is Status.FAILED and stored is not None:
         return msgspec.convert(_blob_dec.decode(stored), Error)
     return None
+
+
+def uncapped_uids() -> frozenset[int]:
+    """The host's operators, who have no per-user caps: root and the daemon's own user."""
+    return frozenset({0, os.geteuid()})
 
 
 def _time_limit(limit: float) -> Error:
@@ -156,6 +162,7 @@ class Scheduler:
         self.user_pending = user_pending
         self.long_timeout = long_timeout
         self.log_limit = log_limit
+        self.uncapped = uncapped_uids()
         # The long queue by user (FIFO each) and by cluster (acceptance order, so that a
         # request on a cluster waits for the earlier ones on it, whoever sent them).
         self._user_queues: dict[int, dict[str, Request]] = {}
@@ -208,7 +215,7 @@ class Scheduler:
                                      internal)
         # The pending cap binds people, not the daemon's own submissions on their behalf
         # (the jobs controller bounds its launches itself; autostop is one per cluster).
-        counted = bool(self.user_pending) and not internal and caller.uid != 0
+        counted = bool(self.user_pending) and not internal and caller.uid not in self.uncapped
         if counted:
             waiting = self._user_waiting[caller.uid]
             if waiting >= self.user_pending:
@@ -276,7 +283,7 @@ class Scheduler:
 
     def _at_cap(self, uid: int) -> bool:
         cap = self.user_long_slots
-        return bool(cap) and uid != 0 and self._user_running[uid] >= cap
+        return bool(cap) and uid not in self.uncapped and self._user_running[uid] >= cap
 
     def _next_of(self, uid: int, busy: set[str]) -> Request | None:
         """The user's oldest request that may start now: not behind its cluster."""

@@ -99,8 +99,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.proc.sentinel)
             self._exited.cancel()
-        if self.proc.exitcode is not None:
-            with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError):     # closed already (a second close)
+            if self.proc.exitcode is not None:
                 self.proc.close()         # frees its sentinel fd
 
 

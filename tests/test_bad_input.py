@@ -682,11 +682,14 @@ def test_ids_out_of_range_are_bad_request_without_a_traceback(daemon, op, field)
 def test_logs_with_a_huge_job_id_through_the_cli(daemon):
     launched(daemon, "ids", run="echo out", setup=None)
     daemon.wait_job("ids", 1)
-    for args in (("logs", "ids", str(HUGE), "--no-follow"), ("cancel", "ids", str(HUGE)),
-                 ("jobs", "logs", str(HUGE), "--no-follow"), ("logs", "ids", "-1")):
-        p = daemon.skyctl(*args)
-        assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
-        assert "job_id" in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
+    for bad in (str(HUGE), str(2**70), "-1", "0"):       # 2**70: more than msgpack carries
+        for args in (("logs", "ids", bad, "--no-follow"), ("cancel", "ids", bad),
+                     ("jobs", "logs", bad, "--no-follow"), ("jobs", "cancel", bad),
+                     ("jobs", "queue", bad)):
+            p = daemon.skyctl(*args)
+            assert p.returncode == 2, (args, p.returncode, p.stdout, p.stderr)
+            assert f"{bad} is not a job id" in p.stderr, (args, p.stderr)
+            assert "Traceback" not in p.stderr, (args, p.stderr)
     assert "Traceback" not in daemon.log()
     p = daemon.skyctl("logs", "ids", "1", "--no-follow")
     assert p.returncode == 0 and p.stdout == "out\n", (p.returncode, p.stdout, p.stderr)

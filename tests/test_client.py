@@ -83,19 +83,51 @@ def test_api_info_and_json_output(daemon):
 
 def test_ctrl_c_detaches_and_says_how_to_reattach(daemon, workdir):
     import signal
-    import time
-    env = dict(os.environ, SKYD_HOST=daemon.host, NO_COLOR="1")
-    client = subprocess.Popen([sys.executable, "-m", "skyctl", "launch", "-c", "cc",
-                               "--env", "A=1", "sleep 30"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(1.5)
-    client.send_signal(signal.SIGINT)
-    out, err = client.communicate(timeout=10)
-    assert client.returncode == 130
-    assert "skyctl" in err and ("logs" in err)
-    # detaching cancels nothing
+    from conftest import wait_until
     from skyd import protocol
+    env = dict(os.environ, SKYD_HOST=daemon.host, NO_COLOR="1")
+
+    def interrupted(*args: str, when) -> tuple[str, str]:
+        client = subprocess.Popen([sys.executable, "-m", "skyctl", *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        try:
+            assert wait_until(when, 15)
+            client.send_signal(signal.SIGINT)
+            out, err = client.communicate(timeout=10)
+        finally:
+            if client.poll() is None:
+                client.kill()
+        assert client.returncode == 130, (out, err)
+        return out, err
+
+    # In the request phase (its setup runs): how to follow and cancel the request.
+    def launch_running() -> str | None:
+        reqs = [r for r in daemon.call(protocol.ApiStatus()) if r.cluster == "cr"]
+        return reqs[0].id if reqs and reqs[0].status is protocol.Status.RUNNING else None
+    _, err = interrupted("launch", "-c", "cr", "--env", "A=1", str(write_setup(workdir)),
+                         when=launch_running)
+    rid = launch_running()
+    assert rid is not None                              # detaching cancels nothing
+    assert f"Detached; request {rid} keeps running." in err, err
+    assert f"skyctl api logs {rid}" in err and f"skyctl api cancel {rid}" in err, err
+    daemon.call(protocol.ApiCancel(request_ids=[rid]))
+
+    # In the job phase (its run command runs): how to follow and cancel the job.
+    def job_running() -> bool:
+        jobs = daemon.call(protocol.JobQueue(cluster="cc")) if any(
+            c.name == "cc" for c in daemon.call(protocol.ClusterStatus())) else []
+        return bool(jobs) and jobs[0].status == "RUNNING"
+    _, err = interrupted("launch", "-c", "cc", "--env", "A=1", "sleep 30", when=job_running)
+    assert "Stopped following; the job keeps running." in err, err
+    assert "skyctl logs cc 1" in err and "skyctl cancel cc 1" in err, err
     assert daemon.call(protocol.JobQueue(cluster="cc"))[0].status == "RUNNING"
+
+
+def write_setup(workdir):
+    task = workdir / "slow-setup.yaml"
+    task.write_text("setup: sleep 30\nrun: echo never-reached\n")
+    return task
 
 
 def test_shell_runs_commands_with_completion(daemon):
@@ -154,6 +186,20 @@ def test_task_files_are_parsed_once_per_content(tmp_path, monkeypatch):
     assert taskfile.load(str(task), {}).run == "echo one"
     [cached] = (tmp_path / "cache" / "skyctl" / "tasks").iterdir()
     assert taskfile.load(str(task), {}).run == "echo one"          # from the cache
+    # The entry is what is read: one for the same bytes with another parse in it wins
+    # over the file (a cache that is written but never read would give "echo one").
+    import msgspec
+    entry = msgspec.msgpack.decode(cached.read_bytes())
+    entry["doc"] = {"name": "a", "run": "echo from-the-cache"}
+    cached.write_bytes(msgspec.msgpack.encode(entry))
+    assert taskfile.load(str(task), {}).run == "echo from-the-cache"
+    # ...and a cached file costs no yaml import (what the cache is for).
+    probe = ("import sys; from skyctl import taskfile; "
+             f"print(taskfile.load({str(task)!r}, {{}}).run, 'yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT),
+                                                        XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert out.stdout.strip() == "echo from-the-cache False"
     task.write_text("name: a\nrun: echo two\n")                     # new bytes: parsed again
     assert taskfile.load(str(task), {}).run == "echo two"
     cached.write_bytes(b"garbage")                                  # a broken entry is a miss

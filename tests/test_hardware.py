@@ -643,7 +643,14 @@ def test_run_bad_calibration(tmp_path, capsys):
 
 def test_run_uses_calibration_file(tmp_path):
     path = tmp_path / "calib.json"
-    write_calibration(path, 48 * MiB, 512 * KiB, 64 * MiB)
+    write_calibration(path, 48 * MiB, 1 * MiB, 64 * MiB)
     out = io.StringIO()
     assert capacity.run(64, "16G", False, str(path), out=out) == 0
-    assert f"sized with {path}: long worker 48 MiB" in out.getvalue()
+    lines = out.getvalue().splitlines()
+    # Memory bounds both queues of this machine: twice the default cost per long worker
+    # and per short request halves each (defaults: 305 long, 14681 short).
+    assert lines[1].split() == ["64", "16.0", "GiB", "152", "7340", "-", "-"]
+    assert f"sized with {path}: long worker 48 MiB, short request 1 MiB" in lines[-1]
+    default = io.StringIO()
+    assert capacity.run(64, "16G", False, None, out=default) == 0
+    assert default.getvalue().splitlines()[1].split()[3:5] == ["305", "14681"]

@@ -261,8 +261,11 @@ def test_managed_jobs_are_private(team, workdir, alice, bob):
         # Root (an admin) sees and reads it.
         every = json.loads(team.skyctl("jobs", "queue", "-u", "--json", check=True).stdout)
         assert [(j["job_id"], j["user"]) for j in every] == [(job_id, alice.name)]
-        assert wait_until(lambda: "alice-managed-output" in team.skyctl(
-            "jobs", "logs", str(job_id), "--no-follow").stdout, 20)
+        for args in (("jobs", "logs", str(job_id), "--no-follow"),
+                     ("jobs", "logs", "--controller", str(job_id), "--no-follow"),
+                     ("status", cluster)):
+            p = team.skyctl(*args)
+            assert p.returncode == 0 and "error" not in p.stderr, (args, p.stdout, p.stderr)
         # Alice sees her own.
         hers = json.loads(run(alice, team, "jobs", "queue", "--json").stdout)
         assert [j["job_id"] for j in hers] == [job_id]

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from conftest import processes_mentioning, wait_until, write_task
 from skyd import protocol
@@ -222,7 +221,7 @@ def test_long_request_is_killed_at_its_time_limit(make_daemon, workdir):
     assert p.returncode == 1
     assert "time limit of 1 s exceeded" in p.stderr, p.stderr
     assert time.monotonic() - start < 15
-    rec = [r for r in d.call(protocol.ApiStatus(all_statuses=True)) if r.cluster == "t0"][0]
+    rec = next(r for r in d.call(protocol.ApiStatus(all_statuses=True)) if r.cluster == "t0")
     assert rec.status is protocol.Status.FAILED and rec.error == "time limit of 1 s exceeded"
     assert [j.status for j in d.call(protocol.JobQueue(cluster="t0"))] == ["FAILED"]
     assert wait_until(lambda: not processes_mentioning(Path("31.4159")), 10)
@@ -253,3 +252,24 @@ def test_request_log_is_capped_with_a_marker(make_daemon, workdir):
     p = d.skyctl("launch", "-c", "l1", str(task))       # a follower sees the same
     assert p.returncode == 0 and "output truncated" in p.stdout
     assert d.call(protocol.ApiInfo()).limits.request_log_bytes == cap
+
+
+def test_managed_jobs_are_not_bound_by_their_owners_pending_cap(make_daemon, workdir, people):
+    """The controller submits launches and teardowns on alice's behalf: they take her
+    share of slots, but her cap on waiting requests binds only what she submits herself."""
+    alice, _ = people
+    d = _team(make_daemon, workdir, "--long-slots", "4", "--user-pending", "1",
+              "--jobs-parallelism", "3")
+    for i in range(6):
+        p = alice.skyctl(d, "jobs", "launch", "--async", "-n", f"m{i}", "echo managed")
+        assert p.returncode == 0, p.stderr
+    peak_running = 0
+
+    def all_done() -> bool:
+        nonlocal peak_running
+        peak_running = max(peak_running, d.call(protocol.ApiInfo()).long_running)
+        js = d.call(protocol.JobsQueue(all_users=True))
+        return len(js) == 6 and all(j.status == "SUCCEEDED" and not j.teardown_pending
+                                    for j in js)
+    assert wait_until(all_done, 90, 0.1), d.call(protocol.JobsQueue(all_users=True))
+    assert peak_running <= 2          # her share: half of the 4 long slots

@@ -235,6 +235,16 @@ def test_jobs_on_a_pool_wait_for_free_hosts_in_order(pooled, workdir):
     final = jobs(pooled)
     assert [final[i].status for i in ids] == ["SUCCEEDED"] * 5
     assert most <= 3                     # a host serves one cluster at a time
-    starts = [final[i].run_started_at for i in ids]
-    assert starts[3] >= min(starts[:3]) and starts[4] >= min(starts[:3])   # later ones waited
     assert all(j.recoveries == 0 for j in final.values())
+    # Admission order: a job is admitted when its launch request is created. The first
+    # three hosts went to jobs 1-3; jobs 4 and 5 waited for a host to come free, then got
+    # one in submission order.
+    launches = {r.cluster: r for r in pooled.call(protocol.ApiStatus(
+                    all_statuses=True, all_users=True, limit=10_000)) if r.name == "launch"}
+    assert sorted(launches) == [f"managed-{i}" for i in ids]
+    admitted = [int(c.rsplit("-", 1)[1]) for c in sorted(launches,
+                                                          key=lambda c: launches[c].created_at)]
+    assert sorted(admitted[:3]) == ids[:3] and admitted[3:] == ids[3:], admitted
+    first_end = min(final[i].ended_at for i in ids[:3])
+    assert launches[f"managed-{ids[3]}"].created_at >= first_end
+    assert launches[f"managed-{ids[4]}"].created_at >= first_end

@@ -423,17 +423,43 @@ run: cat ../stolen.txt; cat {secret}
             assert b"root-secret-content" not in path.read_bytes(), path
 
 
-def test_other_users_cannot_read_roots_secrets_from_the_state_dir(shared, workdir,
-                                                                   nobody_client):
-    task = write_task(workdir, "secret.yaml",
-                      "secrets:\n  TOKEN: s3cret-root-token-42\nrun: echo \"${#TOKEN}\"\n")
-    p = as_root(shared, "launch", str(task), "-c", "sec")
+def _may_read(path: Path, uid: int, gids: set[int]) -> bool:
+    """Whether `uid` (in `gids`) could open `path` for reading: search on every directory
+    above it, read on it. Decided from the modes, as root: a directory nobody cannot list
+    (0711) still lets them open a file whose name they know or guess."""
+    def allowed(st: os.stat_result, bit: int) -> bool:
+        if st.st_uid == uid:
+            return bool(st.st_mode & (bit << 6))
+        if st.st_gid in gids:
+            return bool(st.st_mode & (bit << 3))
+        return bool(st.st_mode & bit)
+    return (all(allowed(os.stat(p), 1) for p in reversed(path.parents))
+            and allowed(os.lstat(path), 4))
+
+
+def test_other_users_cannot_read_roots_secrets_from_the_state_dir(make_daemon, workdir):
+    import stat
+    os.chmod(workdir, 0o755)          # as for a team: others may reach the state dir
+    d = make_daemon("--socket-group", GROUP)
+    secret = b"s3cret-root-token-42"
+    task = write_task(workdir, "secret.yaml", "secrets:\n  TOKEN: s3cret-root-token-42\n"
+                      "setup: echo \"setup ${#TOKEN}\"\nrun: echo \"${#TOKEN}\"\n")
+    p = as_root(d, "launch", str(task), "-c", "sec")
     assert p.returncode == 0 and p.stdout.strip().endswith("20"), (p.stdout, p.stderr)
-    # Whatever nobody can read anywhere under the state dir must not hold the secret.
-    script = f"find {shared.state_dir} -type f -readable -exec cat {{}} + 2>/dev/null; true"
-    r = subprocess.run(["sh", "-c", script], capture_output=True, preexec_fn=_drop_to_nobody,
-                       timeout=30)
-    assert b"s3cret-root-token-42" not in r.stdout
+    # Walk everything under the state dir as root: no file that nobody could open (by its
+    # mode and its directories' modes) may hold the secret.
+    holders, exposed = [], []
+    for dirpath, _, filenames in os.walk(d.state_dir):
+        for name in filenames:
+            path = Path(dirpath) / name
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or secret not in path.read_bytes():
+                continue
+            holders.append(path)
+            if _may_read(path, NOBODY[0], {NOBODY[1]}) or st.st_mode & 0o044:
+                exposed.append((str(path), oct(st.st_mode)))
+    assert holders, "the secret is stored somewhere (the request's row): the walk missed it"
+    assert exposed == []
 
 
 def _pids_under(directory: Path, text: str) -> list[int]:

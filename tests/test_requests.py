@@ -127,13 +127,26 @@ run: echo "node $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES"
 
 
 def test_logs_follow_streams_while_running(daemon, workdir):
+    import os
+    import subprocess
+    import sys
     daemon.skyctl("launch", "-c", "f1", "-d",
-                  "for i in 1 2 3; do echo line-$i; sleep 0.3; done", check=True)
-    start = time.monotonic()
-    p = daemon.skyctl("logs", "f1", "1")
-    assert p.returncode == 0
-    assert p.stdout == "line-1\nline-2\nline-3\n"
-    assert time.monotonic() - start < 10
+                  "for i in 1 2 3; do echo line-$i; sleep 1; done", check=True)
+    env = dict(os.environ, SKYD_HOST=daemon.host, NO_COLOR="1")
+    follower = subprocess.Popen([sys.executable, "-m", "skyctl", "logs", "f1", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = follower.stdout.readline()
+        # The first line reaches the follower while the job still runs (2 s to go), not
+        # once it has ended.
+        [job] = daemon.call(protocol.JobQueue(cluster="f1"))
+        assert (first, job.status) == ("line-1\n", "RUNNING")
+        rest, err = follower.communicate(timeout=20)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, err
+    assert first + rest == "line-1\nline-2\nline-3\n"
 
 
 def test_request_log_reaches_a_follower_while_the_request_runs(daemon):
@@ -175,17 +188,21 @@ def test_jobs_wait_for_room_on_the_cluster_in_submission_order(daemon, workdir):
     import os
     from skyd import hardware
     cpus = str(int(hardware.detect().cpus))          # each job takes the whole node
-    daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 4", check=True)
-    daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, "echo second", check=True)
-    marker = workdir / "third-ran"
+    daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 3", check=True)
+    daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, "sleep 1", check=True)
+    daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, "echo third", check=True)
+    marker = workdir / "fourth-ran"
     daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, f"touch {marker}", check=True)
     jobs = {j.job_id: j.status for j in daemon.call(protocol.JobQueue(cluster="q"))}
-    assert jobs == {1: "RUNNING", 2: "PENDING", 3: "PENDING"}
-    assert daemon.skyctl("cancel", "q", "3", check=True).returncode == 0
-    first, second = daemon.wait_job("q", 1, 60), daemon.wait_job("q", 2, 60)
-    assert first.status == second.status == "SUCCEEDED"
-    assert second.started_at >= first.ended_at - 0.05
-    assert daemon.wait_job("q", 3).status == "CANCELLED"
+    assert jobs == {1: "RUNNING", 2: "PENDING", 3: "PENDING", 4: "PENDING"}
+    assert daemon.skyctl("cancel", "q", "4", check=True).returncode == 0
+    done = [daemon.wait_job("q", i, 60) for i in (1, 2, 3)]
+    assert [j.status for j in done] == ["SUCCEEDED"] * 3
+    # Two jobs waited for the node at once; each started only when the one before it (in
+    # submission order) had ended.
+    assert done[1].started_at >= done[0].ended_at - 0.05
+    assert done[2].started_at >= done[1].ended_at - 0.05
+    assert daemon.wait_job("q", 4).status == "CANCELLED"
     assert not marker.exists()
     # small jobs share a node: SkyPilot's default demand is half a CPU each
     daemon.skyctl("exec", "-c", "q", "-d", "sleep 5", check=True)

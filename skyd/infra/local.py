@@ -42,7 +42,8 @@ WORKDIR = "sky_workdir"
 #
 # $4 caps the bytes kept of the job's output (0: no cap): past it one marker line says
 # so and the rest is read and discarded, so the job is never blocked or killed by it.
-# (`head -c N` reads no more than it writes, so the byte after the cap is still there.)
+# (`head -c N` reads no more than it writes, so the byte after the cap is still there;
+# unbuffered, or a file as its stdout would hold the output back from followers.)
 RUNNER = r'''
 jobdir=$1 workdir=$2 cap=${4:-0}
 [ "$3" = 3 ] || eval "exec 3>&$3 $3>&-"
@@ -50,7 +51,7 @@ run_job() {
   ( . "$jobdir/env.sh" && rm -f "$jobdir/env.sh" && cd "$workdir" && exec bash "$jobdir/run.sh" ) < /dev/null 3>&-
 }
 keep() {
-  head -c "$cap"
+  stdbuf -o0 head -c "$cap"
   if [ "$(head -c 1 | wc -c)" -gt 0 ]; then
     printf '\n[skyd] output truncated: the job log limit of %s bytes was reached; the rest is discarded\n' "$cap"
     cat > /dev/null
