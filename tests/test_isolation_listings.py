@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from conftest import wait_until, write_task
+from skyctl.connection import ServerError
 from skyd import protocol
 from skyd.protocol import Status
 
@@ -167,7 +168,7 @@ def test_someone_elses_request_id_answers_as_missing(team, workdir, alice, bob, 
     rid = alices_slow_launch(team, alice, workdir)
     try:
         missing = str(uuid.uuid4())
-        with pytest.raises(Exception):
+        with pytest.raises(ServerError):
             team.request(missing)                       # no request anywhere has it
         assert_same_as_missing(bob, team, args, rid[:length], missing[:length],
                                rid, alice.name, "aslow", "sleep 30")

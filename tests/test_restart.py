@@ -34,24 +34,61 @@ def test_accepted_requests_are_on_disk_before_accepted(make_daemon):
 
 
 def test_restart_requeues_pending_in_order_and_handles_running(make_daemon, workdir):
-    d = make_daemon("--long-slots", "1")
+    import psutil
+    d = make_daemon("--long-slots", "2")
     order = workdir / "order"
     d.skyctl("launch", "-c", "base", "true", check=True)
-    # RUNNING non-idempotent exec (holds the only slot), then pending launches.
-    exec_id = d.submit_async(protocol.Exec(task=Task(run="true", setup=None), cluster="base"))
-    # make the exec's job not the one holding the slot: use a long launch instead
-    d.wait_request(exec_id)
-    running_exec = d.submit_async(protocol.Exec(task=Task(run="sleep 1"), cluster="base"))
-    d.wait_request(running_exec)
-    slow_launch = d.submit_async(_launch("slow", f"echo slow >> {order}; sleep 3", "true"))
-    assert wait_until(lambda: d.request(slow_launch).status is protocol.Status.RUNNING, 10)
-    pending = [d.submit_async(_launch(f"p{i}", f"echo p{i} >> {order}", "true")) for i in range(4)]
-    d.stop(signal.SIGKILL)
-    d.start()
-    recs = [d.wait_request(rid, 30) for rid in [slow_launch, *pending]]
+    # RUNNING at the kill: an idempotent launch in its setup, and a non-idempotent exec;
+    # then pending launches behind them.
+    rerun = workdir / "rerun"               # its second run need not wait
+    slow_launch = d.submit_async(_launch(
+        "slow", f"echo slow >> {order}; [ -e {rerun} ] || sleep 30", "true"))
+    assert wait_until(lambda: order.exists() and order.read_text() == "slow\n", 10)
+    # Freeze the forkserver, then the idle workers (not the launch's, busy with its setup):
+    # the exec is RUNNING (recorded before a worker gets it) and stays so until the kill.
+    def cmdline(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:            # gone, or a zombie
+            return ""
+    forkservers = [p for p in psutil.Process(d.proc.pid).children(recursive=True)
+                   if "forkserver" in cmdline(p)]
+    assert forkservers
+    frozen = []
+    for proc in forkservers:
+        proc.suspend()
+        frozen.append(proc.pid)
+    for proc in forkservers:
+        for worker in proc.children():
+            if not worker.children():
+                worker.suspend()
+                frozen.append(worker.pid)
+    try:
+        running_exec = d.submit_async(protocol.Exec(task=Task(run="echo exec-ran"),
+                                                    cluster="base"))
+        assert wait_until(lambda: d.request(running_exec).status is protocol.Status.RUNNING)
+        pending = [d.submit_async(_launch(f"p{i}", f"echo p{i} >> {order}", "true"))
+                   for i in range(4)]
+        assert [d.request(r).status for r in (slow_launch, *pending)] == \
+            [protocol.Status.RUNNING] + [protocol.Status.PENDING] * 4
+        d.stop(signal.SIGKILL)
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    rerun.touch()
+    d.start(["--long-slots", "1"])          # one at a time: the order is observable
+    recs = [d.wait_request(rid, 60) for rid in [slow_launch, *pending]]
     assert all(r.status is protocol.Status.SUCCEEDED for r in recs), recs
     # the interrupted idempotent launch ran again, then the pending ones in their order
     assert order.read_text().split() == ["slow", "slow", "p0", "p1", "p2", "p3"]
+    # the interrupted non-idempotent exec was not run again: it failed, saying why
+    rec = d.request(running_exec)
+    assert (rec.status, rec.error) == (protocol.Status.FAILED, INTERRUPTED)
+    assert [j.status for j in d.call(protocol.JobQueue(cluster="base"))] == ["FAILED",
+                                                                             "SUCCEEDED"]
 
 
 def _descendants(pid: int) -> list[int]:

@@ -125,11 +125,33 @@ def _write(workdir: Path, body: str) -> Path:
     return p
 
 
-def test_short_requests_many_concurrent_clients(make_daemon):
-    d = make_daemon("--short-slots", "2")
+def test_short_requests_many_concurrent_clients(make_daemon, workdir):
+    import socket
+    import time
+    # A pool host that accepts connections and never says a word: each `infra` probe of
+    # it holds its short slot until that host goes away.
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)
+    pools = workdir / "pools.yaml"
+    pools.write_text(f"silent:\n  hosts:\n    - ip: 127.0.0.1\n"
+                     f"      port: {silent.getsockname()[1]}\n")
+    d = make_daemon("--short-slots", "2", "--node-pools", str(pools))
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        probes = [pool.submit(d.call, protocol.InfraStatus()) for _ in range(5)]
+        try:
+            # The bound holds: two run, three wait in the short queue.
+            assert wait_until(lambda: d.call(protocol.ApiInfo()).short_pending == 3, 8)
+            for _ in range(10):
+                info = d.call(protocol.ApiInfo())
+                assert (info.short_running, info.short_pending) == (2, 3)
+                time.sleep(0.05)
+        finally:
+            silent.close()            # the probes fail at once; the waiting ones run
+        hosts = [f.result(timeout=60) for f in probes]
         results = list(pool.map(lambda _: d.call(protocol.ApiInfo()).short_slots, range(64)))
         statuses = list(pool.map(lambda _: d.call(protocol.ClusterStatus()), range(64)))
+    assert [[h.reachable for h in found] for found in hosts] == [[False]] * 5
+    info = d.call(protocol.ApiInfo())
+    assert (info.short_peak, info.short_running, info.short_pending) == (2, 0, 0)
     assert results == [2] * 64
     assert statuses == [[]] * 64
 

@@ -39,6 +39,21 @@ async def test_concurrent_submissions_share_commits(tmp_path):
     assert ids == [r.id for r in recs]                 # arrival order kept
 
 
+async def test_commits_are_synchronous_full(tmp_path):
+    """A request is durable once "accepted": the connection that commits every write runs
+    with synchronous=FULL (2; a per-connection setting: the file does not keep it), in WAL."""
+    store = Store(tmp_path / "s.db")
+    await store.open()
+    try:
+        await store.add_request(_record(0), b"\x80")
+        async with store._w.execute("PRAGMA synchronous") as cur:
+            assert (await cur.fetchone())[0] == 2           # FULL
+        async with store._w.execute("PRAGMA journal_mode") as cur:
+            assert (await cur.fetchone())[0] == "wal"
+    finally:
+        await store.close()
+
+
 async def test_one_bad_write_does_not_fail_its_batch(tmp_path):
     store = Store(tmp_path / "s.db")
     await store.open()
