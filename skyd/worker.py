@@ -8,6 +8,7 @@ One process per request: cancelling the request is killing this process group.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pwd
@@ -25,6 +26,10 @@ from skyd.protocol import Error, ErrorCode, SkydError
 from skyd.workerproto import Assignment, Done
 
 _PR_SET_PDEATHSIG = 1
+# Work yields the CPU to the daemon's loop: a worker once it has a request (and all it
+# starts: setup commands) and every local job run this much nicer than the daemon, so a
+# burst of work never slows accepting, answering and recording requests.
+WORK_NICE = 10
 _assign_dec = msgspec.msgpack.Decoder(Assignment)
 _op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
 
@@ -96,6 +101,9 @@ def spare_main(ctrl: socket.socket, log: socket.socket) -> None:
         frame = protocol.recv_frame(ctrl)
     except (ConnectionError, OSError):
         os._exit(0)                 # retired spare
+    # Before any thread starts: on Linux the nice value is per thread, and inherited.
+    with contextlib.suppress(OSError):
+        os.nice(WORK_NICE)
     _die_with_daemon(ctrl)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)

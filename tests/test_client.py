@@ -83,51 +83,48 @@ def test_api_info_and_json_output(daemon):
 
 def test_ctrl_c_detaches_and_says_how_to_reattach(daemon, workdir):
     import signal
+    import threading
     from conftest import wait_until
     from skyd import protocol
     env = dict(os.environ, SKYD_HOST=daemon.host, NO_COLOR="1")
 
-    def interrupted(*args: str, when) -> tuple[str, str]:
+    def interrupted(*args: str, once: str) -> str:
+        """Run skyctl, Ctrl-C it once it has printed the line `once`; its stderr."""
         client = subprocess.Popen([sys.executable, "-m", "skyctl", *args],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env=env)
+        seen: list[str] = []
+        reader = threading.Thread(target=lambda: seen.extend(client.stdout), daemon=True)
+        reader.start()
         try:
-            assert wait_until(when, 15)
+            assert wait_until(lambda: once + "\n" in seen, 15), seen
             client.send_signal(signal.SIGINT)
-            out, err = client.communicate(timeout=10)
+            client.wait(10)
+            reader.join(5)
+            err = client.stderr.read()
         finally:
             if client.poll() is None:
                 client.kill()
-        assert client.returncode == 130, (out, err)
-        return out, err
+        assert client.returncode == 130, (seen, err)
+        return err
 
-    # In the request phase (its setup runs): how to follow and cancel the request.
-    def launch_running() -> str | None:
-        reqs = [r for r in daemon.call(protocol.ApiStatus()) if r.cluster == "cr"]
-        return reqs[0].id if reqs and reqs[0].status is protocol.Status.RUNNING else None
-    _, err = interrupted("launch", "-c", "cr", "--env", "A=1", str(write_setup(workdir)),
-                         when=launch_running)
-    rid = launch_running()
-    assert rid is not None                              # detaching cancels nothing
-    assert f"Detached; request {rid} keeps running." in err, err
-    assert f"skyctl api logs {rid}" in err and f"skyctl api cancel {rid}" in err, err
-    daemon.call(protocol.ApiCancel(request_ids=[rid]))
+    # In the request phase (its setup prints, then runs on): how to follow and cancel
+    # the request.
+    task = workdir / "slow-setup.yaml"
+    task.write_text("setup: echo in-setup; sleep 30\nrun: echo never-reached\n")
+    err = interrupted("launch", "-c", "cr", "--env", "A=1", str(task), once="in-setup")
+    [req] = [r for r in daemon.call(protocol.ApiStatus()) if r.cluster == "cr"]
+    assert req.status is protocol.Status.RUNNING          # detaching cancels nothing
+    assert f"Detached; request {req.id} keeps running." in err, err
+    assert f"skyctl api logs {req.id}" in err and f"skyctl api cancel {req.id}" in err, err
+    daemon.call(protocol.ApiCancel(request_ids=[req.id]))
 
-    # In the job phase (its run command runs): how to follow and cancel the job.
-    def job_running() -> bool:
-        jobs = daemon.call(protocol.JobQueue(cluster="cc")) if any(
-            c.name == "cc" for c in daemon.call(protocol.ClusterStatus())) else []
-        return bool(jobs) and jobs[0].status == "RUNNING"
-    _, err = interrupted("launch", "-c", "cc", "--env", "A=1", "sleep 30", when=job_running)
+    # In the job phase (the job prints, then runs on): how to follow and cancel the job.
+    err = interrupted("launch", "-c", "cc", "--env", "A=1", "echo in-job; sleep 30",
+                      once="in-job")
     assert "Stopped following; the job keeps running." in err, err
     assert "skyctl logs cc 1" in err and "skyctl cancel cc 1" in err, err
     assert daemon.call(protocol.JobQueue(cluster="cc"))[0].status == "RUNNING"
-
-
-def write_setup(workdir):
-    task = workdir / "slow-setup.yaml"
-    task.write_text("setup: sleep 30\nrun: echo never-reached\n")
-    return task
 
 
 def test_shell_runs_commands_with_completion(daemon):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 
@@ -137,6 +138,74 @@ def test_bad_input_is_refused_and_changes_nothing(daemon, workdir):
     assert daemon.skyctl("jobs", "cancel").returncode == 2
 
 
+def test_jobs_queue_all_users_and_skip_finished(team, people):
+    alice, _ = people
+    d = team
+    done = submit(d, Task(name="done", run="true"))
+    wait_job(d, done)
+    mine = submit(d, Task(name="mine", run="sleep 60"))
+    p = alice.skyctl(d, "jobs", "launch", "--async", "-n", "hers", "sleep 60")
+    assert p.returncode == 0, p.stderr
+    hers = max(jobs(d))
+    for j in (mine, hers):
+        wait_job(d, j, 30, until=lambda r: r.status == "RUNNING")
+
+    def listed(person, *args: str) -> list[tuple[int, str]]:
+        p = (person.skyctl(d, *args) if person else d.skyctl(*args))
+        assert p.returncode == 0, p.stderr
+        return [(j["job_id"], j["user"]) for j in json.loads(p.stdout)]
+    assert listed(None, "jobs", "queue", "--json") == [(mine, "root"), (done, "root")]
+    assert listed(None, "jobs", "queue", "-u", "--json") == \
+        [(hers, alice.name), (mine, "root"), (done, "root")]
+    assert listed(None, "jobs", "queue", "-s", "--json") == [(mine, "root")]
+    assert listed(None, "jobs", "queue", "-u", "-s", "--json") == [(hers, alice.name),
+                                                                   (mine, "root")]
+    table = d.skyctl("jobs", "queue", "-u").stdout.splitlines()
+    assert table[0].split()[:3] == ["ID", "NAME", "USER"]
+    assert [ln.split()[:3] for ln in table[1:]] == [[str(hers), "hers", alice.name],
+                                                     [str(mine), "mine", "root"],
+                                                     [str(done), "done", "root"]]
+    # -u is for admins; alice sees her own.
+    p = alice.skyctl(d, "jobs", "queue", "-u")
+    assert p.returncode == 5 and "admins only" in p.stderr
+    assert listed(alice, "jobs", "queue", "--json") == [(hers, alice.name)]
+    assert listed(alice, "jobs", "queue", "-s", "--json") == [(hers, alice.name)]
+    d.call(protocol.JobsCancel(all_users=True))
+    for j in (mine, hers):
+        assert wait_job(d, j, 30).status == "CANCELLED"
+
+
+def test_a_task_that_cannot_be_prepared_fails_its_prechecks_once(daemon, workdir):
+    missing = workdir / "no-such-dir"
+    job_id = submit(daemon, Task(workdir=str(missing), run="echo never"))
+    job = wait_job(daemon, job_id, 30)
+    assert (job.status, job.attempt, job.launch_failures, job.recoveries) == \
+        ("FAILED_PRECHECKS", 1, 0, 0), job
+    assert f"workdir {missing} does not exist" in job.reason
+    assert clusters(daemon) == []
+    p = daemon.skyctl("jobs", "queue", "-a")
+    assert "FAILED_PRECHECKS" in p.stdout and "does not exist" in p.stdout
+
+
+def test_three_failed_launches_in_a_row_are_failed_no_resource(make_daemon, workdir):
+    import socket
+    with socket.socket() as s:          # a port where nothing listens: ssh is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pools = workdir / "pools.yaml"
+    pools.write_text(f"dead:\n  hosts:\n    - ip: 127.0.0.1\n      port: {port}\n")
+    d = make_daemon("--node-pools", str(pools))
+    job_id = submit(d, Task(run="echo never", resources=Resources(infra="ssh/dead")))
+    job = wait_job(d, job_id, 60)           # two back-offs: 2 s, then 4 s
+    assert (job.status, job.attempt, job.launch_failures) == ("FAILED_NO_RESOURCE", 3, 2), job
+    assert job.reason.startswith("launch failed 3 times; last: ") and "cannot reach" in \
+        job.reason, job.reason
+    ctl = d.skyctl("jobs", "logs", "--controller", str(job_id)).stdout
+    assert ctl.count("STARTING -> RECOVERING") == 2 and "-> FAILED_NO_RESOURCE" in ctl, ctl
+    assert clusters(d) == []
+    assert [h.cluster for h in d.call(protocol.InfraStatus())] == [None]   # its host is free
+
+
 # ~15 s here; its waits (90 s for the jobs, 30 s for the clusters) end before the timeout.
 @pytest.mark.timeout(180)
 def test_200_async_jobs_all_finish_with_bounded_launches(make_daemon, workdir):
@@ -163,28 +232,49 @@ def test_200_async_jobs_all_finish_with_bounded_launches(make_daemon, workdir):
     assert d.skyctl("jobs", "logs", "200", "--no-follow").stdout == "managed-200\n"
 
 
-def test_killing_the_daemon_loses_no_job(make_daemon, workdir):
+KILL_POINTS = 6     # kill -9 of the daemon at this many random moments in one run
+
+
+@pytest.mark.timeout(150)
+def test_killing_the_daemon_loses_no_job_and_runs_none_twice(make_daemon, workdir):
+    """kill -9 of the daemon while jobs are running, then at random moments while more are
+    submitted, queued, launched, started, ending and torn down: after the restarts every
+    job succeeds with its task run exactly once, none judged lost. The seed and the kill
+    times are in the message of a failure; SKYD_TEST_SEED=N runs one again."""
+    seed = int(os.environ.get("SKYD_TEST_SEED") or random.randrange(1 << 30))
+    rnd = random.Random(seed)
     d = make_daemon("--jobs-parallelism", "3")
     runs = workdir / "runs"
     runs.mkdir()
-    ids = [submit(d, Task(run=f"echo x >> {runs}/$SKYPILOT_CLUSTER_NAME; sleep 0.5"))
-           for _ in range(30)]
+
+    def job() -> Task:
+        return Task(run=f"echo x >> {runs}/$SKYPILOT_CLUSTER_NAME; "
+                        f"sleep {rnd.choice((0, 0.2, 0.5, 1))}")
+    ids = [submit(d, job()) for _ in range(24)]
+    # The first kill: some jobs done, some running, the rest launching or queued.
     assert wait_until(lambda: sum(j.status == "SUCCEEDED" for j in jobs(d).values()) >= 3, 60)
     d.kill9()
     d.start()
-    for job_id in ids:
-        assert wait_job(d, job_id, 120).status == "SUCCEEDED"
-    counts = {f.name: f.read_text().count("x") for f in runs.iterdir()}
-    assert set(counts) == {f"managed-{i}" for i in ids}     # every job ran: none was lost
+    kills = ["3 done"]
+    for _ in range(KILL_POINTS - 1):
+        ids += [submit(d, job()) for _ in range(4)]
+        delay = rnd.uniform(0.05, 1.5)
+        time.sleep(delay)
+        d.kill9()
+        d.start()
+        kills.append(f"{delay:.2f}s")
+    final = {job_id: wait_job(d, job_id, 120) for job_id in ids}
     assert wait_until(lambda: clusters(d) == [], 30)
+    counts = {f.name: f.read_text().count("x") for f in runs.iterdir()}
+    why = [ln for ln in d.log().splitlines()
+           if "without an exit status" in ln or "before it started" in ln]
+    where = f"seed {seed}, kills at {kills}; daemon said: {why}"
+    assert [j.job_id for j in final.values() if j.status != "SUCCEEDED"] == [], where
+    assert set(counts) == {f"managed-{i}" for i in ids}, where   # every job ran: none lost
     twice = sorted(name for name, n in counts.items() if n != 1)
-    if twice:
-        # Known defect (issue 5 closing note): about one run in four, a job that was
-        # RUNNING when the daemon was killed is judged "processes killed" after the
-        # restart and relaunched, so its task runs twice. Not hidden: reported here.
-        why = [ln for ln in d.log().splitlines()
-               if "without an exit status" in ln or "before it started" in ln]
-        pytest.xfail(f"ran more than once after kill -9: {twice}; daemon said: {why}")
+    assert twice == [], f"ran more than once after kill -9: {twice}; {where}"
+    lost = {i: j.reason for i, j in final.items() if j.recoveries}
+    assert lost == {}, f"judged lost though nothing but the daemon was killed: {lost}; {where}"
 
 
 @pytest.fixture

@@ -183,13 +183,6 @@ def test_loadtest_api_status_json(daemon):
     assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
-def test_loadtest_says_when_the_server_has_no_jobs_launch(daemon):
-    if "jobs_launch" in protocol.OPS:
-        pytest.skip("this server has jobs_launch")
-    p = run_tool("loadtest", "--socket", str(daemon.socket), "--api", "jobs_launch")
-    assert p.returncode == 2 and "not supported by this server" in p.stderr
-
-
 def test_calibrate_writes_a_file_skyd_accepts(daemon, workdir):
     out = workdir / "cal.json"
     p = run_tool("calibrate", "--socket", str(daemon.socket), "--out", str(out), "--duration", "1",

@@ -41,6 +41,50 @@ run: |
     assert [(j.job_id, j.name, j.status, j.exit_code) for j in jobs] == [(1, "hello", "SUCCEEDED", 0)]
 
 
+def test_setup_sees_the_setup_variables_and_both_see_the_cluster_info(daemon, workdir):
+    task = write_task(workdir, "vars.yaml", """
+num_nodes: 2
+setup: |
+  echo "setup rank=$SKYPILOT_SETUP_NODE_RANK nodes=$SKYPILOT_SETUP_NUM_NODES" \
+       "ips=$(echo $SKYPILOT_SETUP_NODE_IPS | tr ' ' ,) plain=${SKYPILOT_NODE_RANK-unset}"
+  echo "setup-info $SKYPILOT_CLUSTER_INFO"
+run: |
+  echo "run rank=$SKYPILOT_NODE_RANK setup=${SKYPILOT_SETUP_NODE_RANK-unset}"
+  echo "run-info $SKYPILOT_CLUSTER_INFO"
+""")
+    p = daemon.skyctl("launch", "-c", "vars", str(task))
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    for rank in (0, 1):
+        assert (f"(node-{rank}) setup rank={rank} nodes=2 ips=127.0.0.1,127.0.0.1 "
+                "plain=unset\n") in out, out
+        assert f"(node-{rank}) run rank={rank} setup=unset\n" in out, out
+    infos = [json.loads(line.split("-info ", 1)[1]) for line in out.splitlines()
+             if "-info " in line]
+    assert len(infos) == 4, out                     # setup and run, on both nodes
+    assert all(i == {"cluster_name": "vars", "infra": "local", "num_nodes": 2} for i in infos)
+
+
+def test_secrets_never_appear_in_reprs_or_logs(make_daemon, workdir):
+    from skyd.taskspec import Task, normalise
+    secret = "s3cret-in-repr-7"
+    task = Task(name="s", envs={"SHOWN": "plain-value"}, secrets={"TOKEN": secret},
+                run='echo "length ${#TOKEN}"')
+    for text in (repr(task), str(task), f"{task}", repr(normalise(task)), repr([task]),
+                 repr(protocol.Launch(task=task, cluster="c")),
+                 repr(protocol.JobsLaunch(task=task))):
+        assert secret not in text and "TOKEN" in text and "plain-value" in text, text
+    # A daemon that logs everything: the secret reaches the job, and no log.
+    d = make_daemon("--log-level", "DEBUG")
+    rid = d.submit_async(protocol.Launch(task=task, cluster="sec"))
+    assert d.wait_request(rid).status is protocol.Status.SUCCEEDED
+    assert d.wait_job("sec", 1).status == "SUCCEEDED"
+    assert d.skyctl("logs", "sec", "1", "--no-follow").stdout == "length 16\n"
+    request_log = (d.state_dir / "logs" / "requests" / f"{rid}.log").read_text()
+    assert "Job 1 submitted" in request_log and secret not in request_log
+    assert "listening on" in d.log() and secret not in d.log()
+
+
 def test_async_prints_only_the_request_id(daemon, workdir):
     p = daemon.skyctl("launch", "--async", "-c", "c2", "echo from-async")
     assert p.returncode == 0, p.stderr
@@ -184,8 +228,21 @@ def test_autostop_stops_or_tears_down_an_idle_cluster(daemon):
     assert any(r.name == "down" and r.cluster == "gone" and r.user == "root" for r in reqs)
 
 
+def test_autostop_down_tears_an_idle_cluster_down(daemon):
+    daemon.skyctl("launch", "-c", "ad", "-d", "sleep 1", check=True)
+    p = daemon.skyctl("autostop", "ad", "-i", "0.02", "--down", check=True)
+    assert "ad will be torn down after 0.02 idle minute(s)." in p.stdout
+    [c] = daemon.call(protocol.ClusterStatus())
+    assert (c.name, c.status) == ("ad", "UP")            # its job keeps it busy
+    # Once idle it is gone (not stopped), by a `down` in its owner's name.
+    assert wait_until(lambda: daemon.call(protocol.ClusterStatus()) == [], 20)
+    reqs = [(r.name, r.cluster, r.user) for r in daemon.call(protocol.ApiStatus(all_statuses=True))
+            if r.queue is protocol.Queue.LONG]
+    assert ("down", "ad", "root") in reqs and ("stop", "ad", "root") not in reqs
+    assert not (daemon.state_dir / "clusters" / "ad").exists()
+
+
 def test_jobs_wait_for_room_on_the_cluster_in_submission_order(daemon, workdir):
-    import os
     from skyd import hardware
     cpus = str(int(hardware.detect().cpus))          # each job takes the whole node
     daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 3", check=True)

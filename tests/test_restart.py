@@ -143,6 +143,29 @@ def test_graceful_stop_leaves_no_process_behind(make_daemon, workdir):
     d.call(protocol.ApiCancel(request_ids=[rid]))
 
 
+def test_sigterm_lets_running_requests_finish_within_the_drain_timeout(make_daemon, workdir):
+    done = workdir / "drained"
+    d = make_daemon("--drain-timeout", "20")
+    rid = d.submit_async(_launch("dr", f"sleep 2; echo ok > {done}", "true"))
+    assert wait_until(lambda: d.request(rid).status is protocol.Status.RUNNING, 10)
+    # SIGTERM: the running launch may finish (2 s of setup, 20 s allowed) before the exit.
+    assert d.stop(signal.SIGTERM) == 0
+    assert done.read_text() == "ok\n"
+    assert _rows(d.state_dir) == [(rid, "launch", "succeeded")]
+    # With a short drain timeout, SIGTERM cuts it: its row says it still ran (the next
+    # start re-runs it), and nothing after the cut ran.
+    done.unlink()
+    d.start(["--drain-timeout", "0.5"])
+    rid2 = d.submit_async(_launch("dr2", f"sleep 3; echo ok > {done}", "true"))
+    started = time.monotonic()
+    assert wait_until(lambda: d.request(rid2).status is protocol.Status.RUNNING, 10)
+    assert d.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 2.5
+    assert (rid2, "launch", "running") in _rows(d.state_dir)
+    time.sleep(max(0.0, started + 3.5 - time.monotonic()))
+    assert not done.exists()
+
+
 def test_jobs_survive_restart_and_finish_while_daemon_is_down(make_daemon, workdir):
     d = make_daemon()
     d.skyctl("launch", "-c", "j1", "-d", "sleep 1.5; echo finished", check=True)
@@ -180,6 +203,60 @@ def test_client_keeps_following_across_restart(make_daemon, workdir):
     assert "reconnecting" in err.lower()
     assert "job-output" in out
     assert "after-setup" in out
+
+
+def test_following_a_jobs_output_goes_on_across_a_restart(make_daemon):
+    d = make_daemon("--drain-timeout", "0")
+    d.skyctl("launch", "-c", "jf", "-d",
+             "for i in 1 2 3 4 5 6 7 8; do echo line-$i; sleep 0.5; done", check=True)
+    env = dict(os.environ, SKYD_HOST=d.host, NO_COLOR="1")
+    follower = subprocess.Popen([sys.executable, "-m", "skyctl", "logs", "jf", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = follower.stdout.readline()
+        d.restart(["--drain-timeout", "0"])
+        # The job runs on while the daemon restarts; the follower reconnects and resumes
+        # at the byte it had reached: every line once, none lost, none repeated.
+        assert d.call(protocol.JobQueue(cluster="jf"))[0].status == "RUNNING"
+        rest, err = follower.communicate(timeout=30)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, err
+    assert "reconnecting" in err.lower()
+    assert first + rest == "".join(f"line-{i}\n" for i in range(1, 9))
+
+
+def test_the_retention_pass_runs_again_every_interval(workdir):
+    """Retention is checked hourly, not only at start: a real daemon whose interval is
+    shortened (GC_INTERVAL, 3600 s, set to 0.5 s before it starts) removes a request
+    that finished after it started once the retention period has passed."""
+    from conftest import Daemon, kill_leftovers
+    from skyd import daemon as daemon_module
+    assert daemon_module.GC_INTERVAL == 3600.0
+
+    class ShortInterval(Daemon):
+        def command(self, extra=None):
+            cmd = super().command(extra)
+            assert cmd[1:4] == ["-m", "skyd", "serve"]
+            code = ("import sys, skyd.daemon; skyd.daemon.GC_INTERVAL = 0.5; "
+                    "from skyd.cli import main; sys.exit(main())")
+            return [cmd[0], "-c", code, *cmd[3:]]
+
+    d = ShortInterval(workdir / "state", ["--skip-resources-check", "--retention-hours",
+                                          "0.001"])        # 3.6 s
+    try:
+        d.start()
+        rid = d.submit_async(_launch("r2", "true"))
+        finished = d.wait_request(rid).finished_at
+        log = d.state_dir / "logs" / "requests" / f"{rid}.log"
+        assert log.exists() and rid in [r[0] for r in _rows(d.state_dir)]
+        assert wait_until(lambda: not log.exists(), 10)
+        assert time.time() >= finished + 3.6 - 0.1        # not before its time
+        assert rid not in [r[0] for r in _rows(d.state_dir)]
+    finally:
+        d.stop()
+        kill_leftovers(d.state_dir)
 
 
 def test_retention_removes_old_finished_requests_and_logs(make_daemon):

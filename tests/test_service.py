@@ -108,6 +108,27 @@ def test_config_precedence(tmp_path):
         raise AssertionError("unknown setting accepted")
 
 
+def test_a_daemon_takes_its_settings_from_config_file(make_daemon, workdir, monkeypatch):
+    """`skyd serve --config FILE`: the file's settings (in place of <state-dir>/config.yaml),
+    under the environment, under the flags."""
+    cfg = workdir / "team.yaml"
+    cfg.write_text("long_slots: 3\nshort_slots: 7\nuser_pending: 17\nlong_timeout: 42\n")
+    (workdir / "state").mkdir()
+    (workdir / "state" / "config.yaml").write_text("long_slots: 9\nlong_timeout: 99\n")
+    monkeypatch.setenv("SKYD_USER_PENDING", "19")
+    d = make_daemon("--config", str(cfg), "--short-slots", "5")
+    info = d.call(protocol.ApiInfo())
+    assert (info.long_slots, info.short_slots) == (3, 5)          # file; the flag wins
+    assert (info.limits.user_pending, info.limits.long_timeout) == (19, 42.0)   # env wins
+    # A broken file is refused at start, naming it.
+    bad = workdir / "bad.yaml"
+    bad.write_text("long_slots: [\n")
+    p = subprocess.run([sys.executable, "-m", "skyd", "serve", "--config", str(bad),
+                        "--state-dir", str(workdir / "other")], capture_output=True,
+                       text=True, env=_env(), timeout=30)
+    assert p.returncode == 2 and f"config file {bad} is not valid YAML" in p.stderr
+
+
 def test_second_daemon_on_the_same_socket_is_refused(daemon):
     p = subprocess.run([sys.executable, "-m", "skyd", "serve", "--state-dir",
                         str(daemon.state_dir.parent / "other"), "--socket", str(daemon.socket),

@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import msgspec
 
 from skyd import hardware, privilege
+from skyd.worker import WORK_NICE
 
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
                              run_streamed)
@@ -36,9 +37,12 @@ WORKDIR = "sky_workdir"
 # stdout and the exit-status file as descriptor $3 (both in the daemon's control
 # directory: the owner has no path to them). It loads the job's environment (then removes
 # the file: secrets live only in the process environment), runs the user's script and
-# records how it ended. Starting a job is idempotent: only the first runner (mkdir is
-# atomic) runs the script; one started again (the daemon died between starting it and
-# recording that) follows the first to its end instead.
+# records how it ended — durably (`dd conv=fsync` with no input fsyncs descriptor 3)
+# before it exits, so that once the runner is gone its exit status is there, even after
+# a crash of the machine: a job whose runner is gone without one was killed, and only
+# such a job is ever run again. Starting a job is idempotent: only the first runner
+# (mkdir is atomic) runs the script; one started again (the daemon died between starting
+# it and recording that) follows the first to its end instead.
 #
 # $4 caps the bytes kept of the job's output (0: no cap): past it one marker line says
 # so and the rest is read and discarded, so the job is never blocked or killed by it.
@@ -67,6 +71,7 @@ if mkdir "$jobdir/started" 2>/dev/null; then
     rc=$?
   fi
   printf '%s\n' "$rc" >&3
+  dd conv=fsync status=none < /dev/null >&3 2>/dev/null
   exit $rc
 fi
 exec 3>&-
@@ -192,7 +197,9 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
         log_fd, code_fd = files.open_for_runner(uid, gid)
         try:
             p = subprocess.Popen(
-                ["bash", "-c", RUNNER, "skyd-runner", np.jobdir,
+                # `nice` execs bash in place (same pid): the runner and all it starts
+                # run below the daemon's loop.
+                ["nice", "-n", str(WORK_NICE), "bash", "-c", RUNNER, "skyd-runner", np.jobdir,
                  str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit))],
                 cwd="/", env=privilege.login_env(uid), stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
