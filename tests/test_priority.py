@@ -38,3 +38,27 @@ def test_workers_and_jobs_run_nicer_than_the_daemon(daemon, workdir):
     assert all(n >= min(19, base + WORK_NICE) for n in niced.values()), (base, niced)
     assert all(n > base for n in niced.values()), (base, niced)
     assert nice_of(daemon.proc.pid) == base       # the daemon's loop itself is not lowered
+    # A job's runner leads a session of its own, so with autogroups on (and no cpu cgroup)
+    # it is also a scheduling group of its own: that group must be nicer too.
+    if autogroups():
+        runner = next(p for p in processes_mentioning(job_dir) if session_of(p) == p)
+        assert autogroup_nice(runner) > autogroup_nice(daemon.proc.pid), \
+            (Path(f"/proc/{runner}/autogroup").read_text(),
+             Path(f"/proc/{daemon.proc.pid}/autogroup").read_text())
+
+
+def session_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[3])
+
+
+def autogroups() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1" \
+            and Path("/proc/self/autogroup").exists()
+    except OSError:
+        return False
+
+
+def autogroup_nice(pid: int) -> int:
+    """/proc/PID/autogroup reads '/autogroup-N nice V'."""
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])

@@ -44,12 +44,18 @@ WORKDIR = "sky_workdir"
 # (mkdir is atomic) runs the script; one started again (the daemon died between starting
 # it and recording that) follows the first to its end instead.
 #
+# $5 is how much nicer than the daemon the job runs. The runner is started under `nice`,
+# which all it starts inherits; but a session of its own is also an autogroup of its own
+# (kernel.sched_autogroup_enabled, outside a cpu cgroup), and the CPU is shared between
+# autogroups by their own nice value, so the runner lowers its group's too.
+#
 # $4 caps the bytes kept of the job's output (0: no cap): past it one marker line says
 # so and the rest is read and discarded, so the job is never blocked or killed by it.
 # (`head -c N` reads no more than it writes, so the byte after the cap is still there;
 # unbuffered, or a file as its stdout would hold the output back from followers.)
 RUNNER = r'''
 jobdir=$1 workdir=$2 cap=${4:-0}
+{ [ -n "$5" ] && echo "$5" > /proc/self/autogroup; } 2>/dev/null
 [ "$3" = 3 ] || eval "exec 3>&$3 $3>&-"
 run_job() {
   ( . "$jobdir/env.sh" && rm -f "$jobdir/env.sh" && cd "$workdir" && exec bash "$jobdir/run.sh" ) < /dev/null 3>&-
@@ -200,7 +206,8 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
                 # `nice` execs bash in place (same pid): the runner and all it starts
                 # run below the daemon's loop.
                 ["nice", "-n", str(WORK_NICE), "bash", "-c", RUNNER, "skyd-runner", np.jobdir,
-                 str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit))],
+                 str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit)),
+                 str(WORK_NICE)],
                 cwd="/", env=privilege.login_env(uid), stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
                 start_new_session=True, **privilege.popen_identity(uid, gid))
