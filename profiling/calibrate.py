@@ -1,5 +1,5 @@
 """Measure what one long worker, one short request and the idle daemon cost in memory, and
-write the calibration file that sizes skyd's queues (skyd.calibration, skyd.hardware).
+write the calibration file that sizes skyd's queues (skyd.sizing.calibration, skyd.sizing.hardware).
 
     python -m profiling.calibrate [--socket PATH | --start] [--out FILE] [--duration S]
 
@@ -17,7 +17,7 @@ process tree, it runs a standard load with profiling.loadtest:
 
 and derives, with 25 % headroom: long_worker_bytes (never below 4 MiB),
 short_request_bytes (never below 64 KiB) and daemon_base_bytes (the idle RSS). It writes
-them with skyd.calibration.write_calibration, with what was measured and on which machine,
+them with skyd.sizing.calibration.write_calibration, with what was measured and on which machine,
 to --out, by default the daemon's <state-dir>/calibration.json (with --start: the default
 state dir's, which `skyd serve` and `skyd capacity` read). Then it prints the slots that
 `skyd capacity` gives with it next to the built-in defaults, and checks that a daemon
@@ -42,10 +42,11 @@ from pathlib import Path
 from profiling import sysprof
 from profiling._daemon import ROOT, BenchDaemon, daemon_env, kill_leftovers, server_info
 from skyctl.connection import Connection, ServerError, Unreachable
-from skyd import capacity, protocol
-from skyd.calibration import (DEFAULT_CALIBRATION, Calibration, CalibrationError, load_calibration,
+from skyd import protocol
+from skyd.sizing import capacity
+from skyd.sizing.calibration import (DEFAULT_CALIBRATION, Calibration, CalibrationError, load_calibration,
                               write_calibration)
-from skyd.hardware import KiB, MiB, detect, format_size
+from skyd.sizing.hardware import KiB, MiB, detect, format_size
 
 HEADROOM = 1.25
 LONG_FLOOR = 4 * MiB
@@ -210,7 +211,7 @@ def verify(path: Path) -> tuple[bool, str]:
 def default_out(info: protocol.ServerInfo, started: bool) -> Path:
     if not started:
         return Path(info.state_dir) / "calibration.json"
-    from skyd import config
+    from skyd.server import config
     try:
         return config.load({}).calibration_path
     except config.ConfigError:

@@ -59,7 +59,7 @@ import psutil
 
 from skyctl.connection import Connection, ServerError, Unreachable
 from skyd import protocol
-from skyd.hardware import MiB, format_size
+from skyd.sizing.hardware import MiB, format_size
 
 DAEMON, FORKSERVER, TRACKER = "daemon", "forkserver", "resource_tracker"
 LONG_WORKER, SPARE_WORKER, WORKER_CHILD = "long worker", "spare worker", "worker child"

@@ -1,5 +1,5 @@
 import sys
 
-from skyd.cli import main
+from skyd.server.cli import main
 
 sys.exit(main())

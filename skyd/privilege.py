@@ -26,6 +26,10 @@ import stat
 from pathlib import Path
 from typing import Callable
 
+# Work yields the CPU to the daemon's loop: a worker once it has a request (and all it
+# starts: setup commands) and every local job run this much nicer than the daemon, so a
+# burst of work never slows accepting, answering and recording requests.
+WORK_NICE = 10
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 

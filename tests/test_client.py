@@ -13,8 +13,8 @@ from conftest import ROOT
 from skyctl import endpoint
 
 HEAVY = {"asyncio", "aiosqlite", "aiohttp", "uvloop", "psutil", "yaml", "sqlite3",
-         "prompt_toolkit", "multiprocessing", "skyd.scheduler", "skyd.store", "skyd.daemon",
-         "skyd.session", "skyd.workers", "skyd.state", "skyd.hardware"}
+         "prompt_toolkit", "multiprocessing", "skyd.requests.scheduler", "skyd.store", "skyd.server.daemon",
+         "skyd.server.session", "skyd.requests.pool", "skyd.clusters.registry", "skyd.sizing.hardware"}
 
 
 def _modules_after(code: str) -> set[str]:

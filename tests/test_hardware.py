@@ -1,4 +1,4 @@
-"""Tests for skyd.hardware (detection, sizes, calibration, slots) and skyd.capacity."""
+"""Tests for skyd.sizing.hardware (detection, sizes, calibration, slots) and skyd.sizing.capacity."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skyd import capacity
-from skyd.calibration import (
+from skyd.sizing import capacity
+from skyd.sizing.calibration import (
     DEFAULT_CALIBRATION,
     Calibration,
     CalibrationError,
     load_calibration,
     write_calibration,
 )
-from skyd.hardware import (
+from skyd.sizing.hardware import (
     GiB,
     KiB,
     MiB,

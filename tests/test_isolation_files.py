@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until, write_task
-from skyd import hardware, protocol
+from skyd import protocol
+from skyd.sizing import hardware
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other users")
 

@@ -16,8 +16,8 @@ from conftest import ROOT, _env, wait_until
 from profiling import calibrate, sysprof
 from profiling.sysprof import Proc, Sample
 from skyd import protocol
-from skyd.calibration import load_calibration
-from skyd.hardware import KiB, MiB
+from skyd.sizing.calibration import load_calibration
+from skyd.sizing.hardware import KiB, MiB
 from skyd.taskspec import Task
 
 

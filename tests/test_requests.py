@@ -243,7 +243,7 @@ def test_autostop_down_tears_an_idle_cluster_down(daemon):
 
 
 def test_jobs_wait_for_room_on_the_cluster_in_submission_order(daemon, workdir):
-    from skyd import hardware
+    from skyd.sizing import hardware
     cpus = str(int(hardware.detect().cpus))          # each job takes the whole node
     daemon.skyctl("launch", "-c", "q", "-d", "--cpus", cpus, "sleep 3", check=True)
     daemon.skyctl("exec", "-c", "q", "-d", "--cpus", cpus, "sleep 1", check=True)

@@ -12,7 +12,7 @@ import time
 
 from conftest import wait_until, write_task
 from skyd import protocol
-from skyd.scheduler import INTERRUPTED
+from skyd.requests.scheduler import INTERRUPTED
 from skyd.taskspec import Task
 
 
@@ -232,15 +232,15 @@ def test_the_retention_pass_runs_again_every_interval(workdir):
     shortened (GC_INTERVAL, 3600 s, set to 0.5 s before it starts) removes a request
     that finished after it started once the retention period has passed."""
     from conftest import Daemon, kill_leftovers
-    from skyd import daemon as daemon_module
+    from skyd.server import daemon as daemon_module
     assert daemon_module.GC_INTERVAL == 3600.0
 
     class ShortInterval(Daemon):
         def command(self, extra=None):
             cmd = super().command(extra)
             assert cmd[1:4] == ["-m", "skyd", "serve"]
-            code = ("import sys, skyd.daemon; skyd.daemon.GC_INTERVAL = 0.5; "
-                    "from skyd.cli import main; sys.exit(main())")
+            code = ("import sys, skyd.server.daemon; skyd.server.daemon.GC_INTERVAL = 0.5; "
+                    "from skyd.server.cli import main; sys.exit(main())")
             return [cmd[0], "-c", code, *cmd[3:]]
 
     d = ShortInterval(workdir / "state", ["--skip-resources-check", "--retention-hours",

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 from conftest import ROOT, Daemon, wait_until
-from skyd import config, protocol
+from skyd import protocol
+from skyd.server import config
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -21,7 +21,7 @@ from conftest import wait_until, write_task
 from sshd import SshHosts, SshdUnavailable, ssh_hosts  # noqa: F401 - the fixture
 from skyd import protocol
 from skyd.infra import ssh as ssh_infra
-from skyd.nodepools import PoolError, parse
+from skyd.infra.nodepools import PoolError, parse
 
 SECRET = "s3cr3t-" + os.urandom(4).hex()
 # A job checks it has the secret without the secret being written in its script.

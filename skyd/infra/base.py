@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 import msgspec
@@ -113,7 +114,7 @@ def pump_lines(stream, prefix: bytes, tail: list[bytes], out, keep: int = 20) ->
         out.flush()
 
 
-def run_streamed(nodes: list[NodeInfo], start: Callable[[NodeInfo], "subprocess.Popen"]
+def run_streamed(nodes: list[NodeInfo], start: Callable[[NodeInfo], subprocess.Popen]
                  ) -> list[tuple[NodeInfo, int, list[bytes]]]:
     """Run one process per node at once (`start` makes it, stdout piped), stream their
     output to ours with the rank prefix, wait for all; (node, exit status, last lines) of
@@ -136,21 +137,3 @@ def run_streamed(nodes: list[NodeInfo], start: Callable[[NodeInfo], "subprocess.
         if rc != 0:
             failures.append((n, rc, tail))
     return failures
-
-
-_INFRAS: dict[str, Infra] = {}
-
-
-def register(infra: Infra) -> None:
-    _INFRAS[infra.kind] = infra
-
-
-def get_infra(infra: str) -> Infra:
-    """The Infra for a cluster's `infra` field: "local" or "ssh/POOL"."""
-    kind = infra.partition("/")[0]
-    if kind not in _INFRAS:
-        if kind == "local":
-            import skyd.infra.local  # noqa: F401 - registers itself
-        elif kind == "ssh":
-            import skyd.infra.ssh  # noqa: F401 - registers itself
-    return _INFRAS[kind]

@@ -21,12 +21,13 @@ from typing import Callable, Mapping
 
 import msgspec
 
-from skyd import hardware, privilege
-from skyd.worker import WORK_NICE
+from skyd import privilege
 
-from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
+from skyd.sizing import hardware
+
+from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix,
                              run_streamed)
-from skyd.logs import READ_CHUNK, follow_files
+from skyd.streams import READ_CHUNK, follow_files
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 LOCAL_IP = "127.0.0.1"
@@ -205,9 +206,9 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
             p = subprocess.Popen(
                 # `nice` execs bash in place (same pid): the runner and all it starts
                 # run below the daemon's loop.
-                ["nice", "-n", str(WORK_NICE), "bash", "-c", RUNNER, "skyd-runner", np.jobdir,
+                ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner", np.jobdir,
                  str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit)),
-                 str(WORK_NICE)],
+                 str(privilege.WORK_NICE)],
                 cwd="/", env=privilege.login_env(uid), stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
                 start_new_session=True, **privilege.popen_identity(uid, gid))
@@ -406,5 +407,3 @@ class LocalInfra(Infra):
         return follow_files(log_sources(handle), offset, follow, finished, wait_change,
                             read_log)
 
-
-register(LocalInfra())

@@ -16,7 +16,7 @@ of a request. A node's files live under `~/.skyd/<cluster>/node-<rank>/` of the 
 environment (0600, deleted by the runner as soon as it has read it: no secret stays in a
 file once the job has started), its log and its exit status, written on the node by a
 detached runner, so a job outlives the daemon and an ssh drop. Every command line puts
-`--` before the destination; the pool file's fields are checked (skyd.nodepools).
+`--` before the destination; the pool file's fields are checked (skyd.infra.nodepools).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import AsyncIterator, Callable, NamedTuple
 import msgspec
 
 from skyd import privilege
-from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix, register,
+from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix,
                              run_streamed)
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
@@ -527,5 +527,3 @@ def unreachable(node: NodeInfo, stderr: bytes) -> SkydError:
     return SkydError(ErrorCode.FAILED, f"cannot reach node {node.rank} ({where(node)}): "
                      f"{detail or 'ssh failed'}", hint)
 
-
-register(SshInfra())

@@ -3,22 +3,25 @@ loop; unfinished jobs are read from memory (ahead of the store), finished ones f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator
 
-from skyd.jobs_controller import ACTIVE
-from skyd.logs import follow, read_from
-from skyd.ops.queries import JobLogStream, LogStream
+from skyd import protocol
+
+from skyd.managed.controller import ACTIVE
+from skyd.streams import follow, read_from
+from skyd.server.handlers.clusters import JobLogStream, LogStream
 from skyd.protocol import (ErrorCode, JobsCancel, JobsLogs, JobsQueue, ManagedJobRecord,
                            SkydError)
-from skyd.scheduler import Caller
+from skyd.identity import Caller
+from skyd.server.dispatch import handles
+from skyd.server.services import Services
 
-if TYPE_CHECKING:
-    from skyd.daemon import Daemon
 
 MAX_IDS = 10_000
 
 
-async def jobs_queue(d: "Daemon", caller: Caller, op: JobsQueue) -> list[ManagedJobRecord]:
+@handles(protocol.JobsQueue)
+async def jobs_queue(s: Services, caller: Caller, op: JobsQueue) -> list[ManagedJobRecord]:
     if len(op.job_ids) > MAX_IDS:
         raise SkydError(ErrorCode.BAD_REQUEST, f"at most {MAX_IDS} job ids at once")
     if op.all_users and not caller.admin:
@@ -26,7 +29,7 @@ async def jobs_queue(d: "Daemon", caller: Caller, op: JobsQueue) -> list[Managed
                         "admins only: -u (every user's managed jobs) needs an admin",
                         "list your own with: skyctl jobs queue")
     uid = None if op.all_users else caller.uid
-    live = d.jobs.jobs
+    live = s.jobs.jobs
     if op.skip_finished:
         # Every unfinished job is in memory.
         records = sorted((j.record for j in live.values() if j.record.status in ACTIVE
@@ -34,18 +37,18 @@ async def jobs_queue(d: "Daemon", caller: Caller, op: JobsQueue) -> list[Managed
                           and (not op.job_ids or j.record.job_id in op.job_ids)),
                          key=lambda r: r.job_id, reverse=True)
         return records[:op.limit] if op.limit > 0 else records
-    stored = await d.store.managed_jobs(uid, op.job_ids, op.limit)
+    stored = await s.store.managed_jobs(uid, op.job_ids, op.limit)
     return [live[r.job_id].record if r.job_id in live else r for r in stored]
 
 
-async def _record(d: "Daemon", caller: Caller, job_id: int) -> ManagedJobRecord:
+async def _record(s: Services, caller: Caller, job_id: int) -> ManagedJobRecord:
     """The caller's managed job (any, for an admin); someone else's answers exactly as
     one that does not exist."""
-    job = d.jobs.live(job_id)
+    job = s.jobs.live(job_id)
     if job is not None:
         rec = job.record
     else:
-        rows = await d.store.managed_jobs(None, [job_id])
+        rows = await s.store.managed_jobs(None, [job_id])
         rec = rows[0] if rows else None
     if rec is None or (rec.uid != caller.uid and not caller.admin):
         raise SkydError(ErrorCode.NOT_FOUND, f"no managed job {job_id}",
@@ -53,13 +56,14 @@ async def _record(d: "Daemon", caller: Caller, job_id: int) -> ManagedJobRecord:
     return rec
 
 
-async def jobs_cancel(d: "Daemon", caller: Caller, op: JobsCancel) -> list[int]:
+@handles(protocol.JobsCancel)
+async def jobs_cancel(s: Services, caller: Caller, op: JobsCancel) -> list[int]:
     if not (op.job_ids or op.all or op.all_users):
         raise SkydError(ErrorCode.BAD_REQUEST, "name the managed jobs to cancel, or pass --all")
     if op.all_users and not caller.admin:
         raise SkydError(ErrorCode.PERMISSION_DENIED, "only admins may cancel everyone's jobs")
     if op.all or op.all_users:
-        ids = [j.record.job_id for j in list(d.jobs.jobs.values())
+        ids = [j.record.job_id for j in list(s.jobs.jobs.values())
                if j.record.status in ACTIVE and (op.all_users or j.record.uid == caller.uid)]
     else:
         if len(op.job_ids) > MAX_IDS:
@@ -67,13 +71,13 @@ async def jobs_cancel(d: "Daemon", caller: Caller, op: JobsCancel) -> list[int]:
         ids = list(dict.fromkeys(op.job_ids))
         # Check them all before touching any: a bad id changes nothing.
         for job_id in ids:
-            rec = await _record(d, caller, job_id)
+            rec = await _record(s, caller, job_id)
             if rec.status not in ACTIVE:
                 raise SkydError(ErrorCode.CONFLICT,
                                 f"managed job {job_id} has already finished ({rec.status})")
     done = []
     for job_id in ids:
-        if await d.jobs.cancel(job_id) != "finished":
+        if await s.jobs.cancel(job_id) != "finished":
             done.append(job_id)
     return done
 
@@ -83,13 +87,13 @@ class ManagedLogStream(LogStream):
     attempts, copied from their clusters), then the running attempt live from its
     cluster. Status changes come as notices (str)."""
 
-    def __init__(self, d: "Daemon", job_id: int, controller: bool, follow_log: bool,
+    def __init__(self, s: Services, job_id: int, controller: bool, follow_log: bool,
                  offset: int):
-        self.d, self.job_id, self.controller = d, job_id, controller
+        self.s, self.job_id, self.controller = s, job_id, controller
         self.follow, self.offset = follow_log, offset
 
     async def chunks(self) -> AsyncIterator[bytes | str]:
-        ctl = self.d.jobs
+        ctl = self.s.jobs
         if self.controller:
             job = ctl.live(self.job_id)
             async for data in follow(ctl.controller_log_path(self.job_id), self.offset,
@@ -114,7 +118,7 @@ class ManagedLogStream(LogStream):
                 yield f"managed job {rec.job_id}: {rec.status}" + \
                       (f" ({rec.reason})" if rec.reason else "")
             if rec.status == "RUNNING" and rec.cluster_job_id and offset >= rec.log_offset:
-                live = JobLogStream(self.d, rec.cluster, rec.cluster_job_id, self.follow,
+                live = JobLogStream(self.s, rec.cluster, rec.cluster_job_id, self.follow,
                                     offset - rec.log_offset)
                 async for data in live.chunks():
                     offset += len(data)
@@ -128,24 +132,25 @@ class ManagedLogStream(LogStream):
             await job.topic.wait(seen)
 
     async def final(self) -> ManagedJobRecord:
-        job = self.d.jobs.live(self.job_id)
+        job = self.s.jobs.live(self.job_id)
         if job is not None:
             return job.record
-        rows = await self.d.store.managed_jobs(None, [self.job_id])
+        rows = await self.s.store.managed_jobs(None, [self.job_id])
         if not rows:
             raise SkydError(ErrorCode.NOT_FOUND, f"managed job {self.job_id} no longer exists")
         return rows[0]
 
 
-async def jobs_logs(d: "Daemon", caller: Caller, op: JobsLogs) -> ManagedLogStream:
+@handles(protocol.JobsLogs)
+async def jobs_logs(s: Services, caller: Caller, op: JobsLogs) -> ManagedLogStream:
     job_id = op.job_id
     if job_id is None:
-        mine = await d.store.managed_jobs(caller.uid, limit=1)
+        mine = await s.store.managed_jobs(caller.uid, limit=1)
         if not mine:
             raise SkydError(ErrorCode.NOT_FOUND, "you have no managed jobs yet",
                             "submit one with: skyctl jobs launch TASK.yaml")
         job_id = mine[0].job_id
-    await _record(d, caller, job_id)
+    await _record(s, caller, job_id)
     if op.offset < 0:
         raise SkydError(ErrorCode.BAD_REQUEST, "offset must be >= 0")
-    return ManagedLogStream(d, job_id, op.controller, op.follow, op.offset)
+    return ManagedLogStream(s, job_id, op.controller, op.follow, op.offset)

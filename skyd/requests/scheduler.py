@@ -24,15 +24,15 @@ from typing import Any, Awaitable, Callable
 import msgspec
 
 from skyd import protocol
-from skyd.logs import RequestLog, Topic
+from skyd.streams import RequestLog, Topic
 from skyd.protocol import Error, ErrorCode, Op, Queue, RequestRecord, SkydError, Status
-from skyd.state import ClusterState
+from skyd.clusters.registry import ClusterState
 from skyd.store import Store
-from skyd.worker import user_identity
-from skyd.workerproto import Assignment, Done
-from skyd.workers import Worker, WorkerPool
+from skyd.identity import Caller, user_identity
+from skyd.requests.messages import Assignment, Done
+from skyd.requests.pool import Worker, WorkerPool
 
-log = logging.getLogger("skyd.scheduler")
+log = logging.getLogger("skyd.requests.scheduler")
 _enc = msgspec.msgpack.Encoder()
 _op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
 
@@ -40,20 +40,6 @@ INTERRUPTED = "interrupted by server restart"
 SHORT_RING = 1000
 # The short request a handler is serving (so `api status` need not list itself).
 current_request: contextvars.ContextVar[str] = contextvars.ContextVar("current_request", default="")
-
-
-class Caller(msgspec.Struct):
-    uid: int
-    gid: int
-    user: str
-    home: str
-    admin: bool
-
-
-def caller_for(uid: int, admin: bool) -> Caller:
-    """The daemon acting on a user's behalf (autostop, the jobs controller)."""
-    name, gid, home = user_identity(uid)
-    return Caller(uid=uid, gid=gid, user=name, home=home, admin=admin)
 
 
 _blob_dec = msgspec.msgpack.Decoder()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import os
-import pwd
 import select
 import signal
 import socket
@@ -21,15 +21,12 @@ import traceback
 
 import msgspec
 
-from skyd import protocol
+from skyd import privilege, protocol
 from skyd.protocol import Error, ErrorCode, SkydError
-from skyd.workerproto import Assignment, Done
+from skyd.requests.context import WorkerContext, long_handler, prepare_as_root
+from skyd.requests.messages import Assignment, Done
 
 _PR_SET_PDEATHSIG = 1
-# Work yields the CPU to the daemon's loop: a worker once it has a request (and all it
-# starts: setup commands) and every local job run this much nicer than the daemon, so a
-# burst of work never slows accepting, answering and recording requests.
-WORK_NICE = 10
 _assign_dec = msgspec.msgpack.Decoder(Assignment)
 _op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
 
@@ -61,23 +58,6 @@ def _die_with_daemon(ctrl: socket.socket) -> None:
     threading.Thread(target=watch, name="die-with-daemon", daemon=True).start()
 
 
-class WorkerContext:
-    """What a long handler may use: its assignment and a channel to the daemon."""
-
-    def __init__(self, ctrl: socket.socket, assignment: Assignment, op: protocol.Op):
-        self._ctrl = ctrl
-        self.assignment = assignment
-        self.op = op
-
-    def send(self, msg) -> None:
-        protocol.send_msg(self._ctrl, msg)
-
-    @staticmethod
-    def say(text: str) -> None:
-        """A progress line for the request log."""
-        print(text, flush=True)
-
-
 def _become_user(a: Assignment, parent: int) -> None:
     """Run as the person who asked, never with more privilege than they have."""
     if os.geteuid() != 0 or a.uid == 0:
@@ -91,7 +71,9 @@ def _become_user(a: Assignment, parent: int) -> None:
     os.environ["HOME"], os.environ["USER"], os.environ["LOGNAME"] = a.home, a.user, a.user
 
 
-def spare_main(ctrl: socket.socket, log: socket.socket) -> None:
+def spare_main(ctrl: socket.socket, log: socket.socket, handlers: list[str]) -> None:
+    for module in handlers:             # they register the long handlers
+        importlib.import_module(module)
     os.setpgid(0, 0)
     _die_with_parent()
     parent = os.getppid()
@@ -103,7 +85,7 @@ def spare_main(ctrl: socket.socket, log: socket.socket) -> None:
         os._exit(0)                 # retired spare
     # Before any thread starts: on Linux the nice value is per thread, and inherited.
     with contextlib.suppress(OSError):
-        os.nice(WORK_NICE)
+        os.nice(privilege.WORK_NICE)
     _die_with_daemon(ctrl)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
@@ -123,7 +105,6 @@ def _run(ctrl: socket.socket, frame: bytes, parent: int) -> Done:
     try:
         a = _assign_dec.decode(frame)
         op = _op_dec.decode(a.op)
-        from skyd.ops import long_handler, prepare_as_root
         prepare_as_root(a, op)
         _become_user(a, parent)
         value = long_handler(type(op))(WorkerContext(ctrl, a, op))
@@ -133,12 +114,3 @@ def _run(ctrl: socket.socket, frame: bytes, parent: int) -> Done:
     except Exception as e:  # noqa: BLE001 - reported as the request's failure
         traceback.print_exc()
         return Done(error=Error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
-
-
-def user_identity(uid: int) -> tuple[str, int, str]:
-    """(name, primary gid, home) for a uid; placeholders for ids without an entry."""
-    try:
-        pw = pwd.getpwuid(uid)
-        return pw.pw_name, pw.pw_gid, pw.pw_dir
-    except KeyError:
-        return f"uid{uid}", uid, "/"

@@ -18,18 +18,23 @@ import os
 import time
 from pathlib import Path
 
-from skyd import __version__, hardware, protocol, systemd
-from skyd.calibration import load_calibration
-from skyd.config import Config
-from skyd.infra.base import get_infra
-from skyd.jobs_controller import JobsController
-from skyd.nodepools import NodePools, PoolError
-from skyd.listeners import bind_unix, group_id, is_admin, peer_caller
-from skyd.scheduler import Caller, Scheduler, caller_for
-from skyd.session import FrameBudget, Session
-from skyd.state import ClusterState
+from skyd import __version__, protocol
+from skyd.server import systemd
+
+from skyd.sizing import hardware
+from skyd.sizing.calibration import load_calibration
+from skyd.server.config import Config
+from skyd.infra import get_infra
+from skyd.managed.controller import JobsController
+from skyd.infra.nodepools import NodePools, PoolError
+from skyd.identity import Caller, caller_for, group_id, is_admin, peer_caller
+from skyd.server.listeners import bind_unix
+from skyd.server.services import Services
+from skyd.requests.scheduler import Scheduler
+from skyd.server.session import FrameBudget, Session
+from skyd.clusters.registry import ClusterState
 from skyd.store import Store
-from skyd.workers import WorkerPool, reap_previous
+from skyd.requests.pool import WorkerPool, reap_previous
 
 log = logging.getLogger("skyd")
 
@@ -39,6 +44,10 @@ HEALTH_INTERVAL = 300.0  # seconds between probes of ssh nodes (one multiplexed 
 
 
 LOCK_NAME = "skyd.lock"
+
+
+# What long requests do, registered with skyd.requests.context in each worker.
+LONG_HANDLER_MODULES = ["skyd.clusters.lifecycle", "skyd.infra.local", "skyd.infra.ssh"]
 
 
 class StartupError(RuntimeError):
@@ -94,7 +103,8 @@ class Daemon:
                                   self.is_admin)
         self.state.pools = NodePools(config.node_pools_path)
         self.state.ssh_known_hosts = str(config.ssh_known_hosts or "")
-        self.pool = WorkerPool(spares=config.spares, run_dir=config.state_dir / "workers")
+        self.pool = WorkerPool(spares=config.spares, run_dir=config.state_dir / "workers",
+                               handlers=LONG_HANDLER_MODULES)
         self.scheduler = Scheduler(
             self.store, self.pool, self.state, config.logs_dir, self.long_slots,
             self.short_slots, config.kill_grace,
@@ -107,6 +117,9 @@ class Daemon:
                                    config.jobs_parallelism or max(1, self.long_slots // 2),
                                    config.jobs_recover_after)
         self._admin_gid = group_id(config.admin_group)
+        self.services = Services(config=config, store=self.store, scheduler=self.scheduler,
+                                 state=self.state, jobs=self.jobs, info=self.info,
+                                 version=self.version)
         self._server: asyncio.AbstractServer | None = None
         self._bound: str | None = None        # the socket file we created (and so remove)
         self._sessions: set[asyncio.Task] = set()
@@ -229,7 +242,7 @@ class Daemon:
             caller = peer_caller(writer.get_extra_info("socket"), self._admin_gid)
             if self._admit(caller.uid, writer):
                 uid = caller.uid
-                await Session(self, reader, writer, caller).run()
+                await Session(self.services, self.frame_budget, reader, writer, caller).run()
         except asyncio.CancelledError:
             pass
         finally:

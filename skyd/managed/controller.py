@@ -33,16 +33,17 @@ import msgspec
 
 from skyd import protocol
 from skyd.infra.base import handle_dec
-from skyd.logs import Topic
+from skyd.streams import Topic
 from skyd.protocol import (ErrorCode, ManagedJobRecord, MANAGED_FINISHED, Queue, RequestRecord,
                            SkydError, Status)
-from skyd.scheduler import Caller, caller_for, stored_error
-from skyd.state import MANAGED_PREFIX, describe_resources
+from skyd.identity import Caller, caller_for
+from skyd.requests.scheduler import stored_error
+from skyd.clusters.registry import MANAGED_PREFIX, describe_resources
 from skyd.taskspec import Task, TaskError, infra_kind, max_restarts_on_errors, normalise, shortfall
 
 if TYPE_CHECKING:
-    from skyd.scheduler import Scheduler
-    from skyd.state import ClusterState
+    from skyd.requests.scheduler import Scheduler
+    from skyd.clusters.registry import ClusterState
     from skyd.store import Store
 
 log = logging.getLogger("skyd.jobs")

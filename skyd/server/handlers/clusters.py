@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator
+
+from skyd import protocol
 
 from skyd.infra.base import handle_dec
 from skyd.protocol import (JOB_FINISHED, Autostop, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
                            HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord,
                            SkydError)
-from skyd.scheduler import Caller
+from skyd.identity import Caller
+from skyd.server.dispatch import handles
+from skyd.server.services import Services
 
-if TYPE_CHECKING:
-    from skyd.daemon import Daemon
 
 
-async def status(d: "Daemon", caller: Caller, op: ClusterStatus) -> list[ClusterRecord]:
+@handles(protocol.ClusterStatus)
+async def status(s: Services, caller: Caller, op: ClusterStatus) -> list[ClusterRecord]:
     if op.all_users and not caller.admin:
         raise SkydError(ErrorCode.PERMISSION_DENIED,
                         "admins only: -u (every user's clusters) needs an admin",
                         "list your own with: skyctl status")
     # Someone else's cluster answers exactly as a missing one (an admin sees them all).
-    entries = {n: e for n, e in d.state.clusters.items()
+    entries = {n: e for n, e in s.state.clusters.items()
                if caller.admin or e.record.uid == caller.uid}
     if op.clusters:
         missing = [n for n in op.clusters if n not in entries]
@@ -31,18 +34,19 @@ async def status(d: "Daemon", caller: Caller, op: ClusterStatus) -> list[Cluster
     return [e.record for e in entries.values() if op.all_users or e.record.uid == caller.uid]
 
 
-async def autostop(d: "Daemon", caller: Caller, op: Autostop) -> ClusterRecord:
+@handles(protocol.Autostop)
+async def autostop(s: Services, caller: Caller, op: Autostop) -> ClusterRecord:
     if op.idle_minutes < 0 and op.idle_minutes != -1:
         raise SkydError(ErrorCode.BAD_REQUEST, "idle minutes must be >= 0 (or -1 to cancel)")
-    return await d.state.set_autostop(op.cluster, caller.uid, caller.admin, op.idle_minutes,
+    return await s.state.set_autostop(op.cluster, caller.uid, caller.admin, op.idle_minutes,
                                       op.down)
 
 
-async def _jobs(d: "Daemon", cluster: str) -> list[JobRecord]:
+async def _jobs(s: Services, cluster: str) -> list[JobRecord]:
     # Memory is ahead of the last commit, but a job may end while the store is read:
     # of the two records, keep the one further along its life.
-    live = {jid: j.record for (c, jid), j in d.state.jobs.items() if c == cluster}
-    merged = {j.job_id: j for j in await d.store.jobs_of(cluster)}
+    live = {jid: j.record for (c, jid), j in s.state.jobs.items() if c == cluster}
+    merged = {j.job_id: j for j in await s.store.jobs_of(cluster)}
     for jid, rec in live.items():
         if jid not in merged or _progress(rec) >= _progress(merged[jid]):
             merged[jid] = rec
@@ -53,33 +57,35 @@ def _progress(job: JobRecord) -> int:
     return 3 if job.status in JOB_FINISHED else {"RUNNING": 2, "SETTING_UP": 1}.get(job.status, 0)
 
 
-async def queue(d: "Daemon", caller: Caller, op: JobQueue) -> list[JobRecord]:
-    d.state.require(op.cluster, caller.uid, caller.admin)
-    jobs = await _jobs(d, op.cluster)
+@handles(protocol.JobQueue)
+async def queue(s: Services, caller: Caller, op: JobQueue) -> list[JobRecord]:
+    s.state.require(op.cluster, caller.uid, caller.admin)
+    jobs = await _jobs(s, op.cluster)
     if op.skip_finished:
         jobs = [j for j in jobs if j.status not in JOB_FINISHED]
     return jobs
 
 
-async def cancel(d: "Daemon", caller: Caller, op: CancelJobs) -> list[int]:
-    d.state.require(op.cluster, caller.uid, caller.admin)
+@handles(protocol.CancelJobs)
+async def cancel(s: Services, caller: Caller, op: CancelJobs) -> list[int]:
+    s.state.require(op.cluster, caller.uid, caller.admin)
     if not op.all and not op.job_ids:
         raise SkydError(ErrorCode.BAD_REQUEST, "name the jobs to cancel, or pass --all")
-    live = {jid: j for (c, jid), j in d.state.jobs.items() if c == op.cluster}
+    live = {jid: j for (c, jid), j in s.state.jobs.items() if c == op.cluster}
     ids = sorted(live) if op.all else op.job_ids
     done = []
     for jid in ids:
         job = live.get(jid)
         if job is None:
-            if not op.all and not await d.store.get_job(op.cluster, jid):
+            if not op.all and not await s.store.get_job(op.cluster, jid):
                 raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no job {jid}")
             continue
-        if await d.state.cancel_job(op.cluster, jid):
+        if await s.state.cancel_job(op.cluster, jid):
             done.append(jid)
             continue
         # Not started yet: cancel the request that would start it, before it does.
-        req = d.scheduler.active(job.record.request_id or "")
-        if req is not None and await d.scheduler.cancel(req):
+        req = s.scheduler.active(job.record.request_id or "")
+        if req is not None and await s.scheduler.cancel(req):
             done.append(jid)
     return done
 
@@ -101,12 +107,12 @@ class LogStream:
 class JobLogStream(LogStream):
     """The chunks of a job's log, then the job's final record."""
 
-    def __init__(self, d: "Daemon", cluster: str, job_id: int, follow: bool, offset: int):
-        self.d, self.cluster, self.job_id = d, cluster, job_id
+    def __init__(self, s: Services, cluster: str, job_id: int, follow: bool, offset: int):
+        self.s, self.cluster, self.job_id = s, cluster, job_id
         self.follow, self.offset = follow, offset
 
     def _live(self):
-        return self.d.state.jobs.get((self.cluster, self.job_id))
+        return self.s.state.jobs.get((self.cluster, self.job_id))
 
     async def chunks(self) -> AsyncIterator[bytes]:
         live = self._live()
@@ -125,13 +131,13 @@ class JobLogStream(LogStream):
             if topic is not None:
                 await topic.wait(topic.version, delay)
 
-        infra, nodes = self.d.state.infra_of(self.cluster)
+        infra, nodes = self.s.state.infra_of(self.cluster)
         async for data in infra.follow_log(handle, nodes, self.offset, self.follow,
                                            lambda: self._live() is None, wait_change):
             yield data
 
     async def _stored_handle(self):
-        row = await self.d.store.get_job(self.cluster, self.job_id)
+        row = await self.s.store.get_job(self.cluster, self.job_id)
         return handle_dec.decode(row[1]) if row and row[1] else None
 
     async def final(self) -> JobRecord:
@@ -145,44 +151,46 @@ class JobLogStream(LogStream):
                 live = self._live()
         if live is not None:
             return live.record
-        row = await self.d.store.get_job(self.cluster, self.job_id)
+        row = await self.s.store.get_job(self.cluster, self.job_id)
         if row is None:
             raise SkydError(ErrorCode.NOT_FOUND, f"job {self.job_id} no longer exists")
         return row[0]
 
 
-async def logs(d: "Daemon", caller: Caller, op: JobLogs) -> JobLogStream:
-    entry = d.state.require(op.cluster, caller.uid, caller.admin)
+@handles(protocol.JobLogs)
+async def logs(s: Services, caller: Caller, op: JobLogs) -> JobLogStream:
+    entry = s.state.require(op.cluster, caller.uid, caller.admin)
     job_id = op.job_id
     if job_id is None:
         job_id = entry.next_job_id - 1
         if job_id < 1:
             raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no jobs yet")
-    if (op.cluster, job_id) not in d.state.jobs and not await d.store.get_job(op.cluster, job_id):
+    if (op.cluster, job_id) not in s.state.jobs and not await s.store.get_job(op.cluster, job_id):
         raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no job {job_id}",
                         f"list its jobs with: skyctl queue {op.cluster}")
-    return JobLogStream(d, op.cluster, job_id, op.follow, op.offset)
+    return JobLogStream(s, op.cluster, job_id, op.follow, op.offset)
 
 
 PROBE = "nproc; awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"
 PROBE_TIMEOUT = 15.0
 
 
-async def infra(d: "Daemon", caller: Caller, op: InfraStatus) -> list[HostRecord]:
+@handles(protocol.InfraStatus)
+async def infra(s: Services, caller: Caller, op: InfraStatus) -> list[HostRecord]:
     """Probe every host of the pools over ssh, all at once, each bounded in time."""
     import asyncio
-    from skyd.infra.base import get_infra
-    pools = d.state.pool_map()
+    from skyd.infra import get_infra
+    pools = s.state.pool_map()
     unknown = [p for p in op.pools if p not in pools]
     if unknown:
         raise SkydError(ErrorCode.NOT_FOUND, f"no ssh node pool {unknown[0]!r}")
     ssh = get_infra("ssh")
-    owner = d.state.host_owners()
+    owner = s.state.host_owners()
 
     def serving(h) -> str | None:
         """The cluster on a host: its name if it is the caller's (or for an admin)."""
         name = owner.get((h.ip, h.port))
-        entry = d.state.clusters.get(name) if name else None
+        entry = s.state.clusters.get(name) if name else None
         if entry is None or caller.admin or entry.record.uid == caller.uid:
             return name
         return "(in use)"

@@ -7,17 +7,20 @@ instead of repeated.
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Callable
 
 import msgspec
 
-from skyd import privilege
-from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc, node_ips
+from skyd import privilege, protocol
+from skyd.infra import get_infra
+from skyd.infra.base import Infra, JobHandle, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
 from skyd.taskspec import Task, parse_amount, shortfall
-from skyd.worker import WorkerContext
-from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
+from skyd.requests.context import WorkerContext, register_long_ops
+from skyd.requests.messages import Assignment, DropCluster, JobEntry, SaveCluster, SaveJob
 
 
 
@@ -190,3 +193,34 @@ def down(ctx: WorkerContext) -> str:
     ctx.send(DropCluster(cluster.name))
     ctx.say(f"Cluster {cluster.name} is down.")
     return cluster.name
+
+
+# ---- the worker's table of long requests -------------------------------------------------
+
+LONG_HANDLERS: dict[type, Callable[[WorkerContext], object]] = {
+    Launch: launch, Exec: exec_, protocol.Stop: stop, protocol.Start: start, protocol.Down: down,
+}
+
+
+def prepare_as_root(a: Assignment, op: protocol.Op) -> None:
+    """Work that needs the daemon's privileges, done before the worker drops them: the
+    cluster's directory (local) or the owner's ssh control directory (ssh), each created
+    in a directory of the daemon's and handed to the owner."""
+    if a.cluster is None:
+        return
+    if a.cluster.infra == "local":
+        if isinstance(op, (Launch, protocol.Start)):
+            from skyd.infra import local
+            local.prepare_cluster_dir(a.state_dir, a.cluster, a.uid, a.gid)
+        return
+    base = os.path.join(a.state_dir, "ssh")
+    os.makedirs(base, exist_ok=True)
+    os.chmod(base, 0o711)
+    control = os.path.join(base, str(a.uid))       # this user's ssh multiplexing sockets
+    os.makedirs(control, mode=0o700, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chown(control, a.uid, a.gid)
+    get_infra(a.cluster.infra).configure(control, a.ssh_known_hosts)
+
+
+register_long_ops(LONG_HANDLERS, prepare_as_root)

@@ -1,56 +1,17 @@
-"""Listening sockets and who is on the other end of them.
-
-On a Unix socket the kernel says who is calling (SO_PEERCRED): no password to steal.
-"""
+"""Listening sockets (who is on the other end: skyd.identity)."""
 
 from __future__ import annotations
 
 import errno
-import grp
 import os
 import socket
-import struct
 from pathlib import Path
 
-from skyd.scheduler import Caller
-from skyd.worker import user_identity
-
-_CRED = struct.Struct("3i")
+from skyd.identity import group_id
 
 
 class ListenError(RuntimeError):
     pass
-
-
-def peer_caller(sock: socket.socket, admin_gid: int | None) -> Caller:
-    _pid, uid, gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                  _CRED.size))
-    name, _, home = user_identity(uid)
-    return Caller(uid=uid, gid=gid, user=name, home=home, admin=is_admin(uid, admin_gid))
-
-
-def is_admin(uid: int, admin_gid: int | None) -> bool:
-    """Root, the daemon's own user, and members of the admin group."""
-    if uid == 0 or uid == os.geteuid():
-        return True
-    if admin_gid is None:
-        return False
-    name, gid, _ = user_identity(uid)
-    if gid == admin_gid:
-        return True
-    try:
-        return name in grp.getgrgid(admin_gid).gr_mem
-    except KeyError:
-        return False
-
-
-def group_id(name: str | None) -> int | None:
-    if name is None:
-        return None
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise ListenError(f"group {name!r} does not exist") from None
 
 
 def bind_unix(path: Path, group: str | None) -> socket.socket:

@@ -1,6 +1,6 @@
 """`skyd capacity`: how many long and short requests a machine can run at once.
 
-Shows the slot sizing from skyd.hardware for this machine and for the standard
+Shows the slot sizing from skyd.sizing.hardware for this machine and for the standard
 machine sizes, next to the figures SkyPilot documents for its API server, so
 operators can pick a VM size before deploying.
 """
@@ -12,8 +12,8 @@ import math
 import sys
 from typing import TextIO
 
-from skyd.calibration import Calibration, load_calibration
-from skyd.hardware import (
+from skyd.sizing.calibration import Calibration, load_calibration
+from skyd.sizing.hardware import (
     GiB,
     Hardware,
     detect,

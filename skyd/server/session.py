@@ -9,40 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from skyd import protocol
-from skyd.logs import follow, read_from
-from skyd.ops import api, jobs, queries
+from skyd.streams import follow, read_from
+from skyd.server import handlers  # noqa: F401 - registers every handler
+from skyd.server.dispatch import handler_for
+from skyd.server.handlers.clusters import LogStream
+from skyd.server.services import Services
 from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Notice, Queue, Result,
                            SkydError, Status, Submit, Welcome)
-from skyd.scheduler import Caller, stored_error
+from skyd.identity import Caller
+from skyd.requests.scheduler import stored_error
 
-if TYPE_CHECKING:
-    from skyd.daemon import Daemon
-
-log = logging.getLogger("skyd.session")
+log = logging.getLogger("skyd.server.session")
 _dec = msgspec.msgpack.Decoder(protocol.ClientMsg)
-
-SHORT_HANDLERS = {
-    protocol.ClusterStatus: queries.status,
-    protocol.JobQueue: queries.queue,
-    protocol.JobLogs: queries.logs,
-    protocol.CancelJobs: queries.cancel,
-    protocol.InfraStatus: queries.infra,
-    protocol.Autostop: queries.autostop,
-    protocol.JobsQueue: jobs.jobs_queue,
-    protocol.JobsCancel: jobs.jobs_cancel,
-    protocol.JobsLogs: jobs.jobs_logs,
-    protocol.ApiStatus: api.api_status,
-    protocol.ApiLogs: api.api_logs_source,
-}
-INLINE_HANDLERS = {
-    protocol.ApiCancel: api.api_cancel,
-    protocol.ApiInfo: api.api_info,
-}
 
 
 # Frames up to this size are read whole: a StreamReader buffers about this much per
@@ -87,9 +70,10 @@ def _decode_error(e: msgspec.ValidationError) -> Error:
 
 
 class Session:
-    def __init__(self, d: "Daemon", reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 caller: Caller):
-        self.d = d
+    def __init__(self, services: Services, budget: "FrameBudget", reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, caller: Caller):
+        self.s = services
+        self.budget = budget
         self.reader, self.writer = reader, writer
         self.caller = caller
 
@@ -98,16 +82,16 @@ class Session:
     async def _read(self, limit: int | None = None) -> Any:
         head = await self.reader.readexactly(4)
         (size,) = protocol.HEADER.unpack(head)
-        limit = limit or self.d.config.max_frame
+        limit = limit or self.s.config.max_frame
         if size > limit:
             await self._send(Error(ErrorCode.TOO_LARGE,
                                    f"frame of {size} bytes exceeds the limit of {limit} bytes"
-                                   + ("" if limit == self.d.config.max_frame else
+                                   + ("" if limit == self.s.config.max_frame else
                                       " before the handshake")))
             raise _Hangup
         reserved = 0
         if size > SMALL_FRAME:
-            budget: FrameBudget = self.d.frame_budget
+            budget: FrameBudget = self.budget
             if not budget.take(size):
                 await self._send(Error(ErrorCode.BUSY,
                                        f"server busy: {budget.used} bytes of unfinished frames "
@@ -126,7 +110,7 @@ class Session:
             raise _Skip
         finally:
             if reserved:
-                self.d.frame_budget.give(reserved)
+                self.budget.give(reserved)
 
     async def _read_body(self, size: int) -> bytearray:
         """A large body in chunks: the StreamReader never buffers more than its limit."""
@@ -166,7 +150,7 @@ class Session:
             self.writer.close()
 
     async def _handshake(self) -> bool:
-        cfg = self.d.config
+        cfg = self.s.config
         try:
             async with asyncio.timeout(cfg.handshake_timeout if cfg.handshake_timeout > 0
                                        else None):
@@ -194,24 +178,24 @@ class Session:
                                    "upgrade skyctl: pip install -U skyd"))
             return False
         c = self.caller
-        await self._send(Welcome(protocol.PROTOCOL_VERSION, self.d.version, c.user, c.uid, c.admin))
+        await self._send(Welcome(protocol.PROTOCOL_VERSION, self.s.version, c.user, c.uid, c.admin))
         return True
 
     async def _handle(self, sub: Submit) -> None:
         op = sub.op
         try:
             if op.schedule is Queue.INLINE:
-                value = await INLINE_HANDLERS[type(op)](self.d, self.caller, op)
+                value = await handler_for(type(op))(self.s, self.caller, op)
                 await self._send(Result("", Status.SUCCEEDED, value))
             elif op.schedule is Queue.SHORT:
                 await self._short(op, sub.wait)
             elif op.schedule is Queue.JOBS:
-                request, job, ahead = await self.d.jobs.submit(op, self.caller)
+                request, job, ahead = await self.s.jobs.submit(op, self.caller)
                 await self._send(Accepted(request.id, Queue.JOBS, ahead, job_id=job.job_id))
                 if sub.wait:
                     await self._send(Result(request.id, Status.SUCCEEDED, job))
             else:
-                req, ahead = await self.d.scheduler.submit_long(op, self.caller)
+                req, ahead = await self.s.scheduler.submit_long(op, self.caller)
                 await self._send(Accepted(req.record.id, Queue.LONG, ahead))
                 if sub.wait:
                     await self.stream_request(req.record.id, 0, True)
@@ -225,10 +209,10 @@ class Session:
                                    "this is a bug in skyd; the server log has the details"))
 
     async def _short(self, op: protocol.Op, wait: bool) -> None:
-        s = self.d.scheduler
+        s = self.s.scheduler
         req = s.new_short(op, self.caller)
-        handler = SHORT_HANDLERS[type(op)]
-        call = lambda: handler(self.d, self.caller, op)  # noqa: E731
+        handler = handler_for(type(op))
+        call = lambda: handler(self.s, self.caller, op)  # noqa: E731
         if not wait:
             s.spawn_short(req, call)
             await self._send(Accepted(req.record.id, Queue.SHORT, s.short.waiting))
@@ -236,7 +220,7 @@ class Session:
         value = await s.run_short(req, call)
         if isinstance(op, protocol.ApiLogs):
             await self.stream_request(value, op.offset, op.follow)
-        elif isinstance(value, queries.LogStream):
+        elif isinstance(value, LogStream):
             offset = op.offset
             async for data in value.chunks():
                 if isinstance(data, str):
@@ -251,7 +235,7 @@ class Session:
 
     async def stream_request(self, rid: str, offset: int, follow_log: bool) -> None:
         """A request's log from `offset` (following it while it runs), then its result."""
-        s = self.d.scheduler
+        s = self.s.scheduler
         req = s.active(rid)
         path = s.log_path(rid)
         if req is not None and follow_log:
@@ -267,16 +251,16 @@ class Session:
         await self._send(await self._result(rid))
 
     async def _result(self, rid: str) -> Result:
-        req = self.d.scheduler.active(rid)
+        req = self.s.scheduler.active(rid)
         if req is not None and not req.done.done():
             return Result(rid, req.record.status)
         if req is not None:
             return _result_of(rid, req.record.status, req.result)
-        for rec in self.d.scheduler.short_ring:
+        for rec in self.s.scheduler.short_ring:
             if rec.id == rid:
                 return Result(rid, rec.status,
                               error=Error(ErrorCode.FAILED, rec.error) if rec.error else None)
-        row = await self.d.store.get_request(rid)
+        row = await self.s.store.get_request(rid)
         if row is None:
             raise SkydError(ErrorCode.NOT_FOUND, f"request {rid} no longer exists")
         rec, blob = row

@@ -28,12 +28,14 @@ from typing import AsyncIterator
 
 import msgspec
 
-from skyd import protocol, worker
-from skyd.workerproto import Assignment, WorkerMsg
+from skyd import protocol
 
-log = logging.getLogger("skyd.workers")
+from skyd.requests import worker
+from skyd.requests.messages import Assignment, WorkerMsg
 
-PRELOAD = ["skyd.worker", "skyd.ops.clusters", "skyd.infra.local", "skyd.infra.ssh"]
+log = logging.getLogger("skyd.requests.pool")
+
+PRELOAD = ["skyd.requests.worker"]
 _msg_dec = msgspec.msgpack.Decoder(WorkerMsg)
 
 
@@ -107,7 +109,11 @@ class Worker:
 class WorkerPool:
     """Keeps `spares` idle workers ready; hands one out per long request."""
 
-    def __init__(self, spares: int = 2, run_dir: Path | str | None = None):
+    def __init__(self, spares: int = 2, run_dir: Path | str | None = None,
+                 handlers: list[str] | None = None):
+        # Modules that register the long handlers (skyd.requests.context): preloaded in
+        # the forkserver, imported again by each worker (a no-op when preloaded).
+        self.handlers = list(handlers or [])
         self.target_spares = max(1, spares)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._ctx = multiprocessing.get_context("forkserver")
@@ -120,7 +126,7 @@ class WorkerPool:
         self.started = 0
 
     async def start(self) -> None:
-        self._ctx.set_forkserver_preload(PRELOAD)
+        self._ctx.set_forkserver_preload(PRELOAD + self.handlers)
         await asyncio.to_thread(self._start_forkserver)
         self._refiller = asyncio.get_running_loop().create_task(self._refill_loop(),
                                                                 name="worker-refill")
@@ -174,7 +180,8 @@ class WorkerPool:
     async def _spawn(self) -> Worker:
         ctrl_parent, ctrl_child = socket.socketpair()
         log_parent, log_child = socket.socketpair()
-        proc = self._ctx.Process(target=worker.spare_main, args=(ctrl_child, log_child),
+        proc = self._ctx.Process(target=worker.spare_main,
+                                 args=(ctrl_child, log_child, self.handlers),
                                  name="skyd-worker", daemon=False)
         try:
             await asyncio.to_thread(self._start_worker, proc)

@@ -20,21 +20,22 @@ from typing import Callable
 
 import msgspec
 
-from skyd.infra.base import Infra, JobHandle, get_infra, handle_dec, handle_enc
-from skyd.logs import Topic
+from skyd.infra import get_infra
+from skyd.infra.base import Infra, JobHandle, handle_dec, handle_enc
+from skyd.streams import Topic
 from skyd import privilege, protocol
 from skyd.protocol import JOB_FINISHED, ClusterRecord, ErrorCode, JobRecord, NodeInfo, SkydError
 from skyd.store import Store
-from skyd.hardware import Hardware
+from skyd.sizing.hardware import Hardware
 from skyd.infra.local import cluster_dir as local_cluster_dir, control_dir, control_root
 from skyd.infra.local import mark_cancelled as local_mark_cancelled
 from skyd.infra.ssh import node_dir as ssh_node_dir
-from skyd.nodepools import NodePools, Pool, PoolError, same_hosts
+from skyd.infra.nodepools import NodePools, Pool, PoolError, same_hosts
 from skyd.taskspec import Task, TaskError, infra_kind, normalise, shortfall
-from skyd.worker import user_identity
-from skyd.workerproto import DropCluster, JobEntry, SaveCluster, SaveJob
+from skyd.identity import user_identity
+from skyd.requests.messages import DropCluster, JobEntry, SaveCluster, SaveJob
 
-log = logging.getLogger("skyd.state")
+log = logging.getLogger("skyd.clusters.registry")
 
 
 @dataclass

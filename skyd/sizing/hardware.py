@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from skyd.calibration import Calibration
+from skyd.sizing.calibration import Calibration
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _capacity(args: argparse.Namespace) -> int:
-    from skyd import capacity, config
+    from skyd.sizing import capacity
+    from skyd.server import config
     calib = args.calibration
     if calib is None:
         try:
@@ -108,7 +109,7 @@ def _capacity(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from skyd import config
+    from skyd.server import config
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
         cfg = config.load(flags, config_file=args.config)
@@ -126,8 +127,8 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def _run(cfg) -> int:
-    from skyd.daemon import Daemon, StartupError
-    from skyd.listeners import ListenError
+    from skyd.server.daemon import Daemon, StartupError
+    from skyd.server.listeners import ListenError
     try:
         daemon = Daemon(cfg)
         loop = asyncio.get_running_loop()

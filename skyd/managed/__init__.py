@@ -1,0 +1,1 @@
+"""Managed jobs: persisted state machines driven by the daemon's loop."""

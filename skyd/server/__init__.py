@@ -1,0 +1,1 @@
+"""The server: lifecycle, listeners, sessions, the dispatch table and the handlers of short requests."""

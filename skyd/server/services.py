@@ -1,0 +1,29 @@
+"""What request handlers may use: the narrow face of the daemon, built once at start-up.
+
+Handlers never see the Daemon itself (its lifecycle, listeners and sessions are not
+theirs to touch); each gets this object, the caller and its op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from skyd import protocol
+from skyd.clusters.registry import ClusterState
+from skyd.identity import Caller
+from skyd.managed.controller import JobsController
+from skyd.requests.scheduler import Scheduler
+from skyd.server.config import Config
+from skyd.store import Store
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    store: Store
+    scheduler: Scheduler
+    state: ClusterState           # the cluster registry
+    jobs: JobsController          # managed jobs
+    info: Callable[[Caller], protocol.ServerInfo]
+    version: str

@@ -1,0 +1,1 @@
+"""Sizing: what the hardware is, what a worker costs, how many requests run at once."""
