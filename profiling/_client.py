@@ -1,6 +1,7 @@
 """The load generator: ONE process, asyncio + uvloop, raw frames over the Unix socket.
 
-Run by bench_core as a subprocess so that its CPU use (resource.getrusage) is its own:
+Run by bench_core and vs_skypilot as a subprocess (run_generator below) so that its CPU use
+(resource.getrusage) is its own:
 
     python -m profiling._client '{"mode": "short", ...}'   -> one JSON object on stdout
 
@@ -21,6 +22,7 @@ import asyncio
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -239,9 +241,21 @@ async def run_burst(spec: dict) -> dict:
         "accepted_per_s": len(accepted) / elapsed if elapsed > 0 else 0.0,
         "latencies_ms_summary": summarize(sorted(x * 1000 for x in lat)),
         "generator_cpu_cores": (cpu1 - cpu0) / elapsed if elapsed > 0 else None,
-        "daemon_cpu_cores": ((dcpu1 - dcpu0) / elapsed) if dcpu0 is not None and dcpu1 is not None and elapsed > 0 else None,
+        "daemon_cpu_cores": ((dcpu1 - dcpu0) / elapsed
+                             if dcpu0 is not None and dcpu1 is not None and elapsed > 0 else None),
         "accepted_ids": accepted,
     }
+
+
+def run_generator(spec: dict, timeout: float) -> dict:
+    """This module as a process of its own, on `spec`; its JSON answer."""
+    from profiling._daemon import ROOT, daemon_env
+    p = subprocess.run([sys.executable, "-m", "profiling._client", json.dumps(spec)],
+                       capture_output=True, text=True, timeout=timeout, env=daemon_env(),
+                       cwd=str(ROOT))
+    if p.returncode != 0:
+        raise RuntimeError(f"load generator failed ({p.returncode}): {p.stderr[-2000:]}")
+    return json.loads(p.stdout)
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from profiling._report import ROOT, agg, code_version, dig, fmt_agg, machine_info, markdown
 

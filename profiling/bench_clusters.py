@@ -49,7 +49,7 @@ from typing import Any, Callable
 import msgspec
 
 from profiling._stats import percentile
-from profiling._daemon import ROOT, BenchDaemon, bounded_wait, kill_leftovers, ours
+from profiling._daemon import BenchDaemon, bounded_wait, kill_leftovers, ours
 from profiling._report import agg, code_version, markdown, stop_on_signal
 from profiling._report import machine_info as base_machine_info
 from skyctl.connection import Connection

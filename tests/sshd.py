@@ -265,9 +265,10 @@ class SshHost:
 
 class SshHosts:
     """Context manager: `count` sshd servers on 127.0.0.{first_ip}, ... all on `port`, or, if
-    that is taken on some ip (a leftover or concurrent run), the next port up free on all. Files live under `base_dir`, which
-    must be short (keep it in /tmp). __enter__ returns the list of SshHost; the object also
-    has .hosts, .identity_file, .known_hosts and pool_yaml()."""
+    that is taken on some ip (a leftover or concurrent run), the next port up free on all.
+    Files live under `base_dir`, which must be short (keep it in /tmp). __enter__ returns
+    the list of SshHost; the object also has .hosts, .identity_file, .known_hosts and
+    pool_yaml()."""
 
     def __init__(self, base_dir: Path, count: int = 3, first_ip: int = 2, port: int = 22022,
                  logins: tuple[str, ...] = ()):

@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import processes_mentioning, wait_until
 from skyd import protocol
 from skyd.taskspec import Task
-from skyd.requests.worker import WORK_NICE
+from skyd.privilege import WORK_NICE
 
 
 def nice_of(pid: int) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import pid_alive, wait_until
 from skyd import protocol
-from skyd.requests.scheduler import FifoSlots
+from skyd.requests.slots import FifoSlots
 from skyd.taskspec import Task
 
 

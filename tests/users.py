@@ -39,11 +39,10 @@ def ensure_group(name: str) -> int:
 def ensure_user(name: str, group: str = GROUP) -> pwd.struct_passwd:
     ensure_group(group)
     try:
-        pw = pwd.getpwnam(name)
+        pwd.getpwnam(name)
     except KeyError:
         _run("useradd", "--create-home", "--shell", "/bin/bash", "--user-group",
              "--groups", group, name)
-        pw = pwd.getpwnam(name)
     if group not in [g.gr_name for g in grp.getgrall() if name in g.gr_mem]:
         _run("usermod", "-a", "-G", group, name)
     return pwd.getpwnam(name)

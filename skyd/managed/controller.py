@@ -38,6 +38,7 @@ from skyd.protocol import (ErrorCode, ManagedJobRecord, MANAGED_FINISHED, Queue,
                            SkydError, Status)
 from skyd.identity import Caller, caller_for
 from skyd.requests.scheduler import stored_error
+from skyd.requests.slots import FifoSlots
 from skyd.clusters.registry import MANAGED_PREFIX, describe_resources
 from skyd.taskspec import Task, TaskError, infra_kind, max_restarts_on_errors, normalise, shortfall
 
@@ -99,8 +100,8 @@ class JobsController:
         self.jobs: dict[int, Job] = {}          # unfinished, or finished with teardown left
         self.pending: dict[int, Job] = {}       # waiting for a launch slot, in job-id order
         self.next_id = 1
-        self.in_flight = 0                      # launch and down requests it has running
-        self._slot_waiters: collections.deque[asyncio.Future] = collections.deque()
+        # Launch and down requests it has running at once (FIFO among those waiting).
+        self.slots = FifoSlots(self.parallelism)
         self._reserved: collections.Counter[str] = collections.Counter()  # pool -> hosts
         self._admit_soon = False
         self._closing = False
@@ -123,7 +124,7 @@ class JobsController:
                 self.pending[job.record.job_id] = job
                 continue
             if job.record.status == "STARTING" and job.record.request_id:
-                self.in_flight += 1           # its launch request is queued again
+                self.slots.take()             # its launch request is queued again
                 job.holds_slot = True
             self._start(job)
         self._admit()
@@ -189,11 +190,11 @@ class JobsController:
         """Start pending jobs in order while there are slots (teardowns and relaunches
         waiting for one go first) and their ssh pool has free hosts."""
         self._admit_soon = False
-        if self._slot_waiters or self._closing:
+        if self.slots.waiting or self._closing:
             return
         free: dict[str, int] = {}
         for job in list(self.pending.values()):
-            if self.in_flight >= self.parallelism:
+            if self.slots.in_use >= self.slots.size:
                 return
             pool = job.pool
             if pool is not None:
@@ -205,7 +206,7 @@ class JobsController:
                 job.reserved = job.task.num_nodes
                 self._reserved[pool] += job.reserved
             del self.pending[job.record.job_id]
-            self.in_flight += 1
+            self.slots.take()
             job.holds_slot = True
             self._start(job, admitted=True)
 
@@ -217,21 +218,7 @@ class JobsController:
     async def _take_slot(self, job: Job) -> None:
         if job.holds_slot:
             return
-        if self.in_flight < self.parallelism and not self._slot_waiters:
-            self.in_flight += 1
-        else:
-            fut = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(fut)
-            try:
-                await fut               # the releaser counted it for us
-            except asyncio.CancelledError:
-                if fut.done() and not fut.cancelled():
-                    self.in_flight -= 1
-                    self._pass_slot()
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._slot_waiters.remove(fut)
-                raise
+        await self.slots.acquire()
         job.holds_slot = True
 
     def _release_slot(self, job: Job) -> None:
@@ -241,15 +228,7 @@ class JobsController:
         if not job.holds_slot:
             return
         job.holds_slot = False
-        self.in_flight -= 1
-        self._pass_slot()
-
-    def _pass_slot(self) -> None:
-        while self._slot_waiters and self.in_flight < self.parallelism:
-            fut = self._slot_waiters.popleft()
-            if not fut.done():
-                self.in_flight += 1
-                fut.set_result(None)
+        self.slots.release()              # passed to the first waiter, if any
         self._admit()
 
     # ---- events ----------------------------------------------------------------------------

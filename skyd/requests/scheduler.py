@@ -26,7 +26,8 @@ import msgspec
 from skyd import protocol
 from skyd.streams import RequestLog, Topic
 from skyd.protocol import Error, ErrorCode, Op, Queue, RequestRecord, SkydError, Status
-from skyd.clusters.registry import ClusterState
+from skyd.requests.slots import FifoSlots
+from skyd.requests.workload import Workload
 from skyd.store import Store
 from skyd.identity import Caller, user_identity
 from skyd.requests.messages import Assignment, Done
@@ -64,48 +65,6 @@ def _time_limit(limit: float) -> Error:
                  "give the request more time with --timeout SECONDS (launch, exec)")
 
 
-class FifoSlots:
-    """A counting semaphore that admits waiters strictly in arrival order."""
-
-    def __init__(self, size: int):
-        self.size = size
-        self.in_use = 0
-        self.peak = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-    async def acquire(self) -> None:
-        if self.in_use < self.size and not self._waiters:
-            self._take()
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()          # granted just as we were cancelled: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
-
-    def _take(self) -> None:
-        self.in_use += 1
-        self.peak = max(self.peak, self.in_use)
-
-    def release(self) -> None:
-        self.in_use -= 1
-        while self._waiters and self.in_use < self.size:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self._take()
-                fut.set_result(None)
-
-
 class Request:
     """A request's runtime beside its persisted row: never stored itself."""
 
@@ -128,7 +87,7 @@ class Request:
 
 
 class Scheduler:
-    def __init__(self, store: Store, pool: WorkerPool, state: ClusterState, logs_dir: Path,
+    def __init__(self, store: Store, pool: WorkerPool, state: Workload, logs_dir: Path,
                  long_slots: int, short_slots: int, kill_grace: float = 3.0, *,
                  user_long_slots: int = 0, user_pending: int = 0, long_timeout: float = 0.0,
                  log_limit: int = 0):

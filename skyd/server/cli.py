@@ -129,6 +129,7 @@ def serve(args: argparse.Namespace) -> int:
 async def _run(cfg) -> int:
     from skyd.server.daemon import Daemon, StartupError
     from skyd.server.listeners import ListenError
+    daemon: Daemon | None = None
     try:
         daemon = Daemon(cfg)
         loop = asyncio.get_running_loop()
@@ -137,9 +138,9 @@ async def _run(cfg) -> int:
         await daemon.startup()
     except (StartupError, ListenError, ValueError) as e:
         print(f"skyd: error: {e}", file=sys.stderr)
-        # Only a daemon that took the state directory has anything to shut down: one
+        # Only a daemon that took the state directory has anything to give back: one
         # refused by the lock touched nothing and must not log "shutting down ... stopped".
-        if "daemon" in locals() and daemon.locked:
+        if daemon is not None and daemon.locked:
             await daemon.shutdown()
         return 1
     try:

@@ -121,15 +121,12 @@ class Daemon:
                                  state=self.state, jobs=self.jobs, info=self.info,
                                  version=self.version)
         self._server: asyncio.AbstractServer | None = None
-        self._bound: str | None = None        # the socket file we created (and so remove)
         self._sessions: set[asyncio.Task] = set()
         self.connections: collections.Counter[int] = collections.Counter()   # open, per uid
         self.frame_budget = FrameBudget(config.inflight_bytes)
-        self._gc: asyncio.Task | None = None
-        self._autostop: asyncio.Task | None = None
-        self._watchdog: asyncio.Task | None = None
         self.stopping = asyncio.Event()
         self._lock_fd: int | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -139,7 +136,9 @@ class Daemon:
         return self._lock_fd is not None
 
     async def startup(self) -> None:
-        cfg = self.config
+        """Take each resource in order and push how to give it back on one exit stack:
+        shutdown() unwinds it in reverse, also after a start-up that failed half-way."""
+        cfg, stack = self.config, self._stack
         # Private by default: the database holds every request (secrets included) and the
         # logs their output. The state dir stays traversable so that people can reach
         # their own local clusters (each 0700, theirs) and, by default, the socket (0600).
@@ -148,6 +147,7 @@ class Daemon:
         # First of all: one daemon per state directory. A second one stops here, before
         # migrations, recovery or anything else has touched the directory.
         self._lock_fd = lock_state_dir(cfg.state_dir)
+        stack.callback(self._unlock)
         # Then nothing of a crashed previous run may go on beside what we re-run.
         try:
             killed = await asyncio.to_thread(reap_previous, self.pool.run_dir)
@@ -176,57 +176,68 @@ class Daemon:
         ssh = get_infra("ssh")
         ssh.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
         ssh.on_health = self.state.node_health
+
         await self.store.open()
+        stack.push_async_callback(self.store.close)
         await self.jobs.load()
         await self.state.load()
+        stack.push_async_callback(self.state.close)
+        stack.push_async_callback(self._end_sessions)    # after the drain below
         await self.pool.start()
+        stack.push_async_callback(self.scheduler.shutdown, cfg.drain_timeout)  # drain, workers
         requeued, rerun, failed = await self.scheduler.recover()
         if requeued or rerun or failed:
             log.info("recovered requests: %d queued again, %d re-run, %d failed as interrupted",
                      requeued, rerun, failed)
         resumed = self.jobs.resume()
+        stack.push_async_callback(self.jobs.close)
         if resumed:
             log.info("managed jobs: %d resumed from their persisted state", resumed)
+
         sock = systemd.adopted_socket()
         if sock is None:
             sock = bind_unix(cfg.socket_path, cfg.socket_group)
-            self._bound = str(cfg.socket_path)
+            stack.callback(_unlink_quietly, cfg.socket_path)
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
-        self._gc = asyncio.get_running_loop().create_task(self._gc_loop(), name="retention-gc")
-        self._autostop = asyncio.get_running_loop().create_task(self._autostop_loop(),
-                                                                name="autostop")
+        stack.callback(self._stop_listening)
+        loop = asyncio.get_running_loop()
+        for task in (loop.create_task(self._gc_loop(), name="retention-gc"),
+                     loop.create_task(self._autostop_loop(), name="autostop")):
+            stack.callback(task.cancel)
         log.info("skyd %s listening on %s: %d long slots, %d short slots (%s)", self.version,
                  cfg.socket_path, self.long_slots, self.short_slots, self.slots_source)
         systemd.notify(f"READY=1\nSTATUS=listening on {cfg.socket_path}")
-        self._watchdog = systemd.start_watchdog()
+        watchdog = systemd.start_watchdog()
+        if watchdog is not None:
+            stack.callback(watchdog.cancel)
 
     async def serve(self) -> None:
         await self.stopping.wait()
 
     async def shutdown(self) -> None:
+        """Give back, in reverse, what startup() took: stop listening, stop the jobs
+        controller, drain and stop the requests and workers, end the sessions, close the
+        registry and the store, free the state directory."""
         systemd.notify("STOPPING=1")
         log.info("shutting down: no new requests; waiting up to %.0fs for running ones",
                  self.config.drain_timeout)
+        await self._stack.aclose()
+        log.info("stopped")
+
+    def _stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in (self._gc, self._watchdog, self._autostop):
-            if task is not None:
-                task.cancel()
         self.scheduler.accepting = False
-        await self.jobs.close()
-        await self.scheduler.shutdown(self.config.drain_timeout)
+
+    async def _end_sessions(self) -> None:
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
-        await self.state.close()
-        await self.store.close()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if self._bound is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._bound)
-        log.info("stopped")
+
+    def _unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)       # the state directory is free for the next daemon
             self._lock_fd = None
@@ -346,6 +357,11 @@ class Daemon:
         if removed:
             log.info("retention: removed %d finished requests older than %gh", removed, hours)
         return removed
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _unlink_logs(logs_dir: Path, ids: list[str]) -> None:
