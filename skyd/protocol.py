@@ -114,7 +114,7 @@ class NodeInfo(msgspec.Struct, omit_defaults=True):
 
 class ClusterRecord(msgspec.Struct, omit_defaults=True):
     name: str
-    status: str          # INIT, UP, STOPPED
+    status: str          # INIT, UP, UNHEALTHY (a node does not answer), STOPPED
     infra: str
     num_nodes: int
     user: str
@@ -243,7 +243,6 @@ class Op(msgspec.Struct, tag_field="op", forbid_unknown_fields=True, kw_only=Tru
     schedule: ClassVar[Queue]
     result: ClassVar[Any] = None
     idempotent: ClassVar[bool] = False   # safe to run again after a server restart
-    streams: ClassVar[bool] = False      # answers with a log stream before its result
 
     def target_cluster(self) -> str | None:
         return getattr(self, "cluster", None)
@@ -328,7 +327,6 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_WIRE_INT)]
 class JobLogs(Op, tag="logs"):
     schedule = Queue.SHORT
     result = JobRecord
-    streams = True
     cluster: str
     job_id: JobId | None = None   # None: the latest job
     follow: bool = True
@@ -371,7 +369,6 @@ class JobsLogs(Op, tag="jobs_logs"):
     """A managed job's output over all its attempts (or its controller log), then its record."""
     schedule = Queue.SHORT
     result = ManagedJobRecord
-    streams = True
     job_id: JobId | None = None   # None: your latest
     controller: bool = False
     follow: bool = True
@@ -398,7 +395,6 @@ class ApiStatus(Op, tag="api_status"):
 class ApiLogs(Op, tag="api_logs"):
     schedule = Queue.SHORT
     result = RequestRecord
-    streams = True
     request_id: str
     follow: bool = True
     offset: ByteOffset = 0

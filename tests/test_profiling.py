@@ -8,7 +8,6 @@ import json
 import struct
 import subprocess
 import sys
-import zlib
 
 import pytest
 
@@ -130,18 +129,20 @@ def test_classify_by_tree_position_and_command():
     assert 50 not in kinds                           # another state dir's runner
 
 
-def test_png_writer_makes_a_valid_png():
-    r = sysprof.Raster(7, 5)
-    r.line(0, 0, 6, 4, (255, 0, 0))
-    r.text(0, 0, "a1", (0, 0, 0))
-    data = r.png()
+def test_png_plot_makes_a_valid_png(tmp_path):
+    path = tmp_path / "plot.png"
+    sysprof.plot_png(SAMPLES, path, cpus=2)
+    data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
-    assert struct.unpack(">II", data[16:24]) == (7, 5)
-    idat_len = struct.unpack(">I", data[33:37])[0]
-    assert data[37:41] == b"IDAT"
-    raw = zlib.decompress(data[41:41 + idat_len])
-    assert len(raw) == 5 * (1 + 7 * 3) and raw[1:4] != b"\xff\xff\xff"   # pixel (0,0) drawn
+    assert struct.unpack(">II", data[16:24]) == (1000, 720)
     assert data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_png_without_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)         # import matplotlib fails
+    with pytest.raises(sysprof.PlotUnavailable, match=r"pip install 'skyd\[profiling\]'"):
+        sysprof.plot_png(SAMPLES, tmp_path / "plot.png", cpus=2)
+    assert not (tmp_path / "plot.png").exists()
 
 
 # ---- against real daemons --------------------------------------------------------------------

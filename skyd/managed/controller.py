@@ -81,7 +81,7 @@ class Job:
         return pool if kind == "ssh" else None
 
 
-class Outcome(msgspec.Struct):
+class RequestOutcome(msgspec.Struct):
     status: Status
     error: protocol.Error | None = None
     value: Any = None
@@ -311,7 +311,7 @@ class JobsController:
             return
         await self._launch_failed(job, outcome)
 
-    async def _launch_failed(self, job: Job, outcome: Outcome) -> None:
+    async def _launch_failed(self, job: Job, outcome: RequestOutcome) -> None:
         rec = job.record
         err = outcome.error
         why = err.message if err is not None else f"launch {outcome.status.value}"
@@ -490,7 +490,7 @@ class JobsController:
     # ---- requests on the owner's behalf -------------------------------------------------
 
     async def _run_request(self, job: Job, op: protocol.Op, attempt: int | None = None
-                           ) -> Outcome:
+                           ) -> RequestOutcome:
         """Submit a long request as the job's owner, its id stored with the job (one
         commit), and wait for its outcome."""
         while not self.scheduler.accepting:
@@ -507,13 +507,13 @@ class JobsController:
             req, _ = await self.scheduler.submit_long(op, owner, internal=True,
                                                       with_insert=pointer)
         except SkydError as e:
-            return Outcome(Status.FAILED, e.to_wire())
+            return RequestOutcome(Status.FAILED, e.to_wire())
         self._note(job, f"{req.record.name} request {req.record.id} submitted")
         job.topic.notify()
         await req.done
         return _outcome(req.record.status, req.result)
 
-    async def _outcome_of(self, job: Job, rid: str) -> Outcome | None:
+    async def _outcome_of(self, job: Job, rid: str) -> RequestOutcome | None:
         req = self.scheduler.active(rid)
         if req is not None:
             await req.done
@@ -670,9 +670,9 @@ def _job_id_of(cluster: str) -> int:
         return -1
 
 
-def _outcome(status: Status, result: Any) -> Outcome:
+def _outcome(status: Status, result: Any) -> RequestOutcome:
     error = stored_error(status, result)
-    return Outcome(status, error, None if error is not None else result)
+    return RequestOutcome(status, error, None if error is not None else result)
 
 
 async def _no_wait(_delay: float) -> None:

@@ -351,8 +351,9 @@ class Daemon:
         cutoff = (now or time.time()) - hours * 3600
         removed = 0
         while ids := await self.store.finished_before(cutoff):
-            await asyncio.to_thread(_unlink_logs, self.config.logs_dir, ids)
+            # Rows first: a request that can still be listed always has its log.
             await self.store.delete_requests(ids)
+            await asyncio.to_thread(_unlink_logs, self.config.logs_dir, ids)
             removed += len(ids)
         if removed:
             log.info("retention: removed %d finished requests older than %gh", removed, hours)

@@ -1,0 +1,5 @@
+import sys
+
+from profiling.bench_core.cli import main
+
+sys.exit(main())

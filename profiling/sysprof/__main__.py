@@ -1,0 +1,5 @@
+import sys
+
+from profiling.sysprof.cli import main
+
+sys.exit(main())
