@@ -42,7 +42,7 @@ import psutil
 
 from profiling._daemon import ROOT, BenchDaemon, kill_leftovers, ours
 from profiling._report import agg, code_version, machine_info, markdown, stop_on_signal
-from profiling.bench_core import user_install
+from profiling._venv import user_install
 from skyd import protocol
 from skyd.taskspec import Task
 

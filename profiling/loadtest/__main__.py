@@ -1,0 +1,5 @@
+import sys
+
+from profiling.loadtest.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from profiling.vs_skypilot.cli import main
+
+sys.exit(main())
