@@ -14,7 +14,7 @@ from typing import Callable
 import msgspec
 
 from skyd import privilege, protocol
-from skyd.infra import get_infra
+from skyd.infra import SSH, get_infra
 from skyd.infra.base import Infra, JobHandle, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
@@ -31,8 +31,9 @@ def task_env(ctx: WorkerContext, task: Task, cluster: ClusterRecord, node: NodeI
     a = ctx.assignment
     env = privilege.login_env(a.uid)
     env.update(HOME=a.home, USER=a.user, LOGNAME=a.user, PYTHONUNBUFFERED="1")
-    env.update(task.envs)
-    env.update(task.secrets)
+    # normalise() made every value a string (the daemon validates every task it accepts).
+    env.update({k: str(v) for k, v in task.envs.items()})
+    env.update({k: str(v) for k, v in task.secrets.items()})
     ips = node_ips(cluster.nodes)
     prefix = "SKYPILOT_SETUP_" if setup else "SKYPILOT_"
     env[prefix + "NODE_RANK"] = str(node.rank)
@@ -220,7 +221,7 @@ def prepare_as_root(a: Assignment, op: protocol.Op) -> None:
     os.makedirs(control, mode=0o700, exist_ok=True)
     if os.geteuid() == 0:
         os.chown(control, a.uid, a.gid)
-    get_infra(a.cluster.infra).configure(control, a.ssh_known_hosts)
+    SSH.configure(control, a.ssh_known_hosts)
 
 
 register_long_ops(LONG_HANDLERS, prepare_as_root)

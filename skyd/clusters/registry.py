@@ -78,11 +78,11 @@ class ClusterState:
     # ---- start-up ----------------------------------------------------------------------
 
     async def load(self) -> None:
-        for record, next_id in await self.store.load_clusters():
-            self.clusters[record.name] = ClusterEntry(record, next_id)
-        for record, handle in await self.store.active_jobs():
-            live = LiveJob(record, handle_dec.decode(handle) if handle else None, handle)
-            self.jobs[(record.cluster, record.job_id)] = live
+        for cluster, next_id in await self.store.load_clusters():
+            self.clusters[cluster.name] = ClusterEntry(cluster, next_id)
+        for job, handle in await self.store.active_jobs():
+            live = LiveJob(job, handle_dec.decode(handle) if handle else None, handle)
+            self.jobs[(job.cluster, job.job_id)] = live
             if live.handle is not None and live.handle.spawned:
                 self._watch(live)
         for name in self.clusters:
@@ -284,29 +284,31 @@ class ClusterState:
         if entry is None or entry.record.status not in ("UP", "UNHEALTHY"):
             return
         infra, nodes = get_infra(entry.record.infra), entry.record.nodes
-        jobs = sorted((j for (c, _), j in self.jobs.items() if c == cluster and j.handle),
-                      key=lambda j: j.record.job_id)
-        used = sum(j.handle.cpus for j in jobs if j.handle.spawned or j.spawning)
+        jobs = sorted(((j, j.handle) for (c, _), j in self.jobs.items()
+                       if c == cluster and j.handle is not None),
+                      key=lambda jh: jh[0].record.job_id)
+        used = sum(h.cpus for j, h in jobs if h.spawned or j.spawning)
         room = min((infra.capacity(n) for n in nodes), default=0.0)
-        for live in jobs:
-            if live.handle.spawned or live.spawning:
+        for live, handle in jobs:
+            if handle.spawned or live.spawning:
                 continue
-            if used + live.handle.cpus > room + 1e-9 and used > 0:
+            if used + handle.cpus > room + 1e-9 and used > 0:
                 break      # it waits for room; so do the jobs behind it
-            used += live.handle.cpus
+            used += handle.cpus
             live.spawning = True
-            asyncio.get_running_loop().create_task(self._spawn(live, infra, nodes))
+            asyncio.get_running_loop().create_task(self._spawn(live, handle, infra, nodes))
 
-    async def _spawn(self, live: LiveJob, infra: Infra, nodes: list[NodeInfo]) -> None:
+    async def _spawn(self, live: LiveJob, prepared: JobHandle, infra: Infra,
+                     nodes: list[NodeInfo]) -> None:
         rec = live.record
         entry = self.clusters.get(rec.cluster)
         # A job runs as its cluster's owner, whoever asked for it (an admin's exec too).
         owner = entry.record.uid if entry is not None else rec.uid
         # Where its output and exit status go is the daemon's choice, never the worker's.
-        handle = msgspec.structs.replace(live.handle, nodes=[
+        handle = msgspec.structs.replace(prepared, nodes=[
             msgspec.structs.replace(np, ctl=control_dir(self.state_dir, rec.cluster,
                                                         rec.job_id, np.rank))
-            for np in live.handle.nodes])
+            for np in prepared.nodes])
         try:
             handle = await infra.spawn(handle, nodes, owner, user_identity(owner)[1])
         except Exception as e:  # noqa: BLE001 - the job fails, the daemon goes on
@@ -451,6 +453,7 @@ class ClusterState:
                 self.pool(pool, op.task.num_nodes)
             if op.cluster is None:
                 op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
+            assert op.cluster is not None
             check_cluster_name(op.cluster)
             if (op.cluster.startswith(MANAGED_PREFIX) and not internal
                     and op.cluster not in self.clusters):

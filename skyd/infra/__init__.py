@@ -10,7 +10,9 @@ from skyd.infra.base import Infra
 from skyd.infra.local import LocalInfra
 from skyd.infra.ssh import SshInfra
 
-INFRAS: dict[str, Infra] = {"local": LocalInfra(), "ssh": SshInfra()}
+LOCAL = LocalInfra()
+SSH = SshInfra()
+INFRAS: dict[str, Infra] = {"local": LOCAL, "ssh": SSH}
 
 
 def get_infra(infra: str) -> Infra:

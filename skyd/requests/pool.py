@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+from multiprocessing.process import BaseProcess
 import os
 import signal
 import socket
@@ -42,7 +43,7 @@ _msg_dec = msgspec.msgpack.Decoder(WorkerMsg)
 class Worker:
     """One worker process seen from the daemon: its control channel, log, and exit."""
 
-    def __init__(self, proc: multiprocessing.Process, ctrl: socket.socket, log_sock: socket.socket):
+    def __init__(self, proc: BaseProcess, ctrl: socket.socket, log_sock: socket.socket):
         self.proc = proc
         self.pid: int = proc.pid  # type: ignore[assignment]
         self._ctrl_sock, self._log_sock = ctrl, log_sock
@@ -193,8 +194,9 @@ class WorkerPool:
         self.started += 1
         return w
 
-    def _start_worker(self, proc: multiprocessing.Process) -> None:
+    def _start_worker(self, proc: BaseProcess) -> None:
         proc.start()
+        assert proc.pid is not None
         if self.run_dir is not None:
             with contextlib.suppress(OSError):
                 record_process(self.run_dir, str(proc.pid), proc.pid, group=True)
@@ -356,9 +358,9 @@ def reap_previous(run_dir: Path | None, timeout: float = 10.0) -> list[int]:
         for pg in groups:
             with contextlib.suppress(OSError):
                 os.killpg(pg, signal.SIGKILL)
-        for pid in procs:
+        for victim in procs:
             with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(victim, signal.SIGKILL)
         killed |= procs
         time.sleep(0.02)
     for name in names:

@@ -13,13 +13,14 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import signal
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 import msgspec
 
@@ -58,6 +59,11 @@ def stored_error(status: Status, stored: Any) -> Error | None:
 def uncapped_uids() -> frozenset[int]:
     """The host's operators, who have no per-user caps: root and the daemon's own user."""
     return frozenset({0, os.geteuid()})
+
+
+def op_name(op: Op) -> str:
+    """The op's wire tag (its name in listings)."""
+    return str(op.__struct_config__.tag)
 
 
 def _time_limit(limit: float) -> Error:
@@ -123,7 +129,7 @@ class Scheduler:
         self.short_ring: collections.deque[RequestRecord] = collections.deque(maxlen=SHORT_RING)
         self._tasks: set[asyncio.Task] = set()
         self.accepting = True
-        self.counters = collections.Counter()
+        self.counters: collections.Counter[str] = collections.Counter()
 
     # ---- lookup ------------------------------------------------------------------------
 
@@ -169,14 +175,14 @@ class Scheduler:
                                 f"waiting (limit {self.user_pending} per user)",
                                 "wait for some to start, or cancel some: skyctl api status; "
                                 "skyctl api cancel ID")
-        record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
+        record = RequestRecord(id=str(uuid.uuid4()), name=op_name(op),
                                queue=Queue.LONG, status=Status.PENDING, user=caller.user,
                                uid=caller.uid, created_at=time.time(),
                                cluster=op.target_cluster())
         op_bytes = _enc.encode(op)
         req = Request(record, op, op_bytes)
         # Durable before "accepted". No await between the writes: one group commit.
-        writes = [self.store.add_request(record, op_bytes)]
+        writes: list[Awaitable[Any]] = [self.store.add_request(record, op_bytes)]
         if with_insert is not None:
             writes.append(with_insert(record))
         if counted:
@@ -268,9 +274,12 @@ class Scheduler:
             # done-callback, so no exception or cancellation can leak it.
             self.long_running[req.record.id] = req
             self.long_peak = max(self.long_peak, len(self.long_running))
-            self._spawn(self._run_long(req), lambda _t, r=req: self._release_long(r))
+            self._spawn(self._run_long(req), functools.partial(self._release_long_done, req))
             if uid in self._user_queues:
                 turn.append(uid)
+
+    def _release_long_done(self, req: Request, _task: asyncio.Task) -> None:
+        self._release_long(req)
 
     def _release_long(self, req: Request) -> None:
         self.long_running.pop(req.record.id, None)
@@ -293,7 +302,8 @@ class Scheduler:
         if self._cluster_load[cluster] <= 0:
             del self._cluster_load[cluster]
 
-    def _spawn(self, coro: Awaitable, on_done: Callable[[asyncio.Task], None] | None = None) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None],
+               on_done: Callable[[asyncio.Task], None] | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -438,7 +448,7 @@ class Scheduler:
     # ---- short requests -------------------------------------------------------------------
 
     def new_short(self, op: Op, caller: Caller) -> Request:
-        record = RequestRecord(id=str(uuid.uuid4()), name=op.__struct_config__.tag,
+        record = RequestRecord(id=str(uuid.uuid4()), name=op_name(op),
                                queue=Queue.SHORT, status=Status.PENDING, user=caller.user,
                                uid=caller.uid, created_at=time.time(),
                                cluster=op.target_cluster())

@@ -24,7 +24,7 @@ from skyd.server import systemd
 from skyd.sizing import hardware
 from skyd.sizing.calibration import load_calibration
 from skyd.server.config import Config
-from skyd.infra import get_infra
+from skyd.infra import LOCAL, SSH
 from skyd.managed.controller import JobsController
 from skyd.infra.nodepools import NodePools, PoolError
 from skyd.identity import Caller, caller_for, group_id, is_admin, peer_caller
@@ -101,7 +101,8 @@ class Daemon:
                              f"({self.hardware.memory_source}); {self.calibration.source}")
         self.state = ClusterState(self.store, str(config.state_dir), self.hardware,
                                   self.is_admin)
-        self.state.pools = NodePools(config.node_pools_path)
+        self.pools = NodePools(config.node_pools_path)
+        self.state.pools = self.pools
         self.state.ssh_known_hosts = str(config.ssh_known_hosts or "")
         self.pool = WorkerPool(spares=config.spares, run_dir=config.state_dir / "workers",
                                handlers=LONG_HANDLER_MODULES)
@@ -169,13 +170,12 @@ class Daemon:
             if path.exists():
                 os.chmod(path, 0o600)       # tighten files made by an older version
         try:
-            self.state.pools.get()          # a broken pool file is reported now, not later
+            self.pools.get()                # a broken pool file is reported now, not later
         except PoolError as e:
             raise StartupError(str(e)) from None
-        get_infra("local").log_limit = max(0, cfg.job_log_bytes)   # type: ignore[attr-defined]
-        ssh = get_infra("ssh")
-        ssh.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
-        ssh.on_health = self.state.node_health
+        LOCAL.log_limit = max(0, cfg.job_log_bytes)
+        SSH.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
+        SSH.on_health = self.state.node_health
 
         await self.store.open()
         stack.push_async_callback(self.store.close)
@@ -316,11 +316,10 @@ class Daemon:
     async def check_nodes(self) -> None:
         """Ask every node of every ssh cluster whether it answers (at start: reconcile what
         changed while the daemon was down; then every few minutes)."""
-        ssh = get_infra("ssh")
         nodes = [n for e in self.state.clusters.values()
                  if e.record.infra != "local" and e.record.status in ("UP", "UNHEALTHY")
                  for n in e.record.nodes]
-        await asyncio.gather(*(ssh.check(n) for n in nodes), return_exceptions=True)
+        await asyncio.gather(*(SSH.check(n) for n in nodes), return_exceptions=True)
 
     async def autostop_due(self) -> None:
         """Stop (or tear down) clusters idle past their autostop, as their owner would."""
