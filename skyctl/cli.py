@@ -164,6 +164,7 @@ def _task(args: argparse.Namespace):
 
 def cmd_launch(ctx: Ctx, args: argparse.Namespace) -> int:
     task = _task(args)
+    op: protocol.Launch | protocol.Exec
     if args.command == "launch":
         if args.down and args.idle_minutes_to_autostop is None:
             args.idle_minutes_to_autostop = 0.0   # as SkyPilot: down once all jobs finish

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Iterator
+from typing import Iterator, cast
 
 import msgspec
 
@@ -80,7 +80,7 @@ class Connection:
         """Send one request; yield its frames up to and including the last one."""
         assert self.sock is not None
         try:
-            protocol.send_msg(self.sock, Submit(op, wait))
+            protocol.send_msg(self.sock, Submit(cast("protocol.AnyOp", op), wait))
         except (BrokenPipeError, ConnectionResetError):
             # The server may refuse a frame before reading all of it (too large): its
             # reason is already waiting in our receive buffer.

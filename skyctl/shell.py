@@ -28,8 +28,8 @@ def _commands() -> dict[str, list[str]]:
     """Top-level commands and their sub-commands, read from the CLI's own parser."""
     parser = cli.build_parser()
     table: dict[str, list[str]] = {}
-    for action in parser._subparsers._group_actions:          # noqa: SLF001 - argparse
-        for name, sub in action.choices.items():
+    for action in parser._subparsers._group_actions:  # type: ignore[union-attr]  # argparse's own
+        for name, sub in action.choices.items():  # type: ignore[union-attr]
             subs = []
             if sub._subparsers is not None:                    # noqa: SLF001
                 for a in sub._subparsers._group_actions:       # noqa: SLF001
@@ -109,10 +109,13 @@ def main(args: argparse.Namespace) -> int:
     path, source = resolve(getattr(args, "host", None))
     live = Live(path, source)
     live.refresh(force=True)
-    session = PromptSession(history=FileHistory(str(_history_path())),
-                            completer=ShellCompleter(live),
-                            bottom_toolbar=lambda: (live.refresh(), live.toolbar)[1],
-                            refresh_interval=REFRESH)
+    def toolbar() -> str:
+        live.refresh()
+        return live.toolbar
+
+    session: PromptSession[str] = PromptSession(history=FileHistory(str(_history_path())),
+                                                completer=ShellCompleter(live),
+                                                bottom_toolbar=toolbar, refresh_interval=REFRESH)
     parser = cli.build_parser()
     print("skyctl shell: commands as on the command line (launch, status, api status, ...); "
           "Tab completes; Ctrl-D or 'exit' leaves.")

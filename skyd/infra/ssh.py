@@ -279,6 +279,7 @@ class SshInfra(Infra):
             p = subprocess.Popen(self.ssh(n, "bash -s", owner), stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  **(owner.popen() if owner else {}))
+            assert p.stdin is not None
             p.stdin.write((env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
                            f"bash -c {shlex.quote(script)} < /dev/null\n").encode())
             p.stdin.close()

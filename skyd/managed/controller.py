@@ -292,10 +292,11 @@ class JobsController:
             op = protocol.Launch(task=job.task, cluster=rec.cluster)
             outcome = await self._run_request(job, op, attempt=attempt)
         else:
-            outcome = await self._outcome_of(job, rec.request_id)   # resumed after a restart
-            if outcome is None:                                     # never stored: again
+            resumed = await self._outcome_of(job, rec.request_id)   # after a restart
+            if resumed is None:                                     # never stored: again
                 await self._set(job, request_id="")
                 return
+            outcome = resumed
         self._release_slot(job)
         await self._append_request_log(job, job.record.request_id, "launch")
         rec = job.record

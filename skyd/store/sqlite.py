@@ -168,7 +168,9 @@ class Store:
     async def _migrate(self) -> None:
         assert self._w is not None
         async with self._w.execute("PRAGMA user_version") as cur:
-            (version,) = await cur.fetchone()
+            row = await cur.fetchone()
+        assert row is not None            # PRAGMA user_version always answers one row
+        (version,) = row
         if version > len(MIGRATIONS):
             raise RuntimeError(f"{self.path} has schema v{version}, newer than this skyd "
                                f"(v{len(MIGRATIONS)}): upgrade skyd")

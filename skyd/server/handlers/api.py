@@ -108,13 +108,13 @@ async def api_cancel(s: Services, caller: Caller, op: ApiCancel) -> list[str]:
         for prefix in op.request_ids:
             rec = await lookup(s, caller, prefix)
             rid = rec.id
-            req = sched.active(rid)
-            if req is None or req.record.queue is not protocol.Queue.LONG:
+            found = sched.active(rid)
+            if found is None or found.record.queue is not protocol.Queue.LONG:
                 if len(op.request_ids) == 1:
                     raise SkydError(ErrorCode.CONFLICT,
                                     f"request {rid} already finished ({rec.status.value})")
                 continue
-            targets.append(req)
+            targets.append(found)
     return [req.record.id for req in targets if await sched.cancel(req)]
 
 
