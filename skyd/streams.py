@@ -1,11 +1,19 @@
-"""Request logs on disk, and followers woken by events rather than timers."""
+"""Logs and the one way they are followed.
+
+A follower reads a `LogSource` through `follow()`: what is there from its offset, then —
+while the source is followed and not finished — waits for the source to change and reads
+again. Each source has one wake: the `Topic` of whoever writes or learns of its output
+(the daemon's own request and managed-job logs; a job's end, from its pidfd watcher),
+the pipe of an ssh `tail`, and — only for output written by detached processes the daemon
+cannot hear (a local job's files) — a bounded back-off poll (`Backoff`) beside its topic.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
 
 READ_CHUNK = 256 * 1024
 JOB_LOG_POLL = (0.05, 0.5)   # job logs are written by detached processes: poll, backing off
@@ -96,61 +104,172 @@ def read_from(path: str | Path, offset: int, size: int = READ_CHUNK) -> bytes:
         return b""
 
 
-async def follow(path: Path, offset: int, topic: Topic | None,
-                 finished: Callable[[], bool]) -> AsyncIterator[bytes]:
-    """Yield the file's bytes from `offset`; with a topic, wait for it to move until
-    `finished()`; without one, read what is there and stop."""
-    while True:
-        seen = topic.version if topic is not None else 0
-        data = read_from(path, offset)
-        if data:
-            offset += len(data)
-            yield data
-            continue
-        if topic is None or finished():
-            # One more read: the last append may have landed after the previous one.
-            data = read_from(path, offset)
+# ---- the source interface and the one follower -----------------------------------------
+
+class LogSource:
+    """Where a follower's output comes from.
+
+    `read(offset)` gives what is there now from `offset` (bytes of log, b"" when nothing
+    is new; a str is a notice about the stream and moves no offset). `finished()` says
+    that nothing more will come (a source that is not followed is finished from the
+    start); it is asked *before* a read, so an empty read after it means the end.
+    `mark()` is taken before a read too: `wait_change(mark)` returns at once if the
+    source moved since, else when it may have."""
+
+    def mark(self) -> Hashable:
+        return None
+
+    async def read(self, offset: int) -> bytes | str:
+        raise NotImplementedError
+
+    def finished(self) -> bool:
+        raise NotImplementedError
+
+    async def wait_change(self, seen: Hashable) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """The follower is gone (or done): stop what the source started."""
+
+
+async def follow(source: LogSource, offset: int = 0) -> AsyncGenerator[bytes | str, None]:
+    """Yield the source's output from `offset` until it is finished."""
+    try:
+        while True:
+            seen = source.mark()
+            done = source.finished()
+            data = await source.read(offset)
             if data:
-                offset += len(data)
+                if isinstance(data, bytes):
+                    offset += len(data)
                 yield data
                 continue
-            return
-        await topic.wait(seen)
+            if done:
+                return
+            await source.wait_change(seen)
+    finally:
+        source.close()
 
 
-async def follow_files(sources: list[tuple[bytes, str]], offset: int, follow: bool,
-                       finished: Callable[[], bool],
-                       wait_change: Callable[[float], Awaitable[None]],
-                       read: Callable[[str, int], Awaitable[bytes]]) -> AsyncIterator[bytes]:
-    """Follow files written by processes we cannot hear from (job logs): read what is new,
-    then sleep with back-off until `finished()`. Several files are merged by line, each
-    line prefixed with its node. `offset` counts the bytes already delivered (one file).
-    `read(path, offset)` fetches a chunk (off the loop: these files are not ours)."""
-    offsets = [offset if len(sources) == 1 else 0 for _ in sources]
-    partial = [b"" for _ in sources]
-    delay = JOB_LOG_POLL[0]
-    while True:
-        done = finished()
-        out = []
-        for i, (prefix, path) in enumerate(sources):
-            data = await read(path, offsets[i])
-            if not data:
-                continue
-            offsets[i] += len(data)
-            if not prefix:
-                out.append(data)
-                continue
-            lines = (partial[i] + data).split(b"\n")
-            partial[i] = lines.pop()
-            out.extend(prefix + ln + b"\n" for ln in lines)
-        if out:
-            delay = JOB_LOG_POLL[0]
-            yield b"".join(out)
-            continue
-        if done or not follow:
-            rest = [p + partial[i] + b"\n" for i, (p, _) in enumerate(sources) if partial[i]]
-            if rest:
-                yield b"".join(rest)
-            return
-        await wait_change(delay)
-        delay = min(delay * 2, JOB_LOG_POLL[1])
+async def wait_any(*waits: Awaitable[None]) -> None:
+    """Return when the first of these waits does; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+# ---- building blocks of sources ---------------------------------------------------------
+
+class FileLog(LogSource):
+    """A file the daemon writes itself (a request's log, a managed job's own logs): read
+    in the loop, woken by its writer's topic. Without a topic: read what is there."""
+
+    def __init__(self, path: str | Path, topic: Topic | None,
+                 ended: Callable[[], bool] = lambda: True):
+        self.path, self.topic, self.ended = path, topic, ended
+
+    def mark(self) -> Hashable:
+        return self.topic.version if self.topic is not None else 0
+
+    async def read(self, offset: int) -> bytes:
+        return read_from(self.path, offset)
+
+    def finished(self) -> bool:
+        return self.topic is None or self.ended()
+
+    async def wait_change(self, seen: Hashable) -> None:
+        if self.topic is not None:
+            assert isinstance(seen, int)
+            await self.topic.wait(seen)
+
+
+class Backoff:
+    """The wake of output written by processes the daemon cannot hear: the topic of what
+    it does learn (a job's end), or else a poll that backs off while nothing comes."""
+
+    def __init__(self, topic: Topic | None, bounds: tuple[float, float] = JOB_LOG_POLL):
+        self.topic, self.bounds = topic, bounds
+        self.delay = bounds[0]
+
+    def mark(self) -> int:
+        return self.topic.version if self.topic is not None else 0
+
+    def got_output(self) -> None:
+        self.delay = self.bounds[0]
+
+    async def wait(self, seen: Hashable) -> None:
+        delay, self.delay = self.delay, min(self.delay * 2, self.bounds[1])
+        if self.topic is not None:
+            assert isinstance(seen, int)
+            await self.topic.wait(seen, delay)
+        else:
+            await asyncio.sleep(delay)
+
+
+class LineMerge:
+    """Several nodes' output as one stream: each complete line prefixed with its node
+    (one node: its bytes as they are)."""
+
+    def __init__(self, prefixes: Sequence[bytes]):
+        self.prefixes = list(prefixes)
+        self.partial = [b"" for _ in self.prefixes]
+
+    def feed(self, i: int, data: bytes) -> bytes:
+        prefix = self.prefixes[i]
+        if not prefix:
+            return data
+        lines = (self.partial[i] + data).split(b"\n")
+        self.partial[i] = lines.pop()
+        return b"".join(prefix + ln + b"\n" for ln in lines)
+
+    def rest(self) -> bytes:
+        """The unfinished last lines, once no more output will come."""
+        out = b"".join(p + self.partial[i] + b"\n"
+                       for i, p in enumerate(self.prefixes) if self.partial[i])
+        self.partial = [b"" for _ in self.prefixes]
+        return out
+
+
+class JobLogFiles(LogSource):
+    """A job's log files, one per node, read with `read(path, offset)` (off the loop:
+    they are not the daemon's), merged by line. `offset` counts what was delivered of a
+    single node's file; several nodes are read from their start. Followed (`live`) until
+    `ended()`, woken by `wake` (the job's topic, with a back-off poll)."""
+
+    def __init__(self, sources: Sequence[tuple[bytes, str]], live: bool,
+                 ended: Callable[[], bool], wake: Backoff,
+                 read: Callable[[str, int], Awaitable[bytes]]):
+        self.paths = [path for _, path in sources]
+        self.merge = LineMerge([prefix for prefix, _ in sources])
+        self.offsets = [0 for _ in sources]
+        self.live, self.ended, self.wake, self._read = live, ended, wake, read
+
+    def mark(self) -> Hashable:
+        return self.wake.mark()
+
+    async def read(self, offset: int) -> bytes:
+        done = self.finished()      # before reading: then nothing comes after the reads
+        if len(self.paths) == 1:
+            self.offsets[0] = offset
+        while True:
+            got, out = False, []
+            for i, path in enumerate(self.paths):
+                data = await self._read(path, self.offsets[i])
+                if data:
+                    got = True
+                    self.offsets[i] += len(data)
+                    out.append(self.merge.feed(i, data))
+            if not got:
+                return self.merge.rest() if done else b""
+            self.wake.got_output()
+            if any(out):            # else only parts of lines: read on
+                return b"".join(out)
+
+    def finished(self) -> bool:
+        return not self.live or self.ended()
+
+    async def wait_change(self, seen: Hashable) -> None:
+        await self.wake.wait(seen)

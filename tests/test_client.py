@@ -18,10 +18,12 @@ HEAVY = {"asyncio", "aiosqlite", "aiohttp", "uvloop", "psutil", "yaml", "sqlite3
 
 
 def _modules_after(code: str) -> set[str]:
+    # Never under CI's coverage (TESTING.md): its start-up hook imports sqlite3 and more.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
     out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
                           "print(json.dumps(sorted(sys.modules)))"],
                          capture_output=True, text=True, check=True, cwd=ROOT,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                         env=dict(env, PYTHONPATH=str(ROOT)))
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import subprocess
-from typing import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Callable, Mapping
 
 import msgspec
 
 from skyd.protocol import ClusterRecord, NodeInfo
+from skyd.streams import LogSource, Topic
 
 
 class NodeProc(msgspec.Struct):
@@ -95,9 +96,12 @@ class Infra:
         """What is left of a job one of whose nodes failed."""
         raise NotImplementedError
 
-    def follow_log(self, handle: JobHandle, nodes: list[NodeInfo], offset: int, follow: bool,
-                   finished: Callable[[], bool],
-                   wait_change: Callable[[float], Awaitable[None]]) -> AsyncIterator[bytes]:
+    def log_source(self, handle: JobHandle, nodes: list[NodeInfo], offset: int, follow: bool,
+                   topic: Topic | None = None,
+                   ended: Callable[[], bool] = lambda: True) -> LogSource:
+        """The job's output (for skyd.streams.follow) from byte `offset` of a single
+        node's log; several nodes are merged by line from their start. Followed
+        (`follow`) until `ended()`; `topic` moves when the daemon learns of the job."""
         raise NotImplementedError
 
 

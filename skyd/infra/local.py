@@ -27,7 +27,7 @@ from skyd.sizing import hardware
 
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix,
                              run_streamed)
-from skyd.streams import READ_CHUNK, follow_files
+from skyd.streams import READ_CHUNK, Backoff, JobLogFiles
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 LOCAL_IP = "127.0.0.1"
@@ -336,7 +336,7 @@ async def wait_exit(handle: JobHandle) -> None:
 def log_sources(handle: JobHandle) -> list[tuple[bytes, str]]:
     """(line prefix, log path) per node; no prefix for a single node. Only the daemon's
     control files: a handle without them (never started) has no log."""
-    return [(rank_prefix(np.rank, len(handle.nodes)), str(_files(np).log))
+    return [(rank_prefix(np.rank, len(handle.nodes)), str(privilege.JobFiles(Path(np.ctl)).log))
             for np in handle.nodes if np.ctl]
 
 
@@ -403,7 +403,8 @@ class LocalInfra(Infra):
     async def kill(self, handle, nodes):
         signal_job(handle, signal.SIGKILL)
 
-    def follow_log(self, handle, nodes, offset, follow, finished, wait_change):
-        return follow_files(log_sources(handle), offset, follow, finished, wait_change,
-                            read_log)
+    def log_source(self, handle, nodes, offset, follow, topic=None, ended=lambda: True):
+        # Written by the detached runners: woken by the job's topic (its end, from the
+        # pidfd watcher), else by a back-off poll.
+        return JobLogFiles(log_sources(handle), follow, ended, Backoff(topic), read_log)
 

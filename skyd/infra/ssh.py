@@ -30,7 +30,7 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator, Callable, NamedTuple
+from typing import Callable, Hashable, NamedTuple
 
 import msgspec
 
@@ -38,6 +38,7 @@ from skyd import privilege
 from skyd.infra.base import (Infra, JobHandle, NodeProc, Outcome, rank_prefix,
                              run_streamed)
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
+from skyd.streams import LineMerge, LogSource, Topic
 
 # The runner on a node: read the job's environment and delete it at once (secrets are
 # never left in a file once the job has started), run the user's script, then record how
@@ -428,53 +429,77 @@ class SshInfra(Infra):
                                for np in handle.nodes if np.rank in by_rank),
                              return_exceptions=True)
 
-    async def follow_log(self, handle, nodes, offset, follow, finished, wait_change
-                         ) -> AsyncIterator[bytes]:
-        by_rank = {n.rank: n for n in nodes}
-        parts = [(np, by_rank[np.rank]) for np in handle.nodes if np.rank in by_rank]
-        start = offset + 1 if len(parts) == 1 else 1
-        queue: asyncio.Queue = asyncio.Queue()
+    def log_source(self, handle, nodes, offset, follow, topic=None, ended=lambda: True):
+        return SshJobLog(self, handle, nodes, offset, follow)
 
-        async def tail(np: NodeProc, node: NodeInfo) -> None:
-            prefix = rank_prefix(np.rank, len(parts))
-            log = shlex.quote(np.log)
-            if follow:
-                # Not `tail --pid`: it counts a zombie runner (not yet reaped by init, which
-                # can take a second or more) as alive. ALIVE does not.
-                cmd = (f"pid={np.pid}; start={np.start}\n{ALIVE}"
-                       f"tail -s 0.2 -c +{start} -f {log} 2>/dev/null & t=$!\n"
-                       "while alive; do sleep 0.1; done; sleep 0.3; kill $t; true")
-            else:
-                cmd = f"tail -c +{start} {log} 2>/dev/null; true"
-            proc = await self._exec(node, cmd, stdout=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL)
-            try:
-                assert proc.stdout is not None
-                if not prefix:
-                    while data := await proc.stdout.read(65536):
-                        await queue.put(data)
-                else:
-                    while line := await proc.stdout.readline():
-                        await queue.put(prefix + line)
-            finally:
+
+class SshJobLog(LogSource):
+    """A job's log on its nodes, through one `tail` per node over ssh (as the cluster's
+    owner): its output comes down the pipe, so the daemon hears it — no polling. The
+    tails end when the job's runners have (`follow`), or at the end of the file."""
+
+    def __init__(self, infra: SshInfra, handle: JobHandle, nodes: list[NodeInfo],
+                 offset: int, follow: bool):
+        by_rank = {n.rank: n for n in nodes}
+        self.infra, self.follow = infra, follow
+        self.parts = [(np, by_rank[np.rank]) for np in handle.nodes if np.rank in by_rank]
+        self.start = offset + 1 if len(self.parts) == 1 else 1
+        self.merge = LineMerge([rank_prefix(np.rank, len(self.parts)) for np, _ in self.parts])
+        self.topic = Topic()            # moves on every chunk, and when a tail ends
+        self.buf = bytearray()
+        self.ended = 0
+        self.tasks: list[asyncio.Task] | None = None
+
+    def mark(self) -> int:
+        return self.topic.version
+
+    def finished(self) -> bool:
+        return self.ended >= len(self.parts)
+
+    async def wait_change(self, seen: Hashable) -> None:
+        assert isinstance(seen, int)
+        await self.topic.wait(seen)
+
+    async def read(self, offset: int) -> bytes:
+        if self.tasks is None:
+            self.tasks = [asyncio.ensure_future(self._tail(i, np, node))
+                          for i, (np, node) in enumerate(self.parts)]
+        if not self.follow:     # what is there: until the tails reach the end of the files
+            while not self.buf and not self.finished():
+                await self.topic.wait(self.topic.version)
+        done = self.finished()
+        data, self.buf = bytes(self.buf), bytearray()
+        return data or (self.merge.rest() if done else b"")
+
+    async def _tail(self, i: int, np: NodeProc, node: NodeInfo) -> None:
+        log = shlex.quote(np.log)
+        if self.follow:
+            # Not `tail --pid`: it counts a zombie runner (not yet reaped by init, which
+            # can take a second or more) as alive. ALIVE does not.
+            cmd = (f"pid={np.pid}; start={np.start}\n{ALIVE}"
+                   f"tail -s 0.2 -c +{self.start} -f {log} 2>/dev/null & t=$!\n"
+                   "while alive; do sleep 0.1; done; sleep 0.3; kill $t; true")
+        else:
+            cmd = f"tail -c +{self.start} {log} 2>/dev/null; true"
+        proc = None
+        try:
+            proc = await self.infra._exec(node, cmd, stdout=subprocess.PIPE,
+                                          stdin=subprocess.DEVNULL)
+            assert proc.stdout is not None
+            while data := await proc.stdout.read(65536):
+                self.buf += self.merge.feed(i, data)
+                self.topic.notify()
+        finally:
+            if proc is not None:
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
-                await queue.put(None)
+            self.ended += 1
+            self.topic.notify()
 
-        tasks = [asyncio.ensure_future(tail(np, node)) for np, node in parts]
-        try:
-            left = len(tasks)
-            while left:
-                item = await queue.get()
-                if item is None:
-                    left -= 1
-                else:
-                    yield item
-        finally:
-            for t in tasks:
-                t.cancel()
-
+    def close(self) -> None:
+        for t in self.tasks or ():
+            t.cancel()
 
 def _proc(h: JobHandle, rank: int) -> NodeProc:
     return next(np for np in h.nodes if np.rank == rank)

@@ -33,7 +33,7 @@ import msgspec
 
 from skyd import protocol
 from skyd.infra.base import handle_dec
-from skyd.streams import Topic
+from skyd.streams import Topic, follow
 from skyd.protocol import (ErrorCode, ManagedJobRecord, MANAGED_FINISHED, Queue, RequestRecord,
                            SkydError, Status)
 from skyd.identity import Caller, caller_for
@@ -592,10 +592,10 @@ class JobsController:
 
             async def copy() -> None:
                 nonlocal got
-                async for data in infra.follow_log(handle, nodes, 0, False, lambda: True,
-                                                   _no_wait):
-                    os.write(fd, data)
-                    got += len(data)
+                async for data in follow(infra.log_source(handle, nodes, 0, False)):
+                    if isinstance(data, bytes):
+                        os.write(fd, data)
+                        got += len(data)
             try:
                 await asyncio.wait_for(copy(), LOG_SAVE_TIMEOUT)
             except (asyncio.TimeoutError, OSError) as e:
@@ -674,10 +674,6 @@ def _job_id_of(cluster: str) -> int:
 def _outcome(status: Status, result: Any) -> RequestOutcome:
     error = stored_error(status, result)
     return RequestOutcome(status, error, None if error is not None else result)
-
-
-async def _no_wait(_delay: float) -> None:
-    return None
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -454,8 +454,12 @@ class Scheduler:
                                cluster=op.target_cluster())
         return Request(record, op)
 
-    async def run_short(self, req: Request, handler: Callable[[], Awaitable[Any]]) -> Any:
-        """Run `handler` when a short slot is free, in arrival order."""
+    async def run_short(self, req: Request, handler: Callable[[], Awaitable[Any]],
+                        stream: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+        """Run `handler` when a short slot is free, in arrival order. A streaming request
+        (`stream`: send what the handler returned, e.g. follow a log) gives its slot back
+        once the handler has returned — a follower waits, it does not work — but stays
+        RUNNING until its stream has ended."""
         rid = req.record.id
         self.short_live[rid] = req
         try:
@@ -467,11 +471,13 @@ class Scheduler:
                 value = await handler()
             finally:
                 self.short.release()
+            if stream is not None:
+                await stream(value)
         except SkydError as e:
             await self._finish(req, Status.FAILED, error=e.to_wire())
             raise
-        except asyncio.CancelledError:
-            await self._finish(req, Status.CANCELLED)
+        except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
+            await self._finish(req, Status.CANCELLED)     # or its client went away
             raise
         finally:
             self.short_live.pop(rid, None)

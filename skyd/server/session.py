@@ -8,13 +8,14 @@ accepted request running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import msgspec
 
 from skyd import protocol
-from skyd.streams import follow, read_from
+from skyd.streams import FileLog, LogSource, follow
 from skyd.server import handlers  # noqa: F401 - registers every handler
 from skyd.server.dispatch import handler_for
 from skyd.server.handlers.clusters import LogStream
@@ -217,38 +218,40 @@ class Session:
             s.spawn_short(req, call)
             await self._send(Accepted(req.record.id, Queue.SHORT, s.short.waiting))
             return
-        value = await s.run_short(req, call)
         if isinstance(op, protocol.ApiLogs):
-            await self.stream_request(value, op.offset, op.follow)
-        elif isinstance(value, LogStream):
-            offset = op.offset
-            async for data in value.chunks():
+            await s.run_short(req, call, lambda rid: self.stream_request(rid, op.offset,
+                                                                         op.follow))
+            return
+
+        async def send(value: Any) -> None:
+            if isinstance(value, LogStream):
+                await self._send(End(await self._follow(value.source, value.offset)))
+                value = await value.final()
+            await self._send(Result(req.record.id, Status.SUCCEEDED, value))
+        await s.run_short(req, call, send)
+
+    async def stream_request(self, rid: str, offset: int, follow_log: bool) -> None:
+        """A request's log from `offset` (following it while it runs), then its result."""
+        s = self.s.scheduler
+        req = s.active(rid) if follow_log else None
+        source = FileLog(s.log_path(rid), req.topic if req is not None else None,
+                         req.done.done if req is not None else lambda: True)
+        await self._send(End(await self._follow(source, offset)))
+        if req is not None:
+            await req.done
+        await self._send(await self._result(rid))
+
+    async def _follow(self, source: LogSource, offset: int) -> int:
+        """Send a log source's chunks and notices from `offset`; the offset reached."""
+        # Closed at once when the client goes: a source may hold processes (ssh tails).
+        async with contextlib.aclosing(follow(source, offset)) as chunks:
+            async for data in chunks:
                 if isinstance(data, str):
                     await self._send(Notice(data))
                     continue
                 offset += len(data)
                 await self._send(Chunk(data))
-            await self._send(End(offset))
-            await self._send(Result(req.record.id, Status.SUCCEEDED, await value.final()))
-        else:
-            await self._send(Result(req.record.id, Status.SUCCEEDED, value))
-
-    async def stream_request(self, rid: str, offset: int, follow_log: bool) -> None:
-        """A request's log from `offset` (following it while it runs), then its result."""
-        s = self.s.scheduler
-        req = s.active(rid)
-        path = s.log_path(rid)
-        if req is not None and follow_log:
-            async for data in follow(path, offset, req.topic, req.done.done):
-                offset += len(data)
-                await self._send(Chunk(data))
-            await req.done
-        else:
-            while data := read_from(path, offset):
-                offset += len(data)
-                await self._send(Chunk(data))
-        await self._send(End(offset))
-        await self._send(await self._result(rid))
+        return offset
 
     async def _result(self, rid: str) -> Result:
         req = self.s.scheduler.active(rid)

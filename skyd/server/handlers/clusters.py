@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
 
 from skyd import protocol
 
-from skyd.infra.base import handle_dec
+from skyd.clusters.joblog import JobLog
+from skyd.streams import LogSource
 from skyd.protocol import (JOB_FINISHED, Autostop, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
                            HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord,
                            SkydError)
@@ -94,51 +94,27 @@ FINAL_WAIT = 30.0    # seconds a follower waits for a job's outcome once its log
 
 
 class LogStream:
-    """What a streaming short request returns: chunks of log (bytes) and progress notices
-    (str), then a final record."""
+    """What a streaming short request returns: a log source that the session follows
+    from `offset` (skyd.streams.follow: chunks of log, and progress notices), then a
+    final record."""
 
-    def chunks(self) -> AsyncIterator[bytes | str]:
-        raise NotImplementedError
+    source: LogSource
+    offset: int = 0
 
     async def final(self):
         raise NotImplementedError
 
 
 class JobLogStream(LogStream):
-    """The chunks of a job's log, then the job's final record."""
+    """A job's log (from when it starts), then the job's final record."""
 
     def __init__(self, s: Services, cluster: str, job_id: int, follow: bool, offset: int):
         self.s, self.cluster, self.job_id = s, cluster, job_id
         self.follow, self.offset = follow, offset
+        self.source = JobLog(s.state, cluster, job_id, follow)
 
     def _live(self):
         return self.s.state.jobs.get((self.cluster, self.job_id))
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        live = self._live()
-        # Until the job has started (its launch is setting up, or it waits for room on the
-        # cluster) there is no log yet.
-        while live is not None and not (live.handle and live.handle.spawned) and self.follow:
-            seen = live.topic.version
-            await live.topic.wait(seen)
-            live = self._live()
-        handle = live.handle if live is not None else await self._stored_handle()
-        if handle is None:
-            return
-        topic = live.topic if live is not None else None
-
-        async def wait_change(delay: float) -> None:
-            if topic is not None:
-                await topic.wait(topic.version, delay)
-
-        infra, nodes = self.s.state.infra_of(self.cluster)
-        async for data in infra.follow_log(handle, nodes, self.offset, self.follow,
-                                           lambda: self._live() is None, wait_change):
-            yield data
-
-    async def _stored_handle(self):
-        row = await self.s.store.get_job(self.cluster, self.job_id)
-        return handle_dec.decode(row[1]) if row and row[1] else None
 
     async def final(self) -> JobRecord:
         live = self._live()

@@ -3,13 +3,11 @@ loop; unfinished jobs are read from memory (ahead of the store), finished ones f
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 from skyd import protocol
 
 from skyd.managed.controller import ACTIVE
-from skyd.streams import follow, read_from
-from skyd.server.handlers.clusters import JobLogStream, LogStream
+from skyd.managed.logs import ManagedJobLog, controller_log
+from skyd.server.handlers.clusters import LogStream
 from skyd.protocol import (ErrorCode, JobsCancel, JobsLogs, JobsQueue, ManagedJobRecord,
                            SkydError)
 from skyd.identity import Caller
@@ -83,53 +81,14 @@ async def jobs_cancel(s: Services, caller: Caller, op: JobsCancel) -> list[int]:
 
 
 class ManagedLogStream(LogStream):
-    """A managed job's output over all its attempts: what its own log holds (earlier
-    attempts, copied from their clusters), then the running attempt live from its
-    cluster. Status changes come as notices (str)."""
+    """A managed job's output over all its attempts (or its controller log), then its
+    record."""
 
     def __init__(self, s: Services, job_id: int, controller: bool, follow_log: bool,
                  offset: int):
-        self.s, self.job_id, self.controller = s, job_id, controller
-        self.follow, self.offset = follow_log, offset
-
-    async def chunks(self) -> AsyncIterator[bytes | str]:
-        ctl = self.s.jobs
-        if self.controller:
-            job = ctl.live(self.job_id)
-            async for data in follow(ctl.controller_log_path(self.job_id), self.offset,
-                                     job.topic if job is not None and self.follow else None,
-                                     lambda: ctl.live(self.job_id) is None):
-                yield data
-            return
-        path, offset, last = ctl.log_path(self.job_id), self.offset, None
-        while True:
-            job = ctl.live(self.job_id)
-            seen = job.topic.version if job is not None else 0
-            data = read_from(path, offset)
-            if data:
-                offset += len(data)
-                yield data
-                continue
-            if job is None or job.record.status not in ACTIVE:
-                return                      # finished: its log is complete
-            rec = job.record
-            if self.follow and rec.status != last:
-                last = rec.status
-                yield f"managed job {rec.job_id}: {rec.status}" + \
-                      (f" ({rec.reason})" if rec.reason else "")
-            if rec.status == "RUNNING" and rec.cluster_job_id and offset >= rec.log_offset:
-                live = JobLogStream(self.s, rec.cluster, rec.cluster_job_id, self.follow,
-                                    offset - rec.log_offset)
-                async for data in live.chunks():
-                    offset += len(data)
-                    yield data
-                if not self.follow:
-                    return
-                await job.topic.wait(seen, 1.0)   # its attempt ended: the controller moves it
-                continue
-            if not self.follow:
-                return
-            await job.topic.wait(seen)
+        self.s, self.job_id, self.offset = s, job_id, offset
+        self.source = (controller_log(s.jobs, job_id, follow_log) if controller
+                       else ManagedJobLog(s.jobs, job_id, follow_log))
 
     async def final(self) -> ManagedJobRecord:
         job = self.s.jobs.live(self.job_id)
