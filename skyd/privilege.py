@@ -80,7 +80,7 @@ def drop_to(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
-def run_as(uid: int, gid: int, fn: Callable[[], None], timeout: float = 600.0) -> str | None:
+def run_as(uid: int, gid: int, fn: Callable[[], None]) -> str | None:
     """Run `fn` in a forked child that became `uid`; None on success, else why it failed.
     For work in a user's space from a process that still holds root."""
     if os.geteuid() != 0 or uid == 0:

@@ -447,6 +447,16 @@ class SshHosts:
         return "\n".join(lines) + "\n"
 
 
+def start_or_skip(hosts: SshHosts) -> None:
+    """Start the hosts; skip the test when sshd is unavailable, unless $CI is set."""
+    try:
+        hosts.__enter__()
+    except SshdUnavailable as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+
+
 @pytest.fixture
 def ssh_hosts(tmp_path_factory) -> Iterator[SshHosts]:
     """3 real sshd hosts on 127.0.0.2-4, stopped (with everything started over them) and their
@@ -454,12 +464,7 @@ def ssh_hosts(tmp_path_factory) -> Iterator[SshHosts]:
     base = Path(tempfile.mkdtemp(prefix="skyd-ssh-", dir="/tmp"))
     hosts = SshHosts(base, count=3)
     try:
-        try:
-            hosts.__enter__()
-        except SshdUnavailable as e:
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(str(e))
+        start_or_skip(hosts)
         try:
             yield hosts
         finally:

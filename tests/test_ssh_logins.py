@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until, write_task
-from sshd import SshHosts, SshdUnavailable, ssh_hosts  # noqa: F401 - the fixture
+from sshd import SshHosts, ssh_hosts, start_or_skip  # noqa: F401 - the fixture
 from skyd import protocol
 from skyd.infra import ssh as ssh_infra
 from skyd.infra.nodepools import PoolError, parse
@@ -198,12 +198,7 @@ def own_pool(make_daemon, workdir, people):
     base = Path(tempfile.mkdtemp(prefix="skyd-ssh-", dir="/tmp"))
     hosts = SshHosts(base, count=2, first_ip=7, logins=tuple(p.name for p in people))
     try:
-        try:
-            hosts.__enter__()
-        except SshdUnavailable as e:
-            if os.environ.get("CI"):
-                raise
-            pytest.skip(str(e))
+        start_or_skip(hosts)
         os.chmod(workdir, 0o755)
         pools = workdir / "pools.yaml"
         pools.write_text(hosts.pool_yaml("own", shared_login=False))
