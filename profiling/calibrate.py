@@ -1,5 +1,5 @@
 """Measure what one long worker, one short request and the idle daemon cost in memory, and
-write the calibration file that sizes skyd's queues (skyd.sizing.calibration, skyd.sizing.hardware).
+write the calibration file that sizes skyd's queues (skyd.sizing.calibration, skyd.sizing.slots).
 
     python -m profiling.calibrate [--socket PATH | --start] [--out FILE] [--duration S]
 
@@ -46,7 +46,8 @@ from skyd import protocol
 from skyd.sizing import capacity
 from skyd.sizing.calibration import (DEFAULT_CALIBRATION, Calibration, CalibrationError, load_calibration,
                               write_calibration)
-from skyd.sizing.hardware import KiB, MiB, detect, format_size
+from skyd.sizing.hardware import detect
+from skyd.sizing.units import KiB, MiB, format_size
 
 HEADROOM = 1.25
 LONG_FLOOR = 4 * MiB

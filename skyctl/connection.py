@@ -19,6 +19,10 @@ class Unreachable(Exception):
     """The daemon cannot be reached at all."""
 
 
+class SocketDenied(Unreachable):
+    """The socket exists, but this user may not connect to it."""
+
+
 class ServerError(Exception):
     def __init__(self, error: Error):
         super().__init__(error.message)
@@ -48,8 +52,8 @@ class Connection:
                               "the daemon may have stopped") from None
         except PermissionError:
             sock.close()
-            raise Unreachable(f"permission denied on {self.path}; ask an admin to add you to "
-                              "the daemon's socket group") from None
+            raise SocketDenied(f"permission denied on {self.path}; ask an admin to add you to "
+                               "the daemon's socket group") from None
         except OSError as e:
             sock.close()
             raise Unreachable(f"cannot connect to {self.path}: {e.strerror or e}") from None

@@ -43,17 +43,23 @@ def _from_config() -> str | None:
 
 
 def resolve(flag: str | None) -> tuple[str, str]:
-    """(socket path, where it came from)."""
-    for value, source in ((flag, "--host"), (os.environ.get("SKYD_HOST"), "SKYD_HOST")):
-        if value:
-            return parse(value), source
+    """(socket path, where it came from). An empty --host is a mistake (an unset variable
+    in a script), not a request for the default; an empty SKYD_HOST counts as unset."""
+    if flag is not None:
+        if not flag.strip():
+            raise EndpointError("--host is empty; give unix:///path/to/skyd.sock, or leave "
+                                "it out for the default")
+        return parse(flag), "--host"
+    env = os.environ.get("SKYD_HOST")
+    if env:
+        return parse(env), "SKYD_HOST"
     configured = _from_config()
     if configured:
         return parse(configured), config_path()
     mine = user_socket()
     if os.path.exists(mine) or not os.path.exists(SYSTEM_SOCKET):
-        return mine, "default (per-user daemon)"
-    return SYSTEM_SOCKET, "default (system daemon)"
+        return mine, "the per-user default"
+    return SYSTEM_SOCKET, "the system default"
 
 
 def parse(address: str) -> str:

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
 
+from skyd import metrics
+
 READ_CHUNK = 256 * 1024
 JOB_LOG_POLL = (0.05, 0.5)   # job logs are written by detached processes: poll, backing off
 
@@ -70,6 +72,7 @@ class RequestLog:
             return
         if self._room >= 0 and len(data) > self._room:
             if not self.truncated:    # once: keep what fits, say why the rest is dropped
+                metrics.limit_hit("request_log_bytes")
                 self.truncated = True
                 kept, self._room = data[:self._room], 0
                 sep = b"" if not kept or kept.endswith(b"\n") else b"\n"

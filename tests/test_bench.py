@@ -138,6 +138,7 @@ def test_box_finds_every_process_it_started_and_kills_them_all():
     assert box.dir is None or not box.dir.exists()
 
 
+@pytest.mark.timeout(150)   # the generator (60 s), then the jobs (60 s)
 def test_load_generator_bursts_managed_jobs_that_all_run(daemon):
     spec = {"mode": "burst", "op": "jobs_launch", "socket": str(daemon.socket), "n": 5,
             "clients": 2, "cluster": "-"}

@@ -1,4 +1,4 @@
-"""Tests for skyd.sizing.hardware (detection, sizes, calibration, slots) and skyd.sizing.capacity."""
+"""Tests for skyd.sizing: hardware (detection), units (sizes), calibration, slots and capacity."""
 
 from __future__ import annotations
 
@@ -18,19 +18,9 @@ from skyd.sizing.calibration import (
     load_calibration,
     write_calibration,
 )
-from skyd.sizing.hardware import (
-    GiB,
-    KiB,
-    MiB,
-    TiB,
-    Hardware,
-    check_minimum,
-    detect,
-    format_size,
-    parse_cpu_list,
-    parse_size,
-    size_slots,
-)
+from skyd.sizing.hardware import Hardware, detect, parse_cpu_list
+from skyd.sizing.slots import check_minimum, size_slots
+from skyd.sizing.units import GiB, KiB, MiB, TiB, format_size, parse_size
 
 V1_UNLIMITED = "9223372036854771712"
 

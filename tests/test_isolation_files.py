@@ -44,6 +44,7 @@ def _answers_quickly(d, within: float = 5.0) -> bool:
     return time.monotonic() - start < within
 
 
+@pytest.mark.timeout(150)   # its four waits: 30 s each
 def test_a_symlinked_log_never_makes_root_read_or_write_elsewhere(team, people, workdir):
     alice, _ = people
     secret = _root_only_file(workdir, "root-only-secret-line\n")

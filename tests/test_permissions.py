@@ -238,6 +238,7 @@ def test_nobody_cannot_see_or_touch_roots_cluster(shared, workdir, nobody_client
 
 
 
+@pytest.mark.timeout(150)   # its waits: 10 s, 30 s, then up to 3 requests of 30 s
 @pytest.mark.parametrize("args, consequence", [
     pytest.param(("down", "rootc"), "root's cluster was dropped",
                  id="down"),

@@ -16,7 +16,7 @@ from profiling import calibrate, sysprof
 from profiling.sysprof import Proc, Sample
 from skyd import protocol
 from skyd.sizing.calibration import load_calibration
-from skyd.sizing.hardware import KiB, MiB
+from skyd.sizing.units import KiB, MiB
 from skyd.taskspec import Task
 
 
@@ -184,6 +184,7 @@ def test_loadtest_api_status_json(daemon):
     assert 0 < lat["min"] <= lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
 
 
+@pytest.mark.timeout(150)   # calibrate itself may take 120 s
 def test_calibrate_writes_a_file_skyd_accepts(daemon, workdir):
     out = workdir / "cal.json"
     p = run_tool("calibrate", "--socket", str(daemon.socket), "--out", str(out), "--duration", "1",

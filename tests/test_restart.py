@@ -80,7 +80,9 @@ def test_restart_requeues_pending_in_order_and_handles_running(make_daemon, work
                 pass
     rerun.touch()
     d.start(["--long-slots", "1"])          # one at a time: the order is observable
-    recs = [d.wait_request(rid, 60) for rid in [slow_launch, *pending]]
+    deadline = time.monotonic() + 60        # for all five together (~2 s here)
+    recs = [d.wait_request(rid, max(1.0, deadline - time.monotonic()))
+            for rid in [slow_launch, *pending]]
     assert all(r.status is protocol.Status.SUCCEEDED for r in recs), recs
     # the interrupted idempotent launch ran again, then the pending ones in their order
     assert order.read_text().split() == ["slow", "slow", "p0", "p1", "p2", "p3"]

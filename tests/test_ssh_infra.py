@@ -204,8 +204,17 @@ def test_stop_kills_jobs_keeps_hosts_and_start_brings_it_back(pooled, workdir):
 def test_a_task_bigger_than_the_hosts_fails_naming_the_host(pooled):
     p = pooled.skyctl("launch", "-c", "big", "--infra", "ssh/p", "--cpus", "4096", "true")
     assert p.returncode == 2
-    assert "has" in p.stderr and "CPUs; the task asks for 4096" in p.stderr
-    assert pooled.skyctl("down", "big").returncode == 0      # and down cleans up
+    # The host is known once provisioned: the error names it, and the cluster is left
+    # truthfully not up, holding that host until `down`.
+    [c] = pooled.call(protocol.ClusterStatus())
+    [host] = [h for h in pooled.hosts if h.ip == c.nodes[0].ip]
+    assert f"node 0 ({host.user}@{host.ip}:{host.port}) has " in p.stderr, p.stderr
+    assert "CPUs; the task asks for 4096" in p.stderr
+    assert (c.name, c.status) == ("big", "INIT")
+    assert [h.cluster for h in pooled.call(protocol.InfraStatus()) if h.ip == host.ip] == ["big"]
+    pooled.skyctl("down", "big", check=True)                  # and down cleans up
+    assert pooled.call(protocol.ClusterStatus()) == []
+    assert [h.cluster for h in pooled.call(protocol.InfraStatus())] == [None] * 3
 
 
 def test_a_node_lost_while_the_daemon_was_down_shows_at_start(pooled, workdir):

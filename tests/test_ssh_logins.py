@@ -20,7 +20,7 @@ import pytest
 from conftest import wait_until, write_task
 from sshd import SshHosts, ssh_hosts, start_or_skip  # noqa: F401 - the fixture
 from skyd import protocol
-from skyd.infra import ssh as ssh_infra
+from skyd.infra.ssh import SshClient, SshProvisioner, scripts as ssh_scripts
 from skyd.infra.nodepools import PoolError, parse
 
 SECRET = "s3cr3t-" + os.urandom(4).hex()
@@ -88,24 +88,24 @@ def test_a_pool_without_port_gets_22():
 
 
 def test_every_ssh_and_rsync_command_ends_its_options_before_the_destination(monkeypatch, tmp_path):
-    infra = ssh_infra.SshInfra()
+    client = SshClient(str(tmp_path))
     node = protocol.NodeInfo(rank=0, ip="10.0.0.5", host="10.0.0.5:22", user="alice",
                              proxy_jump="j", identity_file="~/.ssh/k")
-    argv = infra.ssh(node, "true")
+    argv = client.ssh(node, "true")
     assert argv[-3:] == ["--", "alice@10.0.0.5", "true"]
     seen = []
-    monkeypatch.setattr(ssh_infra.subprocess, "run",
+    monkeypatch.setattr(subprocess, "run",
                         lambda cmd, **kw: seen.append(cmd) or subprocess.CompletedProcess(cmd, 0))
-    infra._rsync(node, str(tmp_path), "dst/")
+    SshProvisioner(client)._rsync(node, str(tmp_path), "dst/")
     assert seen[0][0] == "rsync" and seen[0][-3:] == ["--", f"{tmp_path}/", "alice@10.0.0.5:dst/"]
 
 
 def test_the_runner_deletes_the_environment_and_a_second_runner_needs_none(tmp_path):
     jobdir = tmp_path / "job"
     jobdir.mkdir()
-    (jobdir / "env.sh").write_text(ssh_infra.env_script({"SECRET": SECRET, "jobdir": "/x"}))
+    (jobdir / "env.sh").write_text(ssh_scripts.env_script({"SECRET": SECRET, "jobdir": "/x"}))
     (jobdir / "run.sh").write_text('echo "got=$SECRET"; sleep 1; echo done\n')
-    (jobdir / "runner.sh").write_text(ssh_infra.RUNNER)
+    (jobdir / "runner.sh").write_text(ssh_scripts.RUNNER)
     first = subprocess.Popen(["sh", str(jobdir / "runner.sh"), str(jobdir)],
                              stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert wait_until(lambda: not (jobdir / "env.sh").exists(), 5)

@@ -85,6 +85,25 @@ async def test_prefix_lookup_and_listing(tmp_path):
         await store.close()
 
 
+def test_the_queries_for_unfinished_rows_use_their_partial_indexes(tmp_path):
+    """Recovery reads the unfinished requests, jobs and managed jobs at every start: the
+    status lists in those queries (built from the enums) must be the partial indexes' own,
+    or SQLite scans the whole table (years of history)."""
+    from skyd.store import schema
+    path = tmp_path / "s.db"
+    with sqlite3.connect(path) as db:
+        for script in MIGRATIONS:
+            for stmt in schema.statements(script):
+                db.execute(stmt)
+        for sql, index in [
+                (f"SELECT id FROM requests WHERE status IN {schema.ACTIVE_REQUESTS}", "requests_active"),
+                (f"SELECT job_id FROM jobs WHERE status NOT IN {schema.FINISHED_JOBS}", "jobs_active"),
+                (f"SELECT record FROM managed_jobs WHERE status IN {schema.ACTIVE_MANAGED}"
+                 " OR teardown = 1 ORDER BY job_id", "managed_jobs_unfinished")]:
+            plan = " ".join(r[-1] for r in db.execute(f"EXPLAIN QUERY PLAN {sql}"))
+            assert f"INDEX {index}" in plan, (sql, plan)
+
+
 async def test_newer_schema_is_refused(tmp_path):
     path = tmp_path / "s.db"
     with sqlite3.connect(path) as db:

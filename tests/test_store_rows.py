@@ -1,4 +1,4 @@
-"""Every row the store writes reads back as written (skyd/store/sqlite.py, directly on a
+"""Every row the store writes reads back as written (skyd/store/, directly on a
 real SQLite file): requests through their lifecycle, clusters, jobs, managed jobs; a
 mixed group commit; migrations from an old file and their rollback. What the daemon's
 recovery rebuilds itself from after a restart, so a field dropped or swapped here is a
@@ -12,10 +12,9 @@ import sqlite3
 import msgspec
 import pytest
 
-from skyd.protocol import (ClusterRecord, JobRecord, ManagedJobRecord, NodeInfo, Queue,
-                           RequestRecord, Status)
-from skyd.store import MIGRATIONS, Store
-from skyd.store.sqlite import StoredRequest
+from skyd.protocol import (ClusterRecord, ClusterState, JobRecord, JobStatus, ManagedJobRecord,
+                           ManagedJobStatus, NodeInfo, Queue, RequestRecord, Status)
+from skyd.store import MIGRATIONS, Store, StoredRequest
 
 
 @pytest.fixture
@@ -126,7 +125,7 @@ async def test_retention_finds_and_deletes_what_finished_before_a_cutoff(store):
 # ---- clusters and their jobs --------------------------------------------------------------
 
 def cluster(name: str, at: float, **kw) -> ClusterRecord:
-    return ClusterRecord(name=name, status="UP", infra="local", num_nodes=2, user="alice",
+    return ClusterRecord(name=name, status=ClusterState.UP, infra="local", num_nodes=2, user="alice",
                          uid=1001, launched_at=at, **kw)
 
 
@@ -142,20 +141,21 @@ async def test_clusters_read_back_and_are_updated_in_place(store):
     await store.save_cluster(c0, 1)
     assert await store.load_clusters() == [(c0, 1), (c1, 3)]          # by launch time
     # Saved again: what changes is updated, who launched it and when stay.
-    c1b = msgspec.structs.replace(c1, status="STOPPED", infra="ssh", num_nodes=1, last_use=70.0,
+    c1b = msgspec.structs.replace(c1, status=ClusterState.STOPPED, infra="ssh", num_nodes=1, last_use=70.0,
                                   resources="cpus=4", nodes=nodes[:1], status_reason="",
                                   autostop=-1.0, autostop_down=False)
     await store.save_cluster(msgspec.structs.replace(c1b, user="mallory", uid=6,
                                                      launched_at=10.0), 9)
     assert await store.load_clusters() == [(c0, 1), (c1b, 9)]
+    # Read back as the enum (what the daemon compares and sends), not a bare string.
+    assert {type(c.status) for c, _ in await store.load_clusters()} == {ClusterState}
 
 
 async def test_jobs_read_back_replace_and_go_with_their_cluster(store):
     jobs = [JobRecord(cluster="c1", job_id=i, name=f"j{i}", status=s, user="alice", uid=1001,
                       submitted_at=10.0 + i)
-            for i, s in enumerate(["PENDING", "SETTING_UP", "RUNNING", "SUCCEEDED", "FAILED",
-                                   "FAILED_SETUP", "CANCELLED"], start=1)]
-    full = JobRecord(cluster="c2", job_id=1, name="other", status="SUCCEEDED", user="bob",
+            for i, s in enumerate(JobStatus, start=1)]
+    full = JobRecord(cluster="c2", job_id=1, name="other", status=JobStatus.SUCCEEDED, user="bob",
                      uid=1002, submitted_at=1.0, started_at=2.0, ended_at=3.0, exit_code=7,
                      request_id="r-1")
     await store.save_cluster(cluster("c1", 1.0), 8)
@@ -167,13 +167,14 @@ async def test_jobs_read_back_replace_and_go_with_their_cluster(store):
     assert await store.get_job("c1", 3) == (jobs[2], b"h3")
     assert await store.get_job("c1", 99) is None
     assert await store.jobs_of("c1") == list(reversed(jobs))
+    assert {type(j.status) for j in await store.jobs_of("c1")} == {JobStatus}
     assert await store.jobs_of("c1", limit=2) == [jobs[6], jobs[5]]
     assert await store.job_of_request("c2", "r-1") == full
     assert await store.job_of_request("c1", "r-1") is None
     active = await store.active_jobs()
     assert sorted((j.cluster, j.job_id, h) for j, h in active) == [
         ("c1", 1, b"h1"), ("c1", 2, b"h2"), ("c1", 3, b"h3")]
-    done = msgspec.structs.replace(jobs[2], status="SUCCEEDED", started_at=20.0, ended_at=21.0,
+    done = msgspec.structs.replace(jobs[2], status=JobStatus.SUCCEEDED, started_at=20.0, ended_at=21.0,
                                    exit_code=0)
     await store.save_job(done, b"h3b")
     assert await store.get_job("c1", 3) == (done, b"h3b")
@@ -185,7 +186,7 @@ async def test_jobs_read_back_replace_and_go_with_their_cluster(store):
 
 # ---- managed jobs ----------------------------------------------------------------------------
 
-def mjob(i: int, status: str = "PENDING", uid: int = 1001, **kw) -> ManagedJobRecord:
+def mjob(i: int, status: ManagedJobStatus = ManagedJobStatus.PENDING, uid: int = 1001, **kw) -> ManagedJobRecord:
     return ManagedJobRecord(job_id=i, name=f"m{i}", status=status, user=f"u{uid}", uid=uid,
                             submitted_at=float(i), **kw)
 
@@ -193,13 +194,15 @@ def mjob(i: int, status: str = "PENDING", uid: int = 1001, **kw) -> ManagedJobRe
 async def test_managed_jobs_read_back_and_the_unfinished_are_found(store):
     assert await store.max_managed_job_id() == 0
     assert await store.managed_jobs(None) == []
-    jobs = [mjob(1), mjob(2, "RUNNING", uid=1002, cluster="m2", attempt=2, reason="r"),
-            mjob(3, "SUCCEEDED"), mjob(4, "FAILED", teardown_pending=True), mjob(5, "CANCELLING"),
-            mjob(6, "CANCELLED", uid=1002)]
+    M = ManagedJobStatus
+    jobs = [mjob(1), mjob(2, M.RUNNING, uid=1002, cluster="m2", attempt=2, reason="r"),
+            mjob(3, M.SUCCEEDED), mjob(4, M.FAILED, teardown_pending=True), mjob(5, M.CANCELLING),
+            mjob(6, M.CANCELLED, uid=1002)]
     for j in jobs:
         await store.add_managed_job(j, f"task{j.job_id}".encode())
     assert await store.max_managed_job_id() == 6
     assert await store.managed_jobs(None) == list(reversed(jobs))
+    assert {type(j.status) for j in await store.managed_jobs(None)} == {M}
     assert await store.managed_jobs(1002) == [jobs[5], jobs[1]]
     assert await store.managed_jobs(None, ids=[2, 4]) == [jobs[3], jobs[1]]
     assert await store.managed_jobs(1001, ids=[2, 4]) == [jobs[3]]
@@ -211,7 +214,7 @@ async def test_managed_jobs_read_back_and_the_unfinished_are_found(store):
     # with its cluster still up becomes some.
     j4 = msgspec.structs.replace(jobs[3], teardown_pending=False)
     j3 = msgspec.structs.replace(jobs[2], teardown_pending=True, exit_code=0)
-    j1 = msgspec.structs.replace(jobs[0], status="STARTING", attempt=1)
+    j1 = msgspec.structs.replace(jobs[0], status=M.STARTING, attempt=1)
     for j in (j4, j3, j1):
         await store.save_managed_job(j)
     assert [j for j, _ in await store.unfinished_managed_jobs()] == [j1, jobs[1], j3, jobs[4]]
@@ -225,7 +228,7 @@ async def test_a_listing_or_a_retention_pass_takes_at_most_1000_rows(store):
                            for r in recs))
     assert len(await store.finished_before(2.0)) == 1000
     await asyncio.gather(*(store.save_job(JobRecord(cluster="c", job_id=i, name="j",
-                                                    status="SUCCEEDED", user="u", uid=1,
+                                                    status=JobStatus.SUCCEEDED, user="u", uid=1,
                                                     submitted_at=1.0), None)
                            for i in range(1001)))
     assert len(await store.jobs_of("c")) == 1000

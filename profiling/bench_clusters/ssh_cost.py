@@ -18,9 +18,9 @@ from tests.sshd import SshHosts
 
 def bench_ssh_cost(cfg: Config, hosts: SshHosts, control_dir: Path, workdir: Path,
                    known_hosts: str, run: int) -> dict:
-    from skyd.infra.ssh import SshInfra
-    ssh = SshInfra()
-    ssh.configure(str(control_dir), known_hosts)
+    from skyd.infra.ssh import SshClient
+    control_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ssh = SshClient(str(control_dir), known_hosts)
     h = hosts[0]
     node = NodeInfo(rank=0, ip=h.ip, host=f"{h.user}@{h.ip}:{h.port}", user=h.user, port=h.port,
                     identity_file=str(hosts.identity_file))

@@ -10,7 +10,7 @@ from pathlib import Path
 from profiling.sysprof.processes import (DAEMON, FORKSERVER, JOB_RUNNER, KINDS, LONG_WORKER, MACHINE,
                                          OTHER, SPARE_WORKER, TRACKER, WORKER_CHILD)
 from profiling.sysprof.sampling import Sample
-from skyd.sizing.hardware import MiB
+from skyd.sizing.units import MiB
 
 INSTALL_HINT = "pip install 'skyd[profiling]'"
 

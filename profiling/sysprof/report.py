@@ -10,7 +10,7 @@ from pathlib import Path
 
 from profiling.sysprof.processes import DAEMON, KINDS, LONG_WORKER, MACHINE
 from profiling.sysprof.sampling import Sample
-from skyd.sizing.hardware import format_size
+from skyd.sizing.units import format_size
 
 
 def summarize(samples: list[Sample], cpus: int = 1, duration: float | None = None) -> dict:

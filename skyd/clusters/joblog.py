@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Hashable
 
-from skyd.clusters.registry import ClusterState, LiveJob
+from skyd.clusters.jobqueue import LiveJob
+from skyd.clusters.service import Clusters
 from skyd.infra.base import JobHandle, handle_dec
 from skyd.streams import LogSource
 
@@ -15,7 +16,7 @@ class JobLog(LogSource):
     setting up, or it waits for room on the cluster) there is no log: a follower waits on
     the job's topic; then it reads what the job's infra offers, woken as that source is."""
 
-    def __init__(self, state: ClusterState, cluster: str, job_id: int, follow: bool):
+    def __init__(self, state: Clusters, cluster: str, job_id: int, follow: bool):
         self.state, self.cluster, self.job_id, self.follow = state, cluster, job_id, follow
         self.inner: LogSource | None = None
         self.none = False           # the job has no log (it never started)
@@ -46,8 +47,8 @@ class JobLog(LogSource):
             if handle is None:
                 self.none = True
                 return b""
-            infra, nodes = self.state.infra_of(self.cluster)
-            self.inner = infra.log_source(handle, nodes, offset, self.follow,
+            runner, nodes = self.state.registry.runner_of(self.cluster)
+            self.inner = runner.log_source(handle, nodes, offset, self.follow,
                                           live.topic if live is not None else None,
                                           lambda: self._live() is None)
         return await self.inner.read(offset)

@@ -14,8 +14,7 @@ from typing import Callable
 import msgspec
 
 from skyd import privilege, protocol
-from skyd.infra import SSH, get_infra
-from skyd.infra.base import Infra, JobHandle, handle_dec, handle_enc, node_ips
+from skyd.infra.base import JobHandle, Provisioner, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
                            LaunchResult, NodeInfo, SkydError)
 from skyd.taskspec import Task, parse_amount, shortfall
@@ -64,7 +63,7 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
     if entry is not None and (entry.handle is not None or entry.record.status in JOB_FINISHED):
         ctx.say(f"Job {entry.record.job_id} was already submitted; not submitting it again.")
         return entry.record.job_id
-    infra = get_infra(cluster.infra)
+    infra = ctx.provisioners.get(cluster.infra)
     if task.workdir:
         ctx.say(f"Syncing workdir {task.workdir} to {cluster.num_nodes} node(s)...")
         infra.sync_workdir(cluster.nodes, task.workdir)
@@ -105,7 +104,7 @@ def launch(ctx: WorkerContext) -> LaunchResult:
     if cluster.status != "UP" or len(cluster.nodes) != cluster.num_nodes:
         ctx.say(f"Provisioning cluster {cluster.name} on {cluster.infra} "
                 f"({cluster.num_nodes} node{'s' if cluster.num_nodes > 1 else ''})...")
-        nodes = get_infra(cluster.infra).provision(a.state_dir, cluster)
+        nodes = ctx.provisioners.get(cluster.infra).provision(a.state_dir, cluster)
         cluster = msgspec.structs.replace(cluster, nodes=nodes, status="INIT")
         ctx.send(SaveCluster(cluster))
         check_fits(op.task, nodes)
@@ -148,7 +147,7 @@ def _require_up(ctx: WorkerContext) -> ClusterRecord:
     return cluster
 
 
-def _kill_jobs(ctx: WorkerContext, infra: Infra, cluster: ClusterRecord,
+def _kill_jobs(ctx: WorkerContext, infra: Provisioner, cluster: ClusterRecord,
                entries: list[JobEntry], why: str) -> None:
     live = [(e.record, handle_dec.decode(e.handle)) for e in entries if e.handle]
     infra.stop_jobs(cluster.nodes, [h for _, h in live if h.spawned])
@@ -162,7 +161,7 @@ def stop(ctx: WorkerContext) -> ClusterRecord:
     cluster = ctx.assignment.cluster
     assert cluster is not None
     ctx.say(f"Stopping cluster {cluster.name}...")
-    _kill_jobs(ctx, get_infra(cluster.infra), cluster, ctx.assignment.jobs, "killed by stop")
+    _kill_jobs(ctx, ctx.provisioners.get(cluster.infra), cluster, ctx.assignment.jobs, "killed by stop")
     cluster = msgspec.structs.replace(cluster, status="STOPPED", status_reason="stopped by user",
                                       last_use=time.time())
     ctx.send(SaveCluster(cluster))
@@ -173,7 +172,7 @@ def start(ctx: WorkerContext) -> ClusterRecord:
     cluster = ctx.assignment.cluster
     assert cluster is not None
     ctx.say(f"Starting cluster {cluster.name}...")
-    nodes = get_infra(cluster.infra).provision(ctx.assignment.state_dir, cluster)
+    nodes = ctx.provisioners.get(cluster.infra).provision(ctx.assignment.state_dir, cluster)
     cluster = msgspec.structs.replace(cluster, status="UP", nodes=nodes, status_reason="",
                                       last_use=time.time())
     ctx.send(SaveCluster(cluster))
@@ -184,7 +183,7 @@ def down(ctx: WorkerContext) -> str:
     cluster = ctx.assignment.cluster
     assert cluster is not None
     ctx.say(f"Tearing down cluster {cluster.name}...")
-    infra = get_infra(cluster.infra)
+    infra = ctx.provisioners.get(cluster.infra)
     try:
         _kill_jobs(ctx, infra, cluster, ctx.assignment.jobs, "killed by down")
     except SkydError as e:
@@ -221,7 +220,6 @@ def prepare_as_root(a: Assignment, op: protocol.Op) -> None:
     os.makedirs(control, mode=0o700, exist_ok=True)
     if os.geteuid() == 0:
         os.chown(control, a.uid, a.gid)
-    SSH.configure(control, a.ssh_known_hosts)
 
 
 register_long_ops(LONG_HANDLERS, prepare_as_root)

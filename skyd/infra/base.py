@@ -1,8 +1,10 @@
-"""What every infra provides (`Infra`), and the job handle they share."""
+"""What every infra kind provides — a blocking `Provisioner` (worker processes) and an
+async `JobRunner` (the daemon's loop) — and the job handle they share."""
 
 from __future__ import annotations
 
 import subprocess
+from abc import ABC, abstractmethod
 from typing import Callable, Mapping
 
 import msgspec
@@ -40,69 +42,76 @@ handle_enc = msgspec.msgpack.Encoder()
 handle_dec = msgspec.msgpack.Decoder(JobHandle)
 
 
+def already_ended() -> bool:
+    """A log source's default `ended`: follow no further than what is there."""
+    return True
+
+
 def node_ips(nodes: list[NodeInfo]) -> str:
     return "\n".join(n.ip for n in sorted(nodes, key=lambda n: n.rank))
 
 
-class Infra:
-    """Where a cluster's nodes live. Blocking methods run in a worker process; the
-    async ones run in the daemon's loop and must never block it."""
+class Provisioner(ABC):
+    """Makes and unmakes a kind's nodes and prepares jobs on them. Blocking: runs in a
+    worker process, as the cluster's owner."""
 
-    kind = "?"
-
-    # ---- worker side (blocking) -----------------------------------------------------
+    @abstractmethod
     def provision(self, state_dir: str, cluster: ClusterRecord) -> list[NodeInfo]:
-        raise NotImplementedError
+        """The cluster's nodes, ready for work (their sizes where they can be measured)."""
 
-    def sync_workdir(self, nodes: list[NodeInfo], src: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def sync_workdir(self, nodes: list[NodeInfo], src: str) -> None: ...
 
-    def sync_file_mounts(self, nodes: list[NodeInfo], mounts: Mapping[str, str]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def sync_file_mounts(self, nodes: list[NodeInfo], mounts: Mapping[str, str]) -> None: ...
 
+    @abstractmethod
     def run_setup(self, nodes: list[NodeInfo], script: str,
-                  envs: Callable[[NodeInfo], dict]) -> None:
-        raise NotImplementedError
+                  envs: Callable[[NodeInfo], dict]) -> None: ...
 
+    @abstractmethod
     def prepare_job(self, nodes: list[NodeInfo], job_id: int, run: str,
                     envs: Callable[[NodeInfo], dict]) -> JobHandle:
         """Put the job's script and environment on its nodes; nothing runs yet."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stop_jobs(self, nodes: list[NodeInfo], handles: list[JobHandle]) -> None:
         """Cancel these jobs and return once they are gone (SIGTERM, then SIGKILL)."""
-        raise NotImplementedError
 
-    def teardown(self, state_dir: str, cluster: ClusterRecord) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def teardown(self, state_dir: str, cluster: ClusterRecord) -> None: ...
 
-    # ---- daemon side (async) ----------------------------------------------------------
+
+class JobRunner(ABC):
+    """Starts, watches and stops a kind's prepared jobs. Runs in the daemon's loop: no
+    method may block it."""
+
+    @abstractmethod
+    def capacity(self, node: NodeInfo) -> float:
+        """CPUs a node offers to jobs."""
+
+    @abstractmethod
     async def spawn(self, handle: JobHandle, nodes: list[NodeInfo], uid: int,
                     gid: int) -> JobHandle:
         """Start a prepared job's detached runners (as its owner); the handle with pids."""
-        raise NotImplementedError
 
-    def capacity(self, node: NodeInfo) -> float:
-        """CPUs a node offers to jobs."""
-        raise NotImplementedError
+    @abstractmethod
     async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
         """Return how the job ended, once it has."""
-        raise NotImplementedError
 
-    async def cancel(self, handle: JobHandle, nodes: list[NodeInfo]) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def cancel(self, handle: JobHandle, nodes: list[NodeInfo]) -> None: ...
 
+    @abstractmethod
     async def kill(self, handle: JobHandle, nodes: list[NodeInfo]) -> None:
         """What is left of a job one of whose nodes failed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_source(self, handle: JobHandle, nodes: list[NodeInfo], offset: int, follow: bool,
-                   topic: Topic | None = None,
-                   ended: Callable[[], bool] = lambda: True) -> LogSource:
+                   topic: Topic | None = None, ended: Callable[[], bool] = already_ended) -> LogSource:
         """The job's output (for skyd.streams.follow) from byte `offset` of a single
         node's log; several nodes are merged by line from their start. Followed
         (`follow`) until `ended()`; `topic` moves when the daemon learns of the job."""
-        raise NotImplementedError
 
 
 def rank_prefix(rank: int, num_nodes: int) -> bytes:

@@ -7,6 +7,7 @@ from typing import Hashable
 
 from skyd.clusters.joblog import JobLog
 from skyd.managed.controller import ACTIVE, JobsController
+from skyd.protocol import ManagedJobStatus
 from skyd.streams import FileLog, LogSource, read_from, wait_any
 
 ATTEMPT_END_WAIT = 1.0   # seconds between looks once the followed attempt has ended
@@ -56,7 +57,7 @@ class ManagedJobLog(LogSource):
             self.last = rec.status
             return f"managed job {rec.job_id}: {rec.status}" + \
                 (f" ({rec.reason})" if rec.reason else "")
-        if rec.status == "RUNNING" and rec.cluster_job_id and offset >= rec.log_offset:
+        if rec.status == ManagedJobStatus.RUNNING and rec.cluster_job_id and offset >= rec.log_offset:
             attempt = self.attempt
             if attempt is None or self.attempt_of != (rec.cluster, rec.cluster_job_id):
                 if attempt is not None:

@@ -22,6 +22,7 @@ import traceback
 import msgspec
 
 from skyd import privilege, protocol
+from skyd.infra import worker_provisioners
 from skyd.protocol import Error, ErrorCode, SkydError
 from skyd.requests.context import WorkerContext, long_handler, prepare_as_root
 from skyd.requests.messages import Assignment, Done
@@ -107,7 +108,8 @@ def _run(ctrl: socket.socket, frame: bytes, parent: int) -> Done:
         op = _op_dec.decode(a.op)
         prepare_as_root(a, op)
         _become_user(a, parent)
-        value = long_handler(type(op))(WorkerContext(ctrl, a, op))
+        provisioners = worker_provisioners(a.state_dir, a.uid, a.ssh_known_hosts)
+        value = long_handler(type(op))(WorkerContext(ctrl, a, op, provisioners))
         return Done(value=value)
     except SkydError as e:
         return Done(error=e.to_wire())

@@ -3,20 +3,23 @@ package implements it): the scheduler knows nothing of clusters beyond this."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
 
 from skyd import protocol
 from skyd.requests.messages import DropCluster, JobEntry, SaveCluster, SaveJob
+
+# The long requests pending or running on a target (a request's `cluster`), in the order
+# they will run: what admission may need to know of the queue.
+QueuedOn = Callable[[str], Iterable[tuple[protocol.RequestRecord, protocol.Op]]]
 
 
 class Workload(Protocol):
     state_dir: str                   # handed to workers
     ssh_known_hosts: str
 
-    def check_submit(self, op: protocol.Op, uid: int, admin: bool,
-                     queued_launch_owner: Callable[[str], int | None],
-                     internal: bool = False) -> protocol.Op:
-        """Admit: refuse at submission what can never run (the op, possibly completed)."""
+    def admit(self, op: protocol.Op, uid: int, admin: bool, queued: QueuedOn,
+              internal: bool = False) -> protocol.Op:
+        """At submission: refuse what can never run; the op to queue (possibly completed)."""
 
     async def prepare(self, op: protocol.Op, req: protocol.RequestRecord
                       ) -> tuple[protocol.ClusterRecord | None, list[JobEntry]]:
@@ -26,5 +29,6 @@ class Workload(Protocol):
                     req: protocol.RequestRecord) -> None:
         """A change the worker of `req` reports."""
 
-    async def fail_unstarted_job(self, request_id: str, reason: str) -> None:
-        """On end: the request ended before the work it would start had started."""
+    async def on_end(self, req: protocol.RequestRecord) -> None:
+        """The request has ended (its status and error recorded): nothing it would have
+        started may wait for it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -53,6 +54,9 @@ class Config:
     request_log_bytes: int = 64 * 1024 * 1024  # bytes kept per request log (0: no cap)
     job_log_bytes: int = 1024 * 1024 * 1024    # bytes kept of a job's output per node (0: no cap)
     log_level: str = "INFO"
+    # HOST:PORT of the HTTP side (/metrics, /healthz, /readyz, the dashboard); None: off.
+    # Loopback only until HTTP has tokens: its users are told apart by their socket's owner.
+    http: str | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -65,6 +69,10 @@ class Config:
     @property
     def node_pools_path(self) -> Path:
         return self.node_pools or self.state_dir / "ssh_node_pools.yaml"
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return None if self.http is None else parse_http_address(self.http)
 
     @property
     def db_path(self) -> Path:
@@ -82,6 +90,35 @@ class Config:
 ENV = {f.name: "SKYD_" + f.name.upper() for f in fields(Config)}
 ZERO_MEANS_NO_CAP = {"connections_per_user", "inflight_bytes", "user_long_slots", "user_pending",
                      "request_log_bytes"}
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """(host, port) of `--http`: HOST:PORT, [IPv6]:PORT or PORT alone (on 127.0.0.1), on a
+    loopback address: people are told apart by who owns the connecting socket, which is
+    known only for connections from this host (tokens and TLS for others come later)."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text.strip()
+    host = host.strip("[]") or "127.0.0.1"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        port = int(port_text)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"http: {text!r} is not HOST:PORT (a port from 0 to 65535), "
+                          "e.g. 127.0.0.1:9090") from None
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        raise ConfigError(f"http: {host!r} is not an IP address; give a loopback address, "
+                          "e.g. 127.0.0.1:9090") from None
+    if not loopback:
+        raise ConfigError(f"http: {host} is not a loopback address: skyd serves HTTP on this "
+                          "host only (127.0.0.1 or ::1) until HTTP has tokens; to reach it from "
+                          f"elsewhere, forward it: ssh -L {port}:127.0.0.1:{port} THIS_HOST")
+    return host, port
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -125,7 +162,10 @@ def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
         if var in env and env[var] != "":
             values[name] = env[var]
     values.update({k: v for k, v in flags.items() if v is not None and k in ENV})
-    return Config(**{k: _coerce(k, v) for k, v in values.items()})
+    config = Config(**{k: _coerce(k, v) for k, v in values.items()})
+    if config.http is not None:
+        parse_http_address(config.http)    # a bad or non-loopback address stops the start here
+    return config
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -1,9 +1,13 @@
 """The daemon: startup() -> serve() -> shutdown().
 
-Start-up order matters: the state directory is locked (one daemon per state directory,
-refused before anything is touched), what a crashed previous run left is killed, resources
-are checked, the schema migrated, what was pending is queued again and what was running
-reconciled — only then does the socket accept anyone.
+`Daemon.__init__` only stores the config; startup() does the work. It first reads what
+sizes it (the hardware, the calibration) and the admin group, so that a mistake there is
+reported before anything is touched; then the order matters: the state directory is
+locked (one daemon per state directory, refused before anything is touched), what a
+crashed previous run left is killed, resources are checked, the components are built
+(each infra kind's job runner from the config: nothing is configured at import), the
+schema migrated, what was pending is queued again and what was running reconciled — only
+then does the socket accept anyone.
 """
 
 from __future__ import annotations
@@ -11,28 +15,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import time
 from pathlib import Path
 
-from skyd import __version__, protocol
+from skyd import __version__, metrics, protocol
 from skyd.server import systemd
 
-from skyd.sizing import hardware
-from skyd.sizing.calibration import load_calibration
+from skyd.sizing.hardware import Hardware, detect
+from skyd.sizing.calibration import Calibration, load_calibration
+from skyd.sizing.slots import check_minimum, size_slots
+from skyd.sizing.units import format_size
 from skyd.server.config import Config
-from skyd.infra import LOCAL, SSH
+from skyd.infra import Runners
+from skyd.infra.local import LocalRunner
+from skyd.infra.ssh import SshClient, SshRunner, control_dir as ssh_control_dir
 from skyd.managed.controller import JobsController
 from skyd.infra.nodepools import NodePools, PoolError
 from skyd.identity import Caller, caller_for, group_id, is_admin, peer_caller
 from skyd.server.listeners import bind_unix
 from skyd.server.services import Services
+from skyd.server.statelock import AlreadyRunning, lock_state_dir
 from skyd.requests.scheduler import Scheduler
 from skyd.server.session import FrameBudget, Session
-from skyd.clusters.registry import ClusterState
+from skyd.clusters.service import Clusters
 from skyd.store import Store
 from skyd.requests.pool import WorkerPool, reap_previous
 
@@ -43,9 +50,6 @@ AUTOSTOP_TICK = 1.0      # seconds between idle checks: a few dict lookups per c
 HEALTH_INTERVAL = 300.0  # seconds between probes of ssh nodes (one multiplexed `true` each)
 
 
-LOCK_NAME = "skyd.lock"
-
-
 # What long requests do, registered with skyd.requests.context in each worker.
 LONG_HANDLER_MODULES = ["skyd.clusters.lifecycle", "skyd.infra.local", "skyd.infra.ssh"]
 
@@ -54,73 +58,29 @@ class StartupError(RuntimeError):
     pass
 
 
-class AlreadyRunning(StartupError):
-    """Another daemon holds the state directory: nothing was touched."""
-
-
-def lock_state_dir(state_dir: Path) -> int:
-    """Take the state directory for this process: an exclusive POSIX record lock on
-    <state_dir>/skyd.lock, held through the returned descriptor for the daemon's life, with
-    our pid written in the file. A record lock belongs to the process: a child forked from
-    the daemon (or one it started that outlives it) never holds it, so it is gone as soon
-    as the daemon is. The descriptor is close-on-exec; nothing else in the daemon may open
-    the file (closing any descriptor of it would drop the lock)."""
-    path = state_dir / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-    except OSError as e:
-        raise AlreadyRunning(f"cannot open the lock file {path}: {e.strerror}") from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        if e.errno in (errno.EACCES, errno.EAGAIN):
-            raise AlreadyRunning(f"another skyd (pid {holder}) is running on the state directory "
-                                 f"{state_dir} (it holds {path}); stop it first or use another "
-                                 "--state-dir") from None
-        raise AlreadyRunning(f"cannot lock {path}: {e.strerror}") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 class Daemon:
+    # Read and built by startup() (_read_config, _build): none of them exists before it.
+    hardware: Hardware
+    calibration: Calibration
+    long_slots: int
+    short_slots: int
+    slots_source: str
+    store: Store
+    pools: NodePools
+    ssh: SshClient            # the daemon's own ssh (as each node's owner on per-user pools)
+    runners: Runners
+    state: Clusters
+    pool: WorkerPool
+    scheduler: Scheduler
+    jobs: JobsController
+    services: Services
+
     def __init__(self, config: Config):
+        """Only the config: no I/O. startup() detects, reads, builds and starts."""
         self.config = config
         self.version = __version__
         self.started_at = time.time()
-        self.store = Store(config.db_path)
-        self.hardware = hardware.detect()
-        self.calibration = load_calibration(config.calibration_path)
-        slots = hardware.size_slots(self.hardware, self.calibration)
-        self.long_slots = config.long_slots or slots.long
-        self.short_slots = config.short_slots or slots.short
-        self.slots_source = (f"{self.hardware.cpus:g} CPUs ({self.hardware.cpu_source}), "
-                             f"{hardware.format_size(self.hardware.memory_bytes)} "
-                             f"({self.hardware.memory_source}); {self.calibration.source}")
-        self.state = ClusterState(self.store, str(config.state_dir), self.hardware,
-                                  self.is_admin)
-        self.pools = NodePools(config.node_pools_path)
-        self.state.pools = self.pools
-        self.state.ssh_known_hosts = str(config.ssh_known_hosts or "")
-        self.pool = WorkerPool(spares=config.spares, run_dir=config.state_dir / "workers",
-                               handlers=LONG_HANDLER_MODULES)
-        self.scheduler = Scheduler(
-            self.store, self.pool, self.state, config.logs_dir, self.long_slots,
-            self.short_slots, config.kill_grace,
-            user_long_slots=(max(1, self.long_slots // 2) if config.user_long_slots is None
-                             else config.user_long_slots),
-            user_pending=config.user_pending, long_timeout=config.long_timeout,
-            log_limit=config.request_log_bytes)
-        self.jobs = JobsController(self.store, self.scheduler, self.state, config.managed_logs_dir,
-                                   self.is_admin,
-                                   config.jobs_parallelism or max(1, self.long_slots // 2),
-                                   config.jobs_recover_after)
-        self._admin_gid = group_id(config.admin_group)
-        self.services = Services(config=config, store=self.store, scheduler=self.scheduler,
-                                 state=self.state, jobs=self.jobs, info=self.info,
-                                 version=self.version)
+        self._admin_gid: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._sessions: set[asyncio.Task] = set()
         self.connections: collections.Counter[int] = collections.Counter()   # open, per uid
@@ -140,6 +100,7 @@ class Daemon:
         """Take each resource in order and push how to give it back on one exit stack:
         shutdown() unwinds it in reverse, also after a start-up that failed half-way."""
         cfg, stack = self.config, self._stack
+        self._read_config()
         # Private by default: the database holds every request (secrets included) and the
         # logs their output. The state dir stays traversable so that people can reach
         # their own local clusters (each 0700, theirs) and, by default, the socket (0600).
@@ -147,18 +108,22 @@ class Daemon:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         # First of all: one daemon per state directory. A second one stops here, before
         # migrations, recovery or anything else has touched the directory.
-        self._lock_fd = lock_state_dir(cfg.state_dir)
+        try:
+            self._lock_fd = lock_state_dir(cfg.state_dir)
+        except AlreadyRunning as e:
+            raise StartupError(str(e)) from None
         stack.callback(self._unlock)
         # Then nothing of a crashed previous run may go on beside what we re-run.
+        workers_dir = cfg.state_dir / "workers"
         try:
-            killed = await asyncio.to_thread(reap_previous, self.pool.run_dir)
+            killed = await asyncio.to_thread(reap_previous, workers_dir)
         except RuntimeError as e:
             raise StartupError(str(e)) from None
         if killed:
             log.warning("killed %d processes left by the previous run (workers, their setups, "
                         "the forkserver): %s", len(killed), " ".join(map(str, sorted(killed))))
         if not cfg.skip_resources_check:
-            problems = hardware.check_minimum(self.hardware)
+            problems = check_minimum(self.hardware)
             if problems:
                 raise StartupError("not enough resources for team use:\n  " +
                                    "\n  ".join(problems) +
@@ -169,14 +134,16 @@ class Daemon:
                                     for s in ("-wal", "-shm"))):
             if path.exists():
                 os.chmod(path, 0o600)       # tighten files made by an older version
+        self._build(workers_dir)
         try:
             self.pools.get()                # a broken pool file is reported now, not later
         except PoolError as e:
             raise StartupError(str(e)) from None
-        LOCAL.log_limit = max(0, cfg.job_log_bytes)
-        SSH.configure(str(cfg.state_dir / "ssh" / "daemon"), self.state.ssh_known_hosts)
-        SSH.on_health = self.state.node_health
+        os.makedirs(self.ssh.control_dir, mode=0o700, exist_ok=True)
 
+        # HTTP (--http; off by default) before recovery: /readyz says "starting" through it.
+        from skyd.server.http import serving
+        await stack.enter_async_context(serving(self))
         await self.store.open()
         stack.push_async_callback(self.store.close)
         await self.jobs.load()
@@ -210,6 +177,54 @@ class Daemon:
         watchdog = systemd.start_watchdog()
         if watchdog is not None:
             stack.callback(watchdog.cancel)
+
+    def _read_config(self) -> None:
+        """Reads only: this machine's CPUs and memory (SKYD_CPUS, SKYD_MEMORY), the
+        calibration and so the number of slots, the admin group's id."""
+        cfg = self.config
+        self.hardware = hw = detect()
+        self.calibration = load_calibration(cfg.calibration_path)
+        slots = size_slots(hw, self.calibration)
+        self.long_slots = cfg.long_slots or slots.long
+        self.short_slots = cfg.short_slots or slots.short
+        self.slots_source = (f"{hw.cpus:g} CPUs ({hw.cpu_source}), "
+                             f"{format_size(hw.memory_bytes)} "
+                             f"({hw.memory_source}); {self.calibration.source}")
+        self._admin_gid = group_id(cfg.admin_group)
+
+    def _build(self, workers_dir: Path) -> None:
+        """The components, each handed what it needs; their own I/O comes after, in
+        startup()'s order."""
+        cfg, hw = self.config, self.hardware
+        self.store = Store(cfg.db_path)
+        self.pools = NodePools(cfg.node_pools_path)
+        self.ssh = SshClient(ssh_control_dir(cfg.state_dir, "daemon"),
+                             str(cfg.ssh_known_hosts or ""))
+        # A local node is this host: it offers the CPUs detected (cgroup-aware).
+        self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes),
+                               ssh=SshRunner(self.ssh, on_health=self._node_health))
+        self.state = Clusters(self.store, str(cfg.state_dir), hw, self.is_admin, self.runners,
+                              self.pools, self.ssh.known_hosts)
+        self.pool = WorkerPool(spares=cfg.spares, run_dir=workers_dir,
+                               handlers=LONG_HANDLER_MODULES)
+        self.scheduler = Scheduler(
+            self.store, self.pool, self.state.workload, cfg.logs_dir, self.long_slots,
+            self.short_slots, cfg.kill_grace,
+            user_long_slots=(max(1, self.long_slots // 2) if cfg.user_long_slots is None
+                             else cfg.user_long_slots),
+            user_pending=cfg.user_pending, long_timeout=cfg.long_timeout,
+            log_limit=cfg.request_log_bytes)
+        self.jobs = JobsController(self.store, self.scheduler, self.state, cfg.managed_logs_dir,
+                                   self.is_admin,
+                                   cfg.jobs_parallelism or max(1, self.long_slots // 2),
+                                   cfg.jobs_recover_after)
+        self.services = Services(config=cfg, store=self.store, scheduler=self.scheduler,
+                                 state=self.state, jobs=self.jobs, ssh=self.ssh, info=self.info,
+                                 version=self.version)
+
+    def _node_health(self, host: str, ok: bool, reason: str) -> None:
+        """What the ssh runner learns of a node, for the registry (built after the runner)."""
+        self.state.hosts.node_health(host, ok, reason)
 
     async def serve(self) -> None:
         await self.stopping.wait()
@@ -267,6 +282,7 @@ class Daemon:
         """Count the connection against its uid's cap (operators have none), or refuse it."""
         cap, n = self.config.connections_per_user, self.connections[uid]
         if cap and uid not in self.scheduler.uncapped and n >= cap:
+            metrics.limit_hit("connections_per_user")
             writer.write(protocol.encode_frame(protocol.Error(
                 protocol.ErrorCode.BUSY, f"too many connections for you: {n} open (limit "
                                          f"{cap} per user)",
@@ -319,12 +335,12 @@ class Daemon:
         nodes = [n for e in self.state.clusters.values()
                  if e.record.infra != "local" and e.record.status in ("UP", "UNHEALTHY")
                  for n in e.record.nodes]
-        await asyncio.gather(*(SSH.check(n) for n in nodes), return_exceptions=True)
+        await asyncio.gather(*(self.runners.ssh.check(n) for n in nodes), return_exceptions=True)
 
     async def autostop_due(self) -> None:
         """Stop (or tear down) clusters idle past their autostop, as their owner would."""
-        load = self.scheduler.cluster_busy
-        for entry in self.state.idle_clusters(time.time(), load):
+        load = self.scheduler.target_busy
+        for entry in self.state.autostop.idle(time.time(), load):
             rec = entry.record
             owner = caller_for(rec.uid, self.is_admin(rec.uid))
             op = protocol.Down(cluster=rec.name) if rec.autostop_down else \

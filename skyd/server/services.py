@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from skyd import protocol
-from skyd.clusters.registry import ClusterState
+from skyd.clusters.service import Clusters
 from skyd.identity import Caller
+from skyd.infra.ssh import SshClient
 from skyd.managed.controller import JobsController
 from skyd.requests.scheduler import Scheduler
 from skyd.server.config import Config
@@ -23,7 +24,8 @@ class Services:
     config: Config
     store: Store
     scheduler: Scheduler
-    state: ClusterState           # the cluster registry
+    state: Clusters               # the clusters: registry, job queues, hosts, autostop
     jobs: JobsController          # managed jobs
+    ssh: SshClient                # the daemon's ssh: probes of pool hosts (`skyctl infra`)
     info: Callable[[Caller], protocol.ServerInfo]
     version: str

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from skyd import protocol
+from skyd import metrics, protocol
 from skyd.streams import FileLog, LogSource, follow
 from skyd.server import handlers  # noqa: F401 - registers every handler
 from skyd.server.dispatch import handler_for
@@ -85,6 +85,7 @@ class Session:
         (size,) = protocol.HEADER.unpack(head)
         limit = limit or self.s.config.max_frame
         if size > limit:
+            metrics.limit_hit("max_frame" if limit == self.s.config.max_frame else "handshake_max_frame")
             await self._send(Error(ErrorCode.TOO_LARGE,
                                    f"frame of {size} bytes exceeds the limit of {limit} bytes"
                                    + ("" if limit == self.s.config.max_frame else
@@ -94,6 +95,7 @@ class Session:
         if size > SMALL_FRAME:
             budget: FrameBudget = self.budget
             if not budget.take(size):
+                metrics.limit_hit("inflight_bytes")
                 await self._send(Error(ErrorCode.BUSY,
                                        f"server busy: {budget.used} bytes of unfinished frames "
                                        f"are in flight (limit {budget.cap}); a frame of {size} "
@@ -108,6 +110,7 @@ class Session:
                 await self._send(_decode_error(e))
             except msgspec.DecodeError as e:
                 await self._send(Error(ErrorCode.BAD_REQUEST, f"malformed frame: {e}"))
+            metrics.protocol_error("malformed_frame")
             raise _Skip
         finally:
             if reserved:
@@ -138,6 +141,7 @@ class Session:
                     except _Skip:
                         continue
                     if not isinstance(msg, Submit):
+                        metrics.protocol_error("not_a_request")
                         await self._send(Error(ErrorCode.BAD_REQUEST, "expected a request frame"))
                         continue
                     await self._handle(msg)
@@ -159,20 +163,24 @@ class Session:
         except _Skip:
             return False
         except TimeoutError:
+            metrics.limit_hit("handshake_timeout")
             self.writer.write(protocol.encode_frame(Error(
                 ErrorCode.BAD_REQUEST, f"no hello within {cfg.handshake_timeout:g} s: "
                                        "closing the connection")))
             return False
         if not isinstance(hello, Hello):
+            metrics.protocol_error("no_hello")
             await self._send(Error(ErrorCode.BAD_REQUEST, "a connection starts with a hello frame"))
             return False
         if hello.protocol > protocol.PROTOCOL_VERSION:
+            metrics.protocol_error("version")
             await self._send(Error(ErrorCode.UNSUPPORTED_VERSION,
                                    f"this client speaks protocol v{hello.protocol}, newer than the "
                                    f"server's v{protocol.PROTOCOL_VERSION}",
                                    "upgrade skyd on the server, or use a matching skyctl"))
             return False
         if hello.protocol < protocol.MIN_PROTOCOL_VERSION:
+            metrics.protocol_error("version")
             await self._send(Error(ErrorCode.UNSUPPORTED_VERSION,
                                    f"this client speaks protocol v{hello.protocol}; the server "
                                    f"needs v{protocol.MIN_PROTOCOL_VERSION} or newer",

@@ -1,5 +1,5 @@
 """Calibration: the measured memory cost of a long worker, a short request and the idle
-daemon, which size the queues (see skyd.sizing.hardware.size_slots).
+daemon, which size the queues (see skyd.sizing.slots.size_slots).
 
 `profiling.calibrate` writes the file from what it measured; without one, skyd uses the
 built-in defaults. Stdlib only.

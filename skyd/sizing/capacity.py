@@ -1,6 +1,6 @@
 """`skyd capacity`: how many long and short requests a machine can run at once.
 
-Shows the slot sizing from skyd.sizing.hardware for this machine and for the standard
+Shows the slot sizing from skyd.sizing.slots for this machine and for the standard
 machine sizes, next to the figures SkyPilot documents for its API server, so
 operators can pick a VM size before deploying.
 """
@@ -13,15 +13,9 @@ import sys
 from typing import TextIO
 
 from skyd.sizing.calibration import Calibration, load_calibration
-from skyd.sizing.hardware import (
-    GiB,
-    Hardware,
-    detect,
-    format_cpus,
-    format_size,
-    parse_size,
-    size_slots,
-)
+from skyd.sizing.hardware import Hardware, detect
+from skyd.sizing.slots import size_slots
+from skyd.sizing.units import GiB, format_cpus, format_size, parse_size
 
 STANDARD_MACHINES = [(4, "8Gi"), (16, "32Gi"), (32, "64Gi"), (64, "128Gi"), (128, "256Gi")]
 

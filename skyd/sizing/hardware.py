@@ -1,7 +1,6 @@
-"""What this machine can run: hardware detection, calibration and slot sizing.
+"""What this machine can run: the CPUs and memory the daemon may use.
 
-Everything here is pure standard library so the daemon can size itself
-before anything else is imported.
+Pure standard library, so the daemon can size itself before anything else is imported.
 
 Detection
 ---------
@@ -17,122 +16,24 @@ inside a container or systemd slice is usually less than the host has:
   On hybrid hosts the v1 controllers win. Missing or garbled files count as
   "unlimited" so detection never crashes.
 * ``SKYD_CPUS`` and ``SKYD_MEMORY`` override detection when set (non-empty).
-
-Slot sizing
------------
-A *long* request runs in its own worker process that mostly waits on I/O
-(provisioning, ssh, setup scripts); a *short* request is a coroutine in the
-daemon's event loop. ``size_slots()`` decides how many of each may run at once::
-
-    reserve = max(1 GiB, 10% of memory)          # the OS and everything else
-    usable  = max(0, memory - reserve - daemon_base_bytes)
-    long_pool  = floor(usable * 0.5)             # memory for long workers
-    short_pool = usable - long_pool              # memory for short requests
-    long  = max(1, min(floor(cpus * 16),  long_pool  // long_worker_bytes))
-    short = max(8, min(floor(cpus * 256), short_pool // short_request_bytes))
-
-The short pool is the half *not set aside* for long workers, rather than
-"usable minus what the long workers actually use". The latter can go down when
-memory goes up (one more long worker fits, so ~48 fewer short requests do);
-the fixed split guarantees that more CPUs or more memory never yields fewer
-slots, for any calibration. With the default calibration the numbers are:
-4 CPUs / 8 GiB -> 64 long / 1024 short; 2 CPUs / 24 GiB -> 32 / 512;
-1 CPU / 1 GiB -> 1 / 8 (the minimums).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-from skyd.sizing.calibration import Calibration
+from skyd.sizing.units import GiB, KiB, format_cpus, parse_size
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
-TiB = 1024 * GiB
-
-# --- slot sizing constants -------------------------------------------------
-OS_RESERVE_MIN_BYTES = GiB  # never leave less than this for the rest of the VM
-OS_RESERVE_FRACTION = 0.10  # ...or this share of memory, whichever is larger
-LONG_MEMORY_SHARE = 0.5  # share of usable memory set aside for long workers
-LONG_SLOTS_PER_CPU = 16  # long workers mostly wait on I/O, so many per CPU
-SHORT_SLOTS_PER_CPU = 256  # short requests are cheap coroutines
-MIN_LONG_SLOTS = 1
-MIN_SHORT_SLOTS = 8
-
-# --- team-use minimum ------------------------------------------------------
-MIN_CPUS = 2
-MIN_MEMORY_BYTES = 2 * GiB
-
-# --- detection constants ---------------------------------------------------
+FALLBACK_MEMORY_BYTES = GiB  # when no figure can be read at all
 CPU_FLOOR = 0.1  # a tiny quota still lets us run something
 CGROUP_V1_UNLIMITED = 2**60  # v1 reports "no limit" as a huge page-aligned number
 DEFAULT_CFS_PERIOD_US = 100_000
 ENV_CPUS = "SKYD_CPUS"
 ENV_MEMORY = "SKYD_MEMORY"
-
-
-# ===========================================================================
-# Sizes
-# ===========================================================================
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
-_UNIT_BYTES = {"": 1, "k": KiB, "m": MiB, "g": GiB, "t": TiB}
-
-
-def parse_size(text: str) -> int:
-    """Parse a human memory size into bytes.
-
-    Accepts a number (integer or decimal) with an optional unit K, M, G or T,
-    optionally followed by "i" and/or "B", case-insensitively: "8G", "8Gi",
-    "8GiB", "8gb", "1.5G", "512M", "1024K", "1048576", "1048576B".
-    All units are binary (powers of 1024): "8GB" means 8 GiB, because that is
-    what people mean when they size a VM or a pod.
-    """
-    match = _SIZE_RE.match(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"invalid size {text!r}: use e.g. 8G, 512M")
-    number, unit, binary, byte_suffix = match.groups()
-    if binary and not unit:  # a bare "i" ("12i", "12iB") is not a unit
-        raise ValueError(f"invalid size {text!r}: use e.g. 8G, 512M")
-    # Fraction keeps big byte counts exact (a float would round above 2**53).
-    return round(Fraction(number) * _UNIT_BYTES[unit.lower()])
-
-
-def format_size(n: int) -> str:
-    """Render bytes for humans: "8.0 GiB", "512 MiB", "1.5 MiB", "900 KiB".
-
-    GiB and TiB always show one decimal; smaller units show one only when
-    the value is not a whole number of that unit.
-    """
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit, name in ((TiB, "TiB"), (GiB, "GiB")):
-        if n >= unit:
-            return f"{sign}{n / unit:.1f} {name}"
-    for unit, name in ((MiB, "MiB"), (KiB, "KiB")):
-        if n >= unit:
-            if n % unit == 0:
-                return f"{sign}{n // unit} {name}"
-            return f"{sign}{n / unit:.1f} {name}"
-    return f"{sign}{n} B"
-
-
-def format_cpus(cpus: float) -> str:
-    """"1 CPU", "2 CPUs", "1.5 CPUs"."""
-    count = f"{round(cpus, 2):g}"
-    return f"{count} CPU" if count == "1" else f"{count} CPUs"
-
-
-# ===========================================================================
-# Hardware detection
-# ===========================================================================
 
 
 @dataclass(frozen=True)
@@ -298,7 +199,7 @@ def _physical_memory(root: Path) -> _Limit:
         total = 0
     if total > 0:
         return _Limit(total, "sysconf (no /proc/meminfo)")
-    return _Limit(OS_RESERVE_MIN_BYTES, "fallback (no /proc/meminfo)")
+    return _Limit(FALLBACK_MEMORY_BYTES, "fallback (no /proc/meminfo)")
 
 
 # --- cgroups ------------------------------------------------------------------
@@ -452,60 +353,3 @@ def _v1_memory(level: Path) -> int | None:
     if value is None or value <= 0 or value >= CGROUP_V1_UNLIMITED:
         return None
     return value
-
-
-# ===========================================================================
-# Slot sizing and minimums
-# ===========================================================================
-
-
-@dataclass(frozen=True)
-class Slots:
-    long: int
-    short: int
-    long_bound: str  # which limit decided it: "cpu", "memory" or "minimum"
-    short_bound: str
-
-
-def usable_memory(memory_bytes: int, calib: Calibration) -> int:
-    """Memory left for requests after the OS reserve and the daemon itself."""
-    reserve = max(OS_RESERVE_MIN_BYTES, int(memory_bytes * OS_RESERVE_FRACTION))
-    return max(0, memory_bytes - reserve - calib.daemon_base_bytes)
-
-
-def _bounded(cpu_cap: int, memory_cap: int, minimum: int) -> tuple[int, str]:
-    best = min(cpu_cap, memory_cap)
-    if best < minimum:
-        return minimum, "minimum"
-    return best, "cpu" if cpu_cap <= memory_cap else "memory"
-
-
-def size_slots(hw: Hardware, calib: Calibration) -> Slots:
-    """How many long and short requests may run at once (see module docstring)."""
-    usable = usable_memory(hw.memory_bytes, calib)
-    long_pool = int(usable * LONG_MEMORY_SHARE)
-    short_pool = usable - long_pool
-    long, long_bound = _bounded(
-        math.floor(hw.cpus * LONG_SLOTS_PER_CPU), long_pool // calib.long_worker_bytes, MIN_LONG_SLOTS
-    )
-    short, short_bound = _bounded(
-        math.floor(hw.cpus * SHORT_SLOTS_PER_CPU), short_pool // calib.short_request_bytes, MIN_SHORT_SLOTS
-    )
-    return Slots(long=long, short=short, long_bound=long_bound, short_bound=short_bound)
-
-
-def check_minimum(hw: Hardware) -> list[str]:
-    """Human messages for each way `hw` falls short of team use; empty if fine."""
-    problems = []
-    if hw.cpus < MIN_CPUS:
-        problems.append(
-            f"{format_cpus(hw.cpus)} available, skyd needs at least {MIN_CPUS} for team use "
-            f"(short by {round(MIN_CPUS - hw.cpus, 2):g}); found via {hw.cpu_source}"
-        )
-    if hw.memory_bytes < MIN_MEMORY_BYTES:
-        problems.append(
-            f"{format_size(hw.memory_bytes)} memory available, skyd needs at least "
-            f"{format_size(MIN_MEMORY_BYTES)} for team use "
-            f"(short by {format_size(MIN_MEMORY_BYTES - hw.memory_bytes)}); found via {hw.memory_source}"
-        )
-    return problems

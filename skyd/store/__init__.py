@@ -1,4 +1,19 @@
-"""The store: all SQL (aiosqlite, WAL, group commit, migrations)."""
+"""The store: all SQL (aiosqlite, WAL, group commit, migrations).
 
-from skyd.store.sqlite import *  # noqa: F401,F403
-from skyd.store.sqlite import MIGRATIONS, Store  # noqa: F401
+One database (sqlite.py) under one writer, its schema as migrations (schema.py), and the
+rows of each table group written and read by its own class: requests (requests.py),
+clusters and their jobs (clusters.py), managed jobs (managed.py). `Store` is all of them
+on the same connections.
+"""
+
+from skyd.store.clusters import ClusterRows
+from skyd.store.managed import ManagedJobRows
+from skyd.store.requests import RequestRows, StoredRequest
+from skyd.store.schema import MIGRATIONS
+
+
+class Store(RequestRows, ClusterRows, ManagedJobRows):
+    """The daemon's one store: every table's rows, one writer, one group commit."""
+
+
+__all__ = ["MIGRATIONS", "Store", "StoredRequest"]

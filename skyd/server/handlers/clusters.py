@@ -38,7 +38,7 @@ async def status(s: Services, caller: Caller, op: ClusterStatus) -> list[Cluster
 async def autostop(s: Services, caller: Caller, op: Autostop) -> ClusterRecord:
     if op.idle_minutes < 0 and op.idle_minutes != -1:
         raise SkydError(ErrorCode.BAD_REQUEST, "idle minutes must be >= 0 (or -1 to cancel)")
-    return await s.state.set_autostop(op.cluster, caller.uid, caller.admin, op.idle_minutes,
+    return await s.state.autostop.set(op.cluster, caller.uid, caller.admin, op.idle_minutes,
                                       op.down)
 
 
@@ -59,7 +59,7 @@ def _progress(job: JobRecord) -> int:
 
 @handles(protocol.JobQueue)
 async def queue(s: Services, caller: Caller, op: JobQueue) -> list[JobRecord]:
-    s.state.require(op.cluster, caller.uid, caller.admin)
+    s.state.registry.require(op.cluster, caller.uid, caller.admin)
     jobs = await _jobs(s, op.cluster)
     if op.skip_finished:
         jobs = [j for j in jobs if j.status not in JOB_FINISHED]
@@ -68,7 +68,7 @@ async def queue(s: Services, caller: Caller, op: JobQueue) -> list[JobRecord]:
 
 @handles(protocol.CancelJobs)
 async def cancel(s: Services, caller: Caller, op: CancelJobs) -> list[int]:
-    s.state.require(op.cluster, caller.uid, caller.admin)
+    s.state.registry.require(op.cluster, caller.uid, caller.admin)
     if not op.all and not op.job_ids:
         raise SkydError(ErrorCode.BAD_REQUEST, "name the jobs to cancel, or pass --all")
     live = {jid: j for (c, jid), j in s.state.jobs.items() if c == op.cluster}
@@ -80,7 +80,7 @@ async def cancel(s: Services, caller: Caller, op: CancelJobs) -> list[int]:
             if not op.all and not await s.store.get_job(op.cluster, jid):
                 raise SkydError(ErrorCode.NOT_FOUND, f"cluster {op.cluster!r} has no job {jid}")
             continue
-        if await s.state.cancel_job(op.cluster, jid):
+        if await s.state.queue.cancel(op.cluster, jid):
             done.append(jid)
             continue
         # Not started yet: cancel the request that would start it, before it does.
@@ -135,7 +135,7 @@ class JobLogStream(LogStream):
 
 @handles(protocol.JobLogs)
 async def logs(s: Services, caller: Caller, op: JobLogs) -> JobLogStream:
-    entry = s.state.require(op.cluster, caller.uid, caller.admin)
+    entry = s.state.registry.require(op.cluster, caller.uid, caller.admin)
     job_id = op.job_id
     if job_id is None:
         job_id = entry.next_job_id - 1
@@ -154,14 +154,11 @@ PROBE_TIMEOUT = 15.0
 @handles(protocol.InfraStatus)
 async def infra(s: Services, caller: Caller, op: InfraStatus) -> list[HostRecord]:
     """Probe every host of the pools over ssh, all at once, each bounded in time."""
-    import asyncio
-    from skyd.infra import get_infra
-    pools = s.state.pool_map()
+    pools = s.state.hosts.pool_map()
     unknown = [p for p in op.pools if p not in pools]
     if unknown:
         raise SkydError(ErrorCode.NOT_FOUND, f"no ssh node pool {unknown[0]!r}")
-    ssh = get_infra("ssh")
-    owner = s.state.host_owners()
+    owner = s.state.hosts.owners()
 
     def serving(h) -> str | None:
         """The cluster on a host: its name if it is the caller's (or for an admin)."""
@@ -177,7 +174,7 @@ async def infra(s: Services, caller: Caller, op: InfraStatus) -> list[HostRecord
         rec = HostRecord(pool=pool, ip=h.ip, port=h.port, user=node.user, reachable=False,
                          cluster=serving(h), shared_login=pools[pool].shared_login)
         try:
-            rc, out, err = await ssh._arun(node, PROBE, PROBE_TIMEOUT)
+            rc, out, err = await s.ssh.arun(node, PROBE, PROBE_TIMEOUT)
         except asyncio.TimeoutError:
             rec.error = f"no answer within {PROBE_TIMEOUT:g}s"
             return rec

@@ -1,0 +1,150 @@
+"""The command table, shared by the one-shot CLI and the shell: one row per command, in
+SkyPilot's names and groups. A row names the module that defines its arguments and runs
+it; a one-shot skyctl imports and builds only the command it runs (its cold start is
+part of the product), the shell builds them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+from typing import NamedTuple
+
+# argparse looks up a translation for every help string it is given, and each lookup stats
+# the locale directories (no catalogue exists, so nothing is cached): ~1.5 ms of every
+# start. Python ships no translations of argparse's messages; skyctl's own are English.
+argparse._ = lambda text: text  # type: ignore[attr-defined]
+argparse.ngettext = lambda one, many, n: one if n == 1 else many  # type: ignore[attr-defined]
+
+
+class Command(NamedTuple):
+    name: str
+    group: str
+    summary: str
+    module: str            # defines ARGUMENTS: {name: function adding its arguments}
+    aliases: tuple[str, ...] = ()
+    subcommands: tuple[str, ...] = ()
+
+
+CLUSTERS, JOBS, MANAGED, INFRA, API, OTHER = (
+    "Clusters", "Jobs on a cluster", "Managed jobs", "Infrastructure", "Requests (API server)",
+    "Interactive")
+
+TABLE = [
+    Command("launch", CLUSTERS, "launch a task on a new or existing cluster", "skyctl.commands.launch"),
+    Command("exec", CLUSTERS, "run a task as a new job on an existing cluster (no setup)",
+            "skyctl.commands.launch"),
+    Command("status", CLUSTERS, "show clusters", "skyctl.commands.clusters"),
+    Command("stop", CLUSTERS, "stop clusters (jobs are killed, nodes kept)", "skyctl.commands.clusters"),
+    Command("start", CLUSTERS, "start stopped clusters", "skyctl.commands.clusters"),
+    Command("down", CLUSTERS, "tear clusters down (everything removed)", "skyctl.commands.clusters"),
+    Command("autostop", CLUSTERS, "stop or tear down clusters after an idle time",
+            "skyctl.commands.clusters"),
+    Command("queue", JOBS, "show the job queue of clusters", "skyctl.commands.jobs"),
+    Command("logs", JOBS, "follow or print a job's output, or its status", "skyctl.commands.jobs"),
+    Command("cancel", JOBS, "cancel jobs on a cluster", "skyctl.commands.jobs"),
+    Command("jobs", MANAGED, "managed jobs: their own cluster, recovered, torn down",
+            "skyctl.commands.managed", subcommands=("launch", "queue", "logs", "cancel")),
+    Command("check", INFRA, "ssh node pools: hosts, reachability, CPUs, memory",
+            "skyctl.commands.infra", aliases=("infra",)),
+    Command("api", API, "the daemon's requests, and the daemon itself", "skyctl.commands.api",
+            subcommands=("status", "logs", "cancel", "info")),
+    Command("shell", OTHER, "an interactive shell: these commands, with completion",
+            "skyctl.commands.shell"),
+]
+
+
+def row_of(word: str) -> Command | None:
+    for row in TABLE:
+        if word == row.name or word in row.aliases:
+            return row
+    return None
+
+
+def overview() -> str:
+    """What bare `skyctl` prints: the commands by group, as `sky --help` lists them."""
+    return f"usage: {USAGE}\n\n{_groups()}\n"
+
+
+USAGE = "skyctl COMMAND [OPTIONS] [ARGS]..."
+
+
+def _groups() -> str:
+    lines = ["skyctl talks to skyd, the request server for AI compute, in SkyPilot's commands."]
+    group = None
+    for row in TABLE:
+        if row.group != group:
+            group = row.group
+            lines += ["", f"{group}:"]
+        name = row.name + (f" ({', '.join(row.aliases)})" if row.aliases else "")
+        if row.subcommands:
+            name += " " + "|".join(row.subcommands)
+        lines.append(f"  {name:30} {row.summary[0].upper()}{row.summary[1:]}")
+    lines += ["", "skyctl COMMAND --help shows a command's options, skyctl --help the exit codes.",
+              "Every command takes --host ADDRESS, and all but shell take --json."]
+    return "\n".join(lines)
+
+
+_columns: int | None = None
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, without importing shutil on every add_argument (argparse makes a
+    formatter there to check metavars; shutil is ~3 ms of a cold start)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 30,
+                 width: int | None = None):
+        global _columns
+        if width is None:
+            if _columns is None:
+                try:
+                    _columns = int(os.environ.get("COLUMNS", "")) or os.get_terminal_size().columns
+                except (ValueError, OSError):
+                    _columns = 80
+            width = max(_columns, 40) - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def add_parser(sub, name: str, summary: str, aliases: tuple[str, ...] = (),
+               description: str | None = None) -> argparse.ArgumentParser:
+    """A (sub)command's parser, with skyctl's formatter."""
+    text = description or summary[0].upper() + summary[1:] + "."
+    return sub.add_parser(name, aliases=list(aliases), description=text,
+                          formatter_class=Formatter)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command table as argparse parsers. With `only` (a command's name), only that
+    command is built: a one-shot skyctl pays for the command it runs."""
+    from skyctl.exits import epilog
+    from skyd import __version__
+    parser = argparse.ArgumentParser(prog="skyctl", usage=USAGE, description=_groups(),
+                                     epilog=epilog(), formatter_class=Formatter)
+    parser.add_argument("--version", action="version", version=f"skyctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                prog="skyctl", help=argparse.SUPPRESS)
+    for row in TABLE:
+        if only is not None and only != row.name:
+            continue
+        p = add_parser(sub, row.name, row.summary, row.aliases)
+        importlib.import_module(row.module).ARGUMENTS[row.name](p)
+    return parser
+
+
+def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """A command line as the CLI and the shell read it. Words argparse does not know
+    after a task command's words are part of that command (`skyctl launch -c dev python
+    train.py --epochs 3`, as `sky launch` takes it); elsewhere they are an error."""
+    if parser is None:
+        row = next((row_of(w) for w in argv if not w.startswith("-")), None)
+        parser = build_parser(only=row.name if row else None)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        words = getattr(args, "words", None)
+        if extras[0] == "--":
+            extras = extras[1:]
+        if words is None or (not words and extras[0].startswith("-")):
+            getattr(args, "parser_", parser).error(f"unrecognized arguments: {' '.join(extras)}")
+        words.extend(extras)
+    return args

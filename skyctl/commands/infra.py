@@ -1,0 +1,48 @@
+"""`check` (also `infra`): the ssh node pools, every host probed as you.
+
+JSON (--json): [host record].
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from skyctl import output
+from skyctl.commands.common import common, completes
+from skyctl.context import Ctx
+from skyctl.exits import FAILED, OK
+from skyd import protocol
+
+
+def add_check(p: argparse.ArgumentParser) -> None:
+    p.description = "Probe every host of the ssh node pools (exit 1 if any does not answer)."
+    completes(p.add_argument("pools", nargs="*", metavar="POOL", help="only these pools"), "pool")
+    common(p)
+    p.set_defaults(func=run_check)
+
+
+ARGUMENTS = {"check": add_check}
+
+
+def run_check(ctx: Ctx, args: argparse.Namespace) -> int:
+    hosts = ctx.call(protocol.InfraStatus(pools=args.pools))
+    if ctx.json:
+        output.print_json(hosts)
+        return OK if all(h.reachable for h in hosts) else FAILED
+    if not hosts:
+        info = ctx.call(protocol.ApiInfo())
+        where = getattr(info, "node_pools", "") or f"{info.state_dir}/ssh_node_pools.yaml"
+        output.info(f"No ssh node pools: the daemon reads them from {where}.")
+        return OK
+    output.table(["POOL", "HOST", "USER", "REACHABLE", "CPUS", "MEMORY", "CLUSTER"],
+                 [[h.pool, f"{h.ip}:{h.port}",
+                   f"{h.user} (shared)" if h.shared_login else h.user,
+                   output.paint("yes", "green") if h.reachable else
+                   output.paint(f"no: {h.error}", "red"),
+                   h.cpus if h.cpus is not None else "-",
+                   f"{h.memory_bytes / 2**30:.1f} GiB" if h.memory_bytes else "-",
+                   h.cluster or "-"] for h in hosts])
+    for pool in dict.fromkeys(h.pool for h in hosts if h.shared_login):
+        output.warn(f"pool {pool}: shared login: users of this pool are not isolated from each "
+                    "other (each can read and signal the others' work)")
+    return OK if all(h.reachable for h in hosts) else FAILED

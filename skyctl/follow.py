@@ -1,0 +1,158 @@
+"""Following a request, a job or a managed job: its log as it is written, then how it
+ended. A daemon restart is survived by reconnecting and resuming from the last byte seen;
+Ctrl-C detaches (the work goes on) and says how to come back."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import msgspec
+
+from skyctl import output
+from skyctl.connection import Unreachable, reconnect
+from skyctl.context import Ctx
+from skyctl.exits import DETACHED, FAILED, OK, exit_code
+from skyctl.output import LogWriter, Sink
+from skyd import protocol
+from skyd.protocol import Accepted, Chunk, End, Error, Notice, Result, Status
+
+
+class Submitted(NamedTuple):
+    code: int
+    result: Result | None        # None: it did not end (an error frame, --async, Ctrl-C)
+    request_id: str | None
+
+
+def follow_request(ctx: Ctx, op: protocol.Op, wait: bool = True,
+                   log: Sink | None = None) -> Submitted:
+    """Submit `op`; with `wait`, follow its log to its result (without: return once it is
+    accepted, with its id)."""
+    log = log or LogWriter()
+    rid, offset = None, 0
+    frames = ctx.conn.submit(op, wait)
+    while True:
+        try:
+            for msg in frames:
+                if isinstance(msg, Accepted):
+                    rid = msg.request_id
+                    if not wait:
+                        return Submitted(OK, None, rid)
+                    ahead = f", {msg.ahead} ahead in the {msg.queue.value} queue" if msg.ahead else ""
+                    output.info(f"Request {rid} accepted{ahead}.")
+                elif isinstance(msg, Chunk):
+                    offset += len(msg.data)
+                    log.write(msg.data)
+                elif isinstance(msg, Notice):
+                    output.info(msg.message)
+                elif isinstance(msg, End):
+                    offset = msg.offset
+                elif isinstance(msg, Error):
+                    log.close()
+                    output.error(msg.message, msg.hint)
+                    return Submitted(exit_code(msg.code), None, rid)
+                elif isinstance(msg, Result):
+                    log.close()
+                    return Submitted(_result_code(msg), msg, msg.request_id)
+            return Submitted(FAILED, None, rid)
+        except KeyboardInterrupt:
+            if rid:
+                output.info(f"\nDetached; request {rid} keeps running.\n"
+                            f"  follow it:  skyctl api logs {rid}\n"
+                            f"  cancel it:  skyctl api cancel {rid}")
+            return Submitted(DETACHED, None, rid)
+        except (ConnectionError, OSError):
+            if rid is None:
+                raise Unreachable("the daemon closed the connection before accepting the request")
+            output.info("Lost the connection to skyd; reconnecting...")
+            ctx.conn.close()
+            ctx.conn = reconnect(ctx.path, ctx.source)
+            output.info(f"Reconnected; following request {rid} again.")
+            frames = ctx.conn.submit(protocol.ApiLogs(request_id=rid, follow=True, offset=offset))
+
+
+def _result_code(msg: Result) -> int:
+    if msg.status is Status.SUCCEEDED:
+        return OK
+    if msg.error is not None:
+        output.error(msg.error.message, msg.error.hint)
+        return exit_code(msg.error.code)
+    output.error(f"request {msg.request_id} {msg.status.value}")
+    return exit_code(msg.status)
+
+
+class Streamed(NamedTuple):
+    code: int | None             # set when it ended early: an error, Ctrl-C, a lost stream
+    value: Any                   # the final record, when it ended normally
+    offset: int                  # bytes of log received
+
+
+def follow_stream(ctx: Ctx, make_op: Callable[[int], protocol.Op], detached: str,
+                  log: Sink, offset: int = 0) -> Streamed:
+    """Follow a log stream (a job's output) to its final record; `make_op(offset)` asks
+    for it from a byte offset, so a daemon restart resumes where it was."""
+    while True:
+        try:
+            for msg in ctx.conn.submit(make_op(offset)):
+                if isinstance(msg, Chunk):
+                    offset += len(msg.data)
+                    log.write(msg.data)
+                elif isinstance(msg, Notice):
+                    output.info(msg.message)
+                elif isinstance(msg, Error):
+                    log.close()
+                    output.error(msg.message, msg.hint)
+                    return Streamed(exit_code(msg.code), None, offset)
+                elif isinstance(msg, Result):
+                    log.close()
+                    if msg.error is not None:
+                        output.error(msg.error.message, msg.error.hint)
+                        return Streamed(exit_code(msg.error.code), None, offset)
+                    return Streamed(None, msg.value, offset)
+            return Streamed(FAILED, None, offset)
+        except KeyboardInterrupt:
+            output.info(detached)
+            return Streamed(DETACHED, None, offset)
+        except (ConnectionError, OSError):
+            output.info("Lost the connection to skyd; reconnecting...")
+            ctx.conn.close()
+            ctx.conn = reconnect(ctx.path, ctx.source)
+
+
+def follow_job(ctx: Ctx, cluster: str, job_id: int | None, follow: bool = True,
+               log: Sink | None = None,
+               offset: int = 0) -> tuple[int, protocol.JobRecord | None, int]:
+    """A job's output, then (code, its record, bytes of log seen). The code is the job's:
+    0 succeeded, 1 failed, 3 cancelled, 6 not finished (without `follow`)."""
+    ref = f"{cluster} {job_id or ''}".rstrip()
+    got = follow_stream(
+        ctx, lambda at: protocol.JobLogs(cluster=cluster, job_id=job_id, follow=follow, offset=at),
+        f"\nStopped following; the job keeps running.\n  follow it:  skyctl logs {ref}"
+        f"\n  cancel it:  skyctl cancel {ref}", log or LogWriter(), offset)
+    if got.code is not None:
+        return got.code, None, got.offset
+    job = msgspec.convert(got.value, protocol.JobRecord)
+    if job.status in protocol.JOB_FINISHED:
+        code = f" (exit status {job.exit_code})" if job.exit_code not in (None, 0) else ""
+        output.info(f"Job {job.job_id} on {job.cluster} finished: {job.status}{code}.")
+    return exit_code(job.status), job, got.offset
+
+
+def follow_managed(ctx: Ctx, job_id: int | None, follow: bool = True, controller: bool = False,
+                   log: Sink | None = None,
+                   offset: int = 0) -> tuple[int, protocol.ManagedJobRecord | None, int]:
+    """A managed job's output over all its attempts (or its controller's log), then
+    (code, its record, bytes seen); the code is the job's, as for follow_job."""
+    ref = "" if job_id is None else f" {job_id}"
+    got = follow_stream(
+        ctx, lambda at: protocol.JobsLogs(job_id=job_id, controller=controller, follow=follow,
+                                          offset=at),
+        f"\nStopped following; the managed job keeps running.\n"
+        f"  follow it:  skyctl jobs logs{ref}\n  cancel it:  skyctl jobs cancel{ref}",
+        log or LogWriter(), offset)
+    if got.code is not None:
+        return got.code, None, got.offset
+    job = msgspec.convert(got.value, protocol.ManagedJobRecord)
+    if job.status in protocol.MANAGED_FINISHED and not controller:
+        why = f": {job.reason}" if job.reason and job.status != "SUCCEEDED" else ""
+        output.info(f"Managed job {job.job_id} finished: {job.status}{why}.")
+    return exit_code(job.status), job, got.offset

@@ -1,0 +1,175 @@
+"""No orphans: after any stop — SIGTERM, kill -9 of the daemon, kill -9 of its forkserver or
+of a busy worker — no process the daemon started outlives what it should. Jobs on clusters
+are meant to survive the daemon (their runners are detached); workers, the setups they run,
+the forkserver and the resource tracker, ssh masters and followers are not. The next start
+is clean. Processes are compared by (pid, start time) from snapshots taken while the daemon
+was busy (profiling/soak/procs.py)."""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_until
+from profiling.soak import procs
+from sshd import ssh_hosts  # noqa: F401 - the fixture
+from skyd import protocol
+from skyd.taskspec import Resources, Task
+
+LEFT_BY_CRASH = "killed {} processes left by the previous run"
+
+
+def _busy(d, workdir: Path) -> tuple[str, int]:
+    """A cluster job running, a launch in its setup (a busy worker with a child), a managed
+    job running. (The launch's id, the managed job's.)"""
+    started = workdir / "setup-started"
+    d.skyctl("launch", "-c", "keep", "--async", "sleep 300", check=True)
+    rid = d.submit_async(protocol.Launch(task=Task(setup=f"touch {started}; sleep 301", run="true"),
+                                         cluster="busy"))
+    job = d.frames(protocol.JobsLaunch(task=Task(run="sleep 302")), wait=False)[-1].job_id
+    assert wait_until(started.exists, 20)
+    assert wait_until(lambda: _job_status(d, "keep", 1) == "RUNNING", 20)
+    assert wait_until(lambda: _managed(d, job).status == "RUNNING", 30)
+    return rid, job
+
+
+def _job_status(d, cluster: str, job_id: int) -> str | None:
+    jobs = {j.job_id: j.status for j in d.call(protocol.JobQueue(cluster=cluster))}
+    return jobs.get(job_id)
+
+
+def _managed(d, job_id: int) -> protocol.ManagedJobRecord:
+    return {j.job_id: j for j in d.call(protocol.JobsQueue(all_users=True))}[job_id]
+
+
+def _snapshot(d) -> dict[int, procs.Proc]:
+    snap = procs.started_by(d.proc.pid, d.state_dir)
+    cmds = " | ".join(p.cmd for p in snap.values())
+    assert "multiprocessing.forkserver" in cmds and "resource_tracker" in cmds, cmds
+    assert "sleep 301" in cmds, cmds                                  # the launch's setup
+    assert _jobs_of(snap) == {"keep", "managed"}, cmds
+    return snap
+
+
+def _jobs_of(snap: dict[int, procs.Proc]) -> set[str]:
+    """The clusters whose job runners are alive in `snap` (managed-N as `managed`)."""
+    names = set()
+    for p in procs.survivors(snap, procs.JOB):
+        m = re.search(r"/clusters/([a-z0-9-]+)/node-0/jobs/", p.cmd)
+        if m:
+            names.add("managed" if m.group(1).startswith("managed-") else m.group(1))
+    return names
+
+
+def _worker_of(d, rid: str) -> int:
+    log = (d.state_dir / "logs" / "requests" / f"{rid}.log").read_text()
+    return int(re.findall(r"running launch in worker process (\d+)", log)[-1])
+
+
+def _clean_end(d, job: int, snap: dict[int, procs.Proc]) -> None:
+    """The jobs that survived are the daemon's again; cancelled, nothing is left at all."""
+    assert _job_status(d, "keep", 1) == "RUNNING"
+    d.call(protocol.CancelJobs(cluster="keep", all=True))
+    d.call(protocol.JobsCancel(all=True))
+    d.call(protocol.ApiCancel(all=True))
+    assert wait_until(lambda: _job_status(d, "keep", 1) == "CANCELLED", 20)
+    assert wait_until(lambda: _managed(d, job).status == "CANCELLED"
+                      and not _managed(d, job).teardown_pending, 30)
+    d.stop(signal.SIGTERM)
+    left = procs.wait_gone(snap, 10, kind=None)
+    assert left == [], procs.describe(left)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_stopping_the_daemon_leaves_only_its_jobs(make_daemon, workdir, how):
+    d = make_daemon()
+    rid, job = _busy(d, workdir)
+    snap = _snapshot(d)
+    if how == "sigterm":
+        assert d.stop(signal.SIGTERM) == 0
+    else:
+        d.kill9()
+    left = procs.wait_gone(snap, 10)
+    assert left == [], procs.describe(left)
+    assert _jobs_of(snap) == {"keep", "managed"}, procs.describe(procs.survivors(snap, procs.JOB))
+    d.start()
+    crash_note = re.search(LEFT_BY_CRASH.format(r"\d+"), d.log())
+    assert crash_note is None, crash_note      # nothing was left for the next start to kill
+    _clean_end(d, job, {**snap, **procs.started_by(d.proc.pid, d.state_dir)})
+
+
+@pytest.mark.timeout(60)
+def test_kill9_of_a_busy_worker_takes_its_setup_and_nothing_else(make_daemon, workdir):
+    d = make_daemon()
+    rid, job = _busy(d, workdir)
+    snap = _snapshot(d)
+    worker = _worker_of(d, rid)
+    group = [p for p in snap.values() if p.pid == worker or "sleep 301" in p.cmd]
+    assert len(group) >= 2, procs.describe(list(snap.values()))
+    procs.kill([p for p in group if p.pid == worker])
+    rec = d.wait_request(rid, 15)
+    assert rec.status is protocol.Status.FAILED and "worker process died" in (rec.error or ""), rec
+    left = procs.wait_gone({p.pid: p for p in group}, 10)
+    assert left == [], procs.describe(left)
+    # everything else goes on: the jobs, and the next long request
+    assert _jobs_of(snap) == {"keep", "managed"}
+    d.skyctl("launch", "-c", "next", "echo next", check=True, timeout=60)
+    _clean_end(d, job, {**snap, **procs.started_by(d.proc.pid, d.state_dir)})
+
+
+@pytest.mark.timeout(60)
+def test_kill9_of_the_forkserver_leaves_nothing_behind(make_daemon, workdir):
+    """Its workers go with it (the busy one's setup too); the daemon goes on and, stopped,
+    leaves nothing of either forkserver's tree."""
+    d = make_daemon()
+    rid, job = _busy(d, workdir)
+    snap = _snapshot(d)
+    forkserver = [p for p in snap.values() if "multiprocessing.forkserver" in p.cmd
+                  and p.ppid == d.proc.pid]
+    assert len(forkserver) == 1, procs.describe(list(snap.values()))
+    procs.kill(forkserver)
+    assert d.wait_request(rid, 15).status is protocol.Status.FAILED
+    setup = [p for p in snap.values() if "sleep 301" in p.cmd]
+    assert procs.wait_gone({p.pid: p for p in setup}, 10) == []
+    assert d.proc.poll() is None and d.call(protocol.ApiInfo()).pid == d.proc.pid
+    _clean_end(d, job, {**snap, **procs.started_by(d.proc.pid, d.state_dir)})
+
+
+# ---- ssh: masters and the commands through them -------------------------------------------
+
+@pytest.fixture
+def ssh_daemon(make_daemon, ssh_hosts, workdir):  # noqa: F811
+    pools = workdir / "pools.yaml"
+    pools.write_text(ssh_hosts.pool_yaml("p", hosts=ssh_hosts.hosts[:1]))
+    return make_daemon("--node-pools", str(pools), "--ssh-known-hosts", str(ssh_hosts.known_hosts))
+
+
+@pytest.mark.xfail(strict=True, reason="ssh ControlPersist masters (<state>/ssh/*/%C) outlive "
+                   "the daemon: nothing closes them on shutdown, nor reaps them after a crash")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_ssh_masters_do_not_outlive_the_daemon(ssh_daemon, how):
+    """Stopped, the daemon closes its ssh masters (and its workers'); killed, the next start
+    finds and ends them before anything else, as it does with a crashed run's workers."""
+    d = ssh_daemon
+    task = Task(run="sleep 303", resources=Resources(infra="ssh/p"))
+    rid = d.submit_async(protocol.Launch(task=task, cluster="remote"))
+    assert d.wait_request(rid, 60).status is protocol.Status.SUCCEEDED
+    assert wait_until(lambda: _job_status(d, "remote", 1) == "RUNNING", 20)
+    snap = procs.started_by(d.proc.pid, d.state_dir)
+    masters = [p for p in snap.values() if p.cmd.endswith("[mux]")]
+    assert masters, procs.describe(list(snap.values()))
+    if how == "sigterm":
+        d.stop(signal.SIGTERM)
+    else:
+        d.kill9()
+        d.start()
+    left = procs.wait_gone(snap, 4)
+    try:
+        assert left == [], procs.describe(left)
+    finally:
+        procs.kill(left)

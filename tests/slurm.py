@@ -1,0 +1,274 @@
+"""A real single-node Slurm cluster on loopback, for testing the `slurm` infra.
+
+`SlurmCluster` starts Debian's `munged`, `slurmctld` and `slurmd` without systemd, each
+with its files in one temporary directory: a private munge key and socket, a minimal
+slurm.conf (`select/cons_tres`, `proctrack/linuxproc`, `task/none`, and
+`batch_sched_delay=0`: stock Slurm starts batch jobs only every ~3 s), one node `node1`
+at 127.0.0.1 with this machine's CPUs, and a GRES of two fake GPUs (device files like /dev/null). Nothing of
+the system's own Slurm or munge configuration is read or touched: every Slurm command
+finds this cluster through `SLURM_CONF` (see `env`).
+
+    with SlurmCluster(Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))) as slurm:
+        subprocess.run(["sbatch", "--wrap", "true"], env=slurm.env(), check=True)
+
+or, in a test, the `slurm_cluster` fixture (one per session; skipped when Slurm is not
+installed unless the CI environment variable is set). Run this file to start one by hand:
+`python3 tests/slurm.py` prints the SLURM_CONF to export and waits for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld",
+           "slurmd": "/usr/sbin/slurmd"}
+COMMANDS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
+START_TIMEOUT = 20.0
+NODE = "node1"
+PARTITION = "debug"
+FAKE_GPUS = 2           # gres gpu:fake:2, each a character device like /dev/null
+
+
+class SlurmUnavailable(RuntimeError):
+    """Slurm or munge is not installed or cannot run here."""
+
+
+def missing_tools() -> list[str]:
+    missing = [path for path in DAEMONS.values() if not os.access(path, os.X_OK)]
+    missing += [cmd for cmd in COMMANDS if shutil.which(cmd) is None]
+    return missing
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class SlurmCluster:
+    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 4000):
+        self.root = root
+        self.cpus = cpus or os.cpu_count() or 1
+        self.memory_mb = memory_mb
+        self.conf = root / "slurm.conf"
+        self.run_dir = root / "run"            # the munge socket: every user must reach it
+        self.munge_socket = self.run_dir / "munge.sock"
+        self.procs: dict[str, int] = {}        # daemon name -> pid (from its pid file)
+
+    # ---- set-up ------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        """The environment for Slurm commands on this cluster (the test's and the daemon's)."""
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def _write_files(self) -> None:
+        root = self.root
+        for sub in ("munge", "state", "spool", "log"):
+            (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o755, exist_ok=True)
+        os.chmod(root, 0o755)
+        key = root / "munge" / "key"
+        key.write_bytes(os.urandom(1024))
+        os.chmod(key, 0o400)
+        ctld_port, slurmd_port = _free_ports(2)
+        # Fake GPUs: character devices like /dev/null (major 1, minor 3), so that Slurm
+        # binds each to a job by index and sets CUDA_VISIBLE_DEVICES as it would for real ones.
+        devices = []
+        for i in range(FAKE_GPUS):
+            dev = root / f"fakegpu{i}"
+            if not dev.exists():
+                os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+            devices.append(str(dev))
+        (root / "gres.conf").write_text(
+            "".join(f"NodeName={NODE} Name=gpu Type=fake File={d}\n" for d in devices))
+        self.conf.write_text("\n".join([
+            "ClusterName=skydtest",
+            "SlurmctldHost=localhost(127.0.0.1)",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={slurmd_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            "CredType=cred/munge",
+            f"StateSaveLocation={root / 'state'}",
+            f"SlurmdSpoolDir={root / 'spool'}",
+            f"SlurmctldPidFile={self.run_dir / 'slurmctld.pid'}",
+            f"SlurmdPidFile={self.run_dir / 'slurmd.pid'}",
+            f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core_Memory",
+            "SchedulerType=sched/backfill",
+            "SchedulerParameters=batch_sched_delay=0",
+            "MpiDefault=none",
+            "ReturnToService=2",
+            "GresTypes=gpu",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "MinJobAge=60",
+            "MailProg=/bin/true",
+            f"NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={self.cpus} "
+            f"RealMemory={self.memory_mb} Gres=gpu:fake:{FAKE_GPUS} State=UNKNOWN",
+            f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]))
+
+    def _start_daemon(self, name: str, args: list[str], pid_file: Path) -> None:
+        pid_file.unlink(missing_ok=True)
+        out = subprocess.run([DAEMONS[name], *args], env=self.env(), capture_output=True,
+                             text=True, timeout=START_TIMEOUT)
+        if out.returncode != 0:
+            raise SlurmUnavailable(f"{name} did not start (exit {out.returncode}): "
+                                   f"{(out.stderr or out.stdout).strip()[-400:]}")
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self.procs[name] = int(pid_file.read_text().split()[0])
+                return
+            except (OSError, ValueError, IndexError):
+                time.sleep(0.05)
+        raise SlurmUnavailable(f"{name} wrote no pid file {pid_file}: see {self.root / 'log'}")
+
+    def start(self) -> "SlurmCluster":
+        missing = missing_tools()
+        if missing:
+            raise SlurmUnavailable(f"cannot start a test Slurm cluster: {', '.join(missing)} "
+                                   "not found (apt-get install slurm-wlm munge)")
+        self._write_files()
+        munge = self.root / "munge"
+        # -f: munged refuses key and log files not owned by its own user otherwise; the
+        # files are root's and private to this directory.
+        self._start_daemon("munged", [f"--key-file={munge / 'key'}", f"--socket={self.munge_socket}",
+                                      f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}",
+                                      f"--seed-file={munge / 'seed'}", "-f"], munge / "pid")
+        self._start_daemon("slurmctld", ["-i"], self.run_dir / "slurmctld.pid")
+        self._start_daemon("slurmd", ["-N", NODE], self.run_dir / "slurmd.pid")
+        self.wait_idle()
+        return self
+
+    def wait_idle(self, timeout: float = START_TIMEOUT) -> None:
+        """Until the node is up and idle: the cluster accepts and starts work."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            out = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False)
+            state = out.stdout.strip()
+            if out.returncode == 0 and state in ("idle", "mixed", "allocated"):
+                return
+            time.sleep(0.1)
+        raise SlurmUnavailable(f"node {NODE} is not up after {timeout:g}s (state {state!r}); "
+                               f"see {self.root / 'log'}")
+
+    # ---- use -----------------------------------------------------------------------------
+
+    def run(self, argv: list[str], check: bool = True, user: str | None = None,
+            timeout: float = 30.0) -> subprocess.CompletedProcess:
+        """A Slurm command on this cluster, as root or (with `user`) as that user."""
+        if user is not None:
+            argv = ["runuser", "-u", user, "--", *argv]
+        return subprocess.run(argv, env=self.env(), capture_output=True, text=True,
+                              check=check, timeout=timeout)
+
+    def jobs(self) -> list[dict[str, str]]:
+        """Every job Slurm knows: id, user, state, name, reason."""
+        out = self.run(["squeue", "-h", "-a", "-t", "all", "-o", "%i|%u|%T|%j|%r"])
+        rows = []
+        for line in out.stdout.splitlines():
+            jid, user, state, name, reason = line.split("|", 4)
+            rows.append({"id": jid, "user": user, "state": state, "name": name, "reason": reason})
+        return rows
+
+    def cancel_all(self) -> None:
+        self.run(["scancel", "-p", PARTITION], check=False)
+
+    # ---- tear-down -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Cancel every job, then stop the daemons we started (by pid), slurmd first."""
+        if "slurmctld" in self.procs:
+            self.cancel_all()
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid = self.procs.pop(name, None)
+            if pid is None:
+                continue
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> "SlurmCluster":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[SlurmCluster]:
+    """One real Slurm cluster for the session (starting one takes well under a second; its
+    jobs are cancelled between tests by whoever started them). Skips when Slurm is not
+    installed, unless $CI is set: CI installs it, so there it must run."""
+    root = Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))
+    cluster = SlurmCluster(root)
+    try:
+        try:
+            cluster.start()
+        except SlurmUnavailable as e:
+            cluster.stop()
+            if os.environ.get("CI"):
+                raise
+            pytest.skip(str(e))
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    root = Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))
+    with SlurmCluster(root) as cluster:
+        print(f"export SLURM_CONF={cluster.conf}", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    sys.exit(0)
