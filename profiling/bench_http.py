@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from profiling._client import run_generator
+from profiling._client import _cpu_of, run_generator
 from profiling._daemon import ROOT, BenchDaemon, bounded_wait, daemon_env, kill_leftovers
 from profiling._report import agg, code_version, fmt_agg, machine_info, markdown
 from profiling.bench_core.large_store import fill_db
@@ -190,7 +190,11 @@ def throughput(d: BenchDaemon, warmup: float, duration: float) -> dict:
     level = run_generator(spec, warmup + duration + 60)["levels"][0]
     if level["errors"]:
         raise RuntimeError(f"errors under load: {level['errors'][:3]}")
-    return {"req_per_s": level["req_per_s"], "daemon_cpu": level["daemon_cpu_cores"],
+    cpu = level["daemon_cpu_cores"]
+    # The daemon's CPU per request: what a page costs it even while other processes take
+    # turns on the cores (throughput alone drifts with them).
+    return {"req_per_s": level["req_per_s"], "daemon_cpu": cpu,
+            "cpu_us_per_req": cpu / level["req_per_s"] * 1e6 if cpu else None,
             "p99_ms": level["latencies_ms_summary"]["p99"]}
 
 
@@ -249,6 +253,42 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def pages_cpu(d: HttpDaemon, seconds: float) -> dict:
+    """The daemon's CPU (cores) with no load but the changes: without pages, then with
+    10 pages and a scrape a second. CPU time is the daemon's own, whatever else runs."""
+    out = {}
+    with Changes(d):
+        time.sleep(1.0)
+        cpu0 = _cpu_of(d.pid)
+        time.sleep(seconds)
+        out["none"] = (_cpu_of(d.pid) - cpu0) / seconds
+        pages = start_pages(d, PAGES, seconds + 3)
+        time.sleep(2.0)
+        cpu0 = _cpu_of(d.pid)
+        time.sleep(seconds)
+        out["pages"] = (_cpu_of(d.pid) - cpu0) / seconds
+        pages.communicate(timeout=60)
+    return out
+
+
+def count_cost_us(n: int = 200_000) -> dict:
+    """What counting one finished short request costs, in this process: off and on."""
+    from skyd import metrics
+    rec = protocol.RequestRecord(id="x", name="status", queue=protocol.Queue.SHORT,
+                                 status=protocol.Status.SUCCEEDED, user="u", uid=1000,
+                                 created_at=1.0, started_at=1.0001, finished_at=1.0003)
+    out = {}
+    for label in ("off", "on"):
+        if label == "on":
+            metrics.enable()
+        t = time.perf_counter()
+        for _ in range(n):
+            metrics.request_finished(rec)
+        out[label] = (time.perf_counter() - t) / n * 1e6
+        metrics.disable()
+    return out
+
+
 # ---- the run --------------------------------------------------------------------------------------
 
 def run(runs: int, quick: bool) -> dict:
@@ -257,19 +297,24 @@ def run(runs: int, quick: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix="skyd-bh-", dir="/tmp"))
     out: dict = {"machine": machine_info(), "code": code_version(), "runs": runs,
                  "loadavg_start": os.getloadavg(), "rss": [], "hooks": [], "scrape": [],
-                 "pages": []}
+                 "pages": [], "count_us": [], "pages_cpu": []}
     daemons: list[BenchDaemon] = []
     try:
         for r in range(runs):
             out["rss"].append(idle_rss(root, r))
             print(f"  [1] run {r + 1}: idle RSS {out['rss'][-1]}", flush=True)
+        for r in range(runs):
+            out["count_us"].append(count_cost_us())
+        print(f"  [3a] counting one request in-process: {out['count_us']}", flush=True)
         # What counting costs the short path: the same empty daemon, HTTP off and on.
         off, on = HttpDaemon(root, "off", False), HttpDaemon(root, "on", True)
         daemons += [off, on]
         off.start()
         on.start()
         for r in range(runs):
-            pair = {"off": throughput(off, warmup, duration), "on": throughput(on, warmup, duration)}
+            pair = {}
+            for kind in (("on", "off") if r % 2 else ("off", "on")):
+                pair[kind] = throughput(on if kind == "on" else off, warmup, duration)
             out["hooks"].append(pair)
             print(f"  [3a] run {r + 1}: HTTP off {pair['off']['req_per_s']:.0f}/s, on "
                   f"{pair['on']['req_per_s']:.0f}/s", flush=True)
@@ -284,6 +329,9 @@ def run(runs: int, quick: bool) -> dict:
                                   "p95_ms": xs[int(0.95 * (len(xs) - 1))],
                                   "bytes": len(get(big, "/metrics"))})
             print(f"  [2] run {r + 1}: GET /metrics {out['scrape'][-1]}", flush=True)
+        for r in range(runs):
+            out["pages_cpu"].append(pages_cpu(big, duration))
+            print(f"  [3b] run {r + 1}: daemon CPU, no load: {out['pages_cpu'][-1]}", flush=True)
         for r in range(runs):
             # Alternate which goes first: this machine's speed drifts within minutes.
             first_pages = r % 2 == 1
@@ -324,10 +372,26 @@ def table(res: dict) -> str:
          fmt_agg(agg([h["off"]["req_per_s"] for h in hooks]), 1, 0, "/s") + " / "
          + fmt_agg(agg([h["on"]["req_per_s"] for h in hooks]), 1, 0, "/s")],
         ["… ratio on / off (the cost of counting each request)", "—", fmt_agg(ratio_hooks, 1, 3)],
+        ["… counting one finished request, in-process, off / on", "—",
+         fmt_agg(agg([c["off"] for c in res["count_us"]]), 1, 3, " µs") + " / "
+         + fmt_agg(agg([c["on"] for c in res["count_us"]]), 1, 3, " µs")],
+        ["… daemon CPU per request, off / on", "—",
+         fmt_agg(agg([h["off"]["cpu_us_per_req"] for h in hooks]), 1, 1, " µs") + " / "
+         + fmt_agg(agg([h["on"]["cpu_us_per_req"] for h in hooks]), 1, 1, " µs")],
         [f"`status` at {CLIENTS} clients, big state: no page / {PAGES} pages + a scrape a second",
          "—", fmt_agg(agg([p["none"]["req_per_s"] for p in pages]), 1, 0, "/s") + " / "
          + fmt_agg(agg([p["pages"]["req_per_s"] for p in pages]), 1, 0, "/s")],
         [f"… ratio {PAGES} pages / none", "≥ 0.95", fmt_agg(agg([p["ratio"] for p in pages]), 1, 3)],
+        ["… daemon CPU per request, no page / pages (ratio none / pages)", "(≥ 0.95)",
+         fmt_agg(agg([p["none"]["cpu_us_per_req"] for p in pages]), 1, 1, " µs") + " / "
+         + fmt_agg(agg([p["pages"]["cpu_us_per_req"] for p in pages]), 1, 1, " µs") + " ("
+         + fmt_agg(agg([p["none"]["cpu_us_per_req"] / p["pages"]["cpu_us_per_req"]
+                        for p in pages]), 1, 3) + ")"],
+        [f"… daemon CPU with no load: none / {PAGES} pages + a scrape a second", "—",
+         fmt_agg(agg([c["none"] for c in res["pages_cpu"]]), 1, 4, " cores") + " / "
+         + fmt_agg(agg([c["pages"] for c in res["pages_cpu"]]), 1, 4, " cores")],
+        ["… what the pages leave of a saturated core (1 − the CPU they add)", "(≥ 0.95)",
+         fmt_agg(agg([1 - (c["pages"] - c["none"]) for c in res["pages_cpu"]]), 1, 3)],
         ["… the pages' own process (events/s, CPU)", "—",
          fmt_agg(agg([p["pages"]["pages"]["events"] / p["pages"]["pages"]["seconds"]
                       for p in pages]), 1, 1, "/s") + ", "
@@ -352,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     p = argparse.ArgumentParser(prog="python -m profiling.bench_http",
                                 description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="shorter load windows, fewer scrapes")
     p.add_argument("--out", type=Path, default=ROOT / "bench-results" / "http.json")
     a = p.parse_args(argv)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The mutation run (issue 19; TESTING.md has the scores): mutmut on the modules where a silent
-# break costs most -- skyd/privilege.py, skyd/requests/slots.py, skyd/store/sqlite.py,
-# skyd/protocol.py ([tool.mutmut] in pyproject.toml) -- against the tests that exercise them.
+# break costs most -- skyd/privilege.py, skyd/requests/slots.py, skyd/store/,
+# skyd/protocol/ ([tool.mutmut] in pyproject.toml) -- against the tests that exercise them.
 # Not in CI: minutes on two cores.
 #
 #   profiling/mutation.sh                       # all four modules

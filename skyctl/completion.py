@@ -95,14 +95,14 @@ class ShellCompleter(Completer):
                 index += 1
         if expect_value is not None:
             return getattr(expect_value, "complete", None)
-        action = spec.positional(index)
-        if action is None:
+        positional = spec.positional(index)
+        if positional is None:
             return None
         # exec's first word is the cluster, unless -c names it.
-        first = getattr(action, "complete_first", None)
+        first = getattr(positional, "complete_first", None)
         if first and index == 0 and not {"-c", "--cluster"} & set(rest):
             return first
-        return getattr(action, "complete", None)
+        return getattr(positional, "complete", None)
 
 
 def _matching(options: Iterable[str], word: str):

@@ -15,7 +15,7 @@ USAGE = 2         # bad arguments, task file, name or id (nothing was queued)
 CANCELLED = 3     # the request or job was cancelled
 UNREACHABLE = 4   # the daemon cannot be reached, or speaks another protocol version
 DENIED = 5        # permission denied (by the daemon, or on its socket)
-NOT_FINISHED = 6  # logs --status / --no-follow: the job has not finished yet
+NOT_FINISHED = 6  # logs --status: the job has not finished yet
 DETACHED = 130    # Ctrl-C: stopped following; the request or job goes on
 
 TABLE = [
@@ -25,7 +25,7 @@ TABLE = [
     (CANCELLED, "the request or the job was cancelled"),
     (UNREACHABLE, "cannot reach the daemon (or it speaks another protocol version)"),
     (DENIED, "permission denied, by the daemon or on its socket"),
-    (NOT_FINISHED, "logs --status or --no-follow: the job has not finished yet"),
+    (NOT_FINISHED, "logs --status: the job has not finished yet"),
     (DETACHED, "detached with Ctrl-C; the request or job keeps running"),
 ]
 

@@ -11,7 +11,7 @@ import msgspec
 from skyctl import output
 from skyctl.connection import Unreachable, reconnect
 from skyctl.context import Ctx
-from skyctl.exits import DETACHED, FAILED, OK, exit_code
+from skyctl.exits import DETACHED, FAILED, NOT_FINISHED, OK, exit_code
 from skyctl.output import LogWriter, Sink
 from skyd import protocol
 from skyd.protocol import Accepted, Chunk, End, Error, Notice, Result, Status
@@ -75,9 +75,11 @@ def _result_code(msg: Result) -> int:
         return OK
     if msg.error is not None:
         output.error(msg.error.message, msg.error.hint)
-        return exit_code(msg.error.code)
-    output.error(f"request {msg.request_id} {msg.status.value}")
-    return exit_code(msg.status)
+    else:
+        output.error(f"request {msg.request_id} {msg.status.value}")
+    if msg.status is Status.CANCELLED or msg.error is None:
+        return exit_code(msg.status)
+    return exit_code(msg.error.code)
 
 
 class Streamed(NamedTuple):
@@ -122,7 +124,7 @@ def follow_job(ctx: Ctx, cluster: str, job_id: int | None, follow: bool = True,
                log: Sink | None = None,
                offset: int = 0) -> tuple[int, protocol.JobRecord | None, int]:
     """A job's output, then (code, its record, bytes of log seen). The code is the job's:
-    0 succeeded, 1 failed, 3 cancelled, 6 not finished (without `follow`)."""
+    0 succeeded (or not finished, without `follow`), 1 failed, 3 cancelled."""
     ref = f"{cluster} {job_id or ''}".rstrip()
     got = follow_stream(
         ctx, lambda at: protocol.JobLogs(cluster=cluster, job_id=job_id, follow=follow, offset=at),
@@ -134,7 +136,14 @@ def follow_job(ctx: Ctx, cluster: str, job_id: int | None, follow: bool = True,
     if job.status in protocol.JOB_FINISHED:
         code = f" (exit status {job.exit_code})" if job.exit_code not in (None, 0) else ""
         output.info(f"Job {job.job_id} on {job.cluster} finished: {job.status}{code}.")
-    return exit_code(job.status), job, got.offset
+    return _logged(job.status), job, got.offset
+
+
+def _logged(status: str) -> int:
+    """A log's code: the job's outcome once it has one; before that, what was there was
+    printed, and that is a success (logs --status is the command that says "not yet")."""
+    code = exit_code(status)
+    return OK if code == NOT_FINISHED else code
 
 
 def follow_managed(ctx: Ctx, job_id: int | None, follow: bool = True, controller: bool = False,
@@ -155,4 +164,4 @@ def follow_managed(ctx: Ctx, job_id: int | None, follow: bool = True, controller
     if job.status in protocol.MANAGED_FINISHED and not controller:
         why = f": {job.reason}" if job.reason and job.status != "SUCCEEDED" else ""
         output.info(f"Managed job {job.job_id} finished: {job.status}{why}.")
-    return exit_code(job.status), job, got.offset
+    return _logged(job.status), job, got.offset

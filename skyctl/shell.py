@@ -106,7 +106,7 @@ def key_bindings(completer: ShellCompleter) -> KeyBindings:
         found = list(completer.get_completions(buf.document, CompleteEvent(completion_requested=True)))
         if len(found) == 1:
             buf.apply_completion(found[0])
-            if not found[0].text.endswith("/"):
+            if not found[0].display_text.endswith("/"):     # a directory: go on into it
                 buf.insert_text(" ")
         elif found:
             buf.start_completion(insert_common_part=True)

@@ -26,6 +26,7 @@ MAX_NUM_NODES = 64
 # IGNORECASE would otherwise take other scripts' digits and letters.
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SLURM_PARTITION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _AMOUNT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*", re.IGNORECASE | re.ASCII)
 
 
@@ -43,7 +44,7 @@ class JobRecovery(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 class Resources(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     cpus: int | float | str | None = None     # 4, "4", "4+" (at least 4)
     memory: int | float | str | None = None   # GiB: 8, "8+", "8GB"
-    infra: str | None = None                  # "local" (default) or "ssh/POOL"
+    infra: str | None = None                  # "local" (default), "ssh/POOL", "slurm[/PART]"
     job_recovery: str | JobRecovery | None = None   # "FAILOVER", or {max_restarts_on_errors: 3}
 
 
@@ -190,10 +191,20 @@ def normalise(task: Task) -> Task:
 
 
 def infra_kind(infra: str | None) -> tuple[str, str | None]:
-    """'local' -> ('local', None); 'ssh/pool' -> ('ssh', 'pool')."""
+    """'local' -> ('local', None); 'ssh/pool' -> ('ssh', 'pool'); 'slurm' -> ('slurm',
+    None) (the default partition); 'slurm/part' -> ('slurm', 'part')."""
     if infra is None or infra == "local":
         return "local", None
     kind, _, pool = infra.partition("/")
     if kind == "ssh" and pool:
         return "ssh", pool
-    raise TaskError(f"resources.infra: unsupported infra {infra!r} (use 'local' or 'ssh/POOL')")
+    if kind == "slurm" and (not pool or _SLURM_PARTITION_RE.fullmatch(pool)):
+        return "slurm", pool or None
+    raise TaskError(f"resources.infra: unsupported infra {infra!r} "
+                    "(use 'local', 'ssh/POOL', 'slurm' or 'slurm/PARTITION')")
+
+
+def infra_name(infra: str | None) -> str:
+    """The canonical `infra` of a cluster or managed job for a task's resources.infra."""
+    kind, pool = infra_kind(infra)
+    return f"{kind}/{pool}" if pool else kind

@@ -203,6 +203,15 @@ class SlurmCluster:
     def cancel_all(self) -> None:
         self.run(["scancel", "-p", PARTITION], check=False)
 
+    def stop_controller(self) -> None:
+        """slurmctld goes away (SIGTERM: it saves its state); slurmd and munged stay."""
+        self._stop("slurmctld")
+
+    def start_controller(self) -> None:
+        """slurmctld again, from its saved state (the jobs it had go on)."""
+        self._start_daemon("slurmctld", [], self.run_dir / "slurmctld.pid")
+        self.wait_idle()
+
     # ---- tear-down -----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -210,18 +219,21 @@ class SlurmCluster:
         if "slurmctld" in self.procs:
             self.cancel_all()
         for name in ("slurmd", "slurmctld", "munged"):
-            pid = self.procs.pop(name, None)
-            if pid is None:
-                continue
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+            self._stop(name)
+
+    def _stop(self, name: str) -> None:
+        pid = self.procs.pop(name, None)
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> "SlurmCluster":
         try:

@@ -93,9 +93,15 @@ class Browser:
         return self.b.find_element(By.ID, element_id).text
 
     def until(self, pred, what: str, timeout: float = PAGE_TIMEOUT, poll: float = 0.02):
+        """`pred()` once true; the page re-renders its tables at every update, so an
+        element found a moment ago may be gone: then look again."""
+        from selenium.common.exceptions import StaleElementReferenceException
         deadline = time.monotonic() + timeout
         while True:
-            v = pred()
+            try:
+                v = pred()
+            except StaleElementReferenceException:
+                v = None
             if v:
                 return v
             if time.monotonic() > deadline:
@@ -161,11 +167,12 @@ def test_a_new_request_appears_within_a_second_and_its_log_follows_live(dash, wo
                       "run: echo done\n")
     rid = run(alice, dash, "launch", "--async", "-c", "web1", str(task)).strip()
     accepted = time.monotonic()
-    row = page.until(lambda: page.css(f'#requests tr[data-id="{rid}"]'), "the request did not appear")
+    page.until(lambda: page.css(f'#requests tr[data-id="{rid}"]'), "the request did not appear")
     appeared = time.monotonic() - accepted
     print(f"the request appeared on the page {appeared:.2f} s after it was accepted")
     assert appeared <= 1.0, f"the request appeared {appeared:.2f} s after it was accepted"
-    row[0].click()
+    page.until(lambda: [r.click() for r in page.css(f'#requests tr[data-id="{rid}"]')],
+               "its row could not be clicked")
     assert page.until(lambda: page.text("log-id") == rid, "its log did not open")
     first = page.until(lambda: "line-1" in page.text("log") and page.text("log"),
                        "its first lines did not arrive")
@@ -183,7 +190,8 @@ def test_a_new_request_appears_within_a_second_and_its_log_follows_live(dash, wo
     # The filters: by status, op and user, over what the page holds.
     from selenium.webdriver.support.select import Select
     status = Select(page.b.find_element("id", "filter-status"))
-    assert [o.text for o in status.options] == ["all", "succeeded"]
+    page.until(lambda: [o.text for o in status.options] == ["all", "succeeded"],
+               "the status filter does not offer what the page holds")
     status.select_by_visible_text("succeeded")
     page.until(lambda: page.css(f'#requests tr[data-id="{rid}"]'), "the filter hid a match")
     Select(page.b.find_element("id", "filter-op")).select_by_visible_text("launch")

@@ -250,7 +250,7 @@ def test_request_log_is_capped_with_a_marker(make_daemon, workdir):
     assert b"0123456789\n" in head
     assert all(line.startswith(b"[skyd] ") for line in tail.splitlines())
     p = d.skyctl("launch", "-c", "l1", str(task))       # a follower sees the same
-    assert p.returncode == 0 and "output truncated" in p.stdout
+    assert p.returncode == 0 and "output truncated" in p.stderr      # skyd's line: on stderr
     assert d.call(protocol.ApiInfo()).limits.request_log_bytes == cap
 
 

@@ -166,7 +166,7 @@ def test_socket_is_0600_by_default_and_nobody_cannot_connect(daemon, workdir, no
     assert st.st_uid == 0
     os.chmod(workdir, 0o755)                  # only the socket's own mode keeps nobody out
     p = nobody_client.run(daemon, "api", "info")
-    assert p.returncode == 4, (p.returncode, p.stdout, p.stderr)
+    assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)     # denied (README's table)
     assert "permission denied" in p.stderr
     assert as_root(daemon, "api", "info").returncode == 0
 
@@ -307,11 +307,11 @@ def test_nobody_cannot_cancel_or_read_roots_request(shared, workdir, nobody_clie
     assert p.returncode == 5, (p.returncode, p.stdout, p.stderr)
     assert "only an admin" in p.stderr
     p = nobody_client.run(shared, "api", "cancel", "--all")      # all of *nobody's*: none
-    assert p.returncode == 0 and "Nothing to cancel" in p.stdout, (p.stdout, p.stderr)
+    assert p.returncode == 0 and "Nothing to cancel" in p.stderr, (p.stdout, p.stderr)
     p = nobody_client.run(shared, "api", "logs", rid, "--no-follow")
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert f"no request matches '{rid}'" in p.stderr
-    assert "running launch" not in p.stdout
+    assert "running launch" not in p.stdout + p.stderr       # skyd's lines go to stderr
 
     # Still running, its setup still alive.
     time.sleep(0.2)
@@ -321,7 +321,7 @@ def test_nobody_cannot_cancel_or_read_roots_request(shared, workdir, nobody_clie
 
     # Root is an admin (and the owner): the cancel goes through.
     p = as_root(shared, "api", "cancel", rid)
-    assert p.returncode == 0 and f"Cancelled {rid}" in p.stdout, (p.stdout, p.stderr)
+    assert p.returncode == 0 and f"Cancelled {rid}" in p.stderr, (p.stdout, p.stderr)
     assert shared.wait_request(rid, 15).status is Status.CANCELLED
     assert wait_until(lambda: not any(pid_alive(pid) for pid in sleeps), 10)
 

@@ -89,3 +89,69 @@ def test_an_op_names_its_target_cluster_or_none():
     assert protocol.Down(cluster="c2").target_cluster() == "c2"
     assert protocol.ApiInfo().target_cluster() is None
     assert protocol.ClusterStatus().target_cluster() is None
+
+
+# Every status on the wire, exactly as clients (and stored rows) have always seen them: a
+# renamed member or a changed value here is a break of the wire contract and of old rows.
+WIRE_VALUES = {
+    protocol.Queue: ["long", "short", "inline", "jobs"],
+    protocol.Status: ["pending", "running", "succeeded", "failed", "cancelled"],
+    protocol.ClusterState: ["INIT", "UP", "UNHEALTHY", "STOPPED"],
+    protocol.JobStatus: ["PENDING", "SETTING_UP", "RUNNING", "SUCCEEDED", "FAILED", "FAILED_SETUP",
+                         "CANCELLED"],
+    protocol.ManagedJobStatus: ["PENDING", "STARTING", "RUNNING", "RECOVERING", "CANCELLING",
+                                "SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_PRECHECKS",
+                                "FAILED_NO_RESOURCE", "FAILED_CONTROLLER", "CANCELLED"],
+}
+
+
+@pytest.mark.parametrize("enum_type", WIRE_VALUES, ids=lambda t: t.__name__)
+def test_every_status_is_a_str_enum_sent_by_its_value(enum_type):
+    import enum
+    assert issubclass(enum_type, enum.StrEnum)
+    assert [m.value for m in enum_type] == WIRE_VALUES[enum_type]
+    for member in enum_type:
+        assert member == member.value and f"{member}" == member.value     # a str, in any use
+        assert msgspec.msgpack.encode(member) == msgspec.msgpack.encode(member.value)
+        assert msgspec.msgpack.decode(msgspec.msgpack.encode(member.value), type=enum_type) is member
+    with pytest.raises(msgspec.ValidationError, match="Invalid enum value"):
+        msgspec.msgpack.decode(msgspec.msgpack.encode("NOT_A_STATUS"), type=enum_type)
+
+
+def test_records_decode_their_statuses_as_enums():
+    rec = protocol.ClusterRecord(name="c", status=protocol.ClusterState.UNHEALTHY, infra="ssh/p",
+                                 num_nodes=1, user="u", uid=1, launched_at=1.0)
+    wire = msgspec.msgpack.encode(rec)
+    assert msgspec.msgpack.decode(wire)["status"] == "UNHEALTHY"
+    assert msgspec.msgpack.decode(wire, type=protocol.ClusterRecord).status is \
+        protocol.ClusterState.UNHEALTHY
+    job = protocol.JobRecord(cluster="c", job_id=1, name="j", status=protocol.JobStatus.RUNNING,
+                             user="u", uid=1, submitted_at=1.0)
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(job), type=protocol.JobRecord) == job
+    # The finished and active sets partition each kind's statuses.
+    assert protocol.JOB_FINISHED == set(protocol.JobStatus) - {
+        protocol.JobStatus.PENDING, protocol.JobStatus.SETTING_UP, protocol.JobStatus.RUNNING}
+    assert protocol.MANAGED_ACTIVE | protocol.MANAGED_FINISHED == set(protocol.ManagedJobStatus)
+    assert not protocol.MANAGED_ACTIVE & protocol.MANAGED_FINISHED
+    assert protocol.CLUSTER_RUNNABLE == {protocol.ClusterState.UP, protocol.ClusterState.UNHEALTHY}
+
+
+def test_the_wire_contract_imports_only_the_standard_library_and_msgspec():
+    """skyctl imports it: nothing of the daemon, no third-party package but msgspec (and
+    what msgspec itself loads), so that its cold start stays what it is."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    code = ("import sys, json; before = set(sys.modules); import skyd.protocol; "
+            "print(json.dumps(sorted(set(sys.modules) - before)))")
+    # Never under CI's coverage (TESTING.md): its start-up hook imports more.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_PROCESS_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT, env=dict(env, PYTHONPATH=str(ROOT)))
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    ours = {m for m in loaded if m.split(".")[0] == "skyd"}
+    assert ours <= {"skyd", "skyd.taskspec"} | {m for m in ours if m.startswith("skyd.protocol")}
+    others = {m.split(".")[0] for m in loaded} - {"skyd"}
+    assert others - sys.stdlib_module_names - {"msgspec", "typing_extensions"} == set()

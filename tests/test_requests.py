@@ -99,7 +99,7 @@ def test_async_prints_only_the_request_id(daemon, workdir):
     # the request's own log: following a finished request prints it and its result
     api_logs = daemon.skyctl("api", "logs", rid[:8])
     assert api_logs.returncode == 0
-    assert "Job 1 submitted to cluster c2" in api_logs.stdout
+    assert "Job 1 submitted to cluster c2" in api_logs.stderr     # skyd's line: on stderr
 
 
 def test_exec_reuses_cluster_without_setup_and_keeps_order(daemon, workdir):

@@ -142,7 +142,7 @@ def test_a_shared_login_still_works_and_infra_says_it_is_not_isolated(shared, wo
     assert not _files_holding(home / ".skyd", SECRET)
     p = shared.skyctl("infra")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "pool p: shared login: users of this pool are not isolated" in p.stdout
+    assert "pool p: shared login: users of this pool are not isolated" in p.stderr   # a warning
     assert f"{shared.hosts.user} (shared)" in p.stdout
     hosts = json.loads(shared.skyctl("infra", "--json").stdout)
     assert all(h["shared_login"] and h["user"] == shared.hosts.user for h in hosts)

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import msgspec
 
@@ -283,19 +283,21 @@ class Burst:
                             out[rid] = None
         return out
 
-    def check_present(self) -> None:
-        """Every submission seen accepted so far is known to the daemon, as what it was."""
+    def check_present(self, recs: dict[str, Any] | None = None) -> None:
+        """Every submission seen accepted so far is known to the daemon, as what it was.
+        `recs`: the daemon's records by id (the API's); without, the rows of its database
+        (cheap enough after every restart of a 10,000-request soak)."""
         with self._lock:
             sent = list(self.sent)
-        recs = self._records([s.request_id for s in sent])
+        if recs is None:
+            recs = self._rows([s.request_id for s in sent])
         for s in sent:
             rec = recs.get(s.request_id)
             want = "jobs_launch" if s.kind == "managed" else s.kind
             if rec is None:
-                if s.request_id not in self.tally.lost:
-                    self.tally.lost.append(s.request_id)
+                _note(self.tally.lost, s.request_id)
             elif rec.name != want or (s.cluster is not None and rec.cluster != s.cluster):
-                self.tally.duplicated.append(f"{s.request_id} was {want} on {s.cluster}, now names "
+                _note(self.tally.duplicated, f"{s.request_id} was {want} on {s.cluster}, now names "
                                              f"{rec.name} on {rec.cluster}")
 
     def _wait_requests(self, ids: list[str], timeout: float) -> list[str]:
@@ -330,8 +332,9 @@ class Burst:
     def verify(self) -> Tally:
         """Check every promise (after settle()); the tally, with what broke."""
         t = self.tally
-        self.check_present()
         ids = [s.request_id for s in self.sent]
+        recs = self._records(ids)
+        self.check_present(recs)
         t.duplicated += [f"request id {rid} handed out {n} times"
                          for rid, n in collections.Counter(ids).items() if n > 1]
         job_ids = [s.job_id for s in self.sent if s.kind == "managed"]
@@ -340,7 +343,6 @@ class Burst:
         runs = {p.name: p.read_text().count("x") for p in self.runs.iterdir()}
         t.tasks_run = sum(runs.values())
         t.run_twice += [f"{name} ran {n} times" for name, n in sorted(runs.items()) if n > 1]
-        recs = self._records(ids)
         seq = self._seq()
         t.unacknowledged = len(seq) - len(set(ids) & set(seq)) - self._internal_rows()
         with self._connect() as c:
@@ -412,6 +414,18 @@ class Burst:
     def _db(self) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.d.state_dir / 'skyd.db'}?mode=ro", uri=True, timeout=10)
 
+    def _rows(self, ids: list[str]) -> dict[str, StoredRow]:
+        """The database's row of each request (name and cluster), by id."""
+        out: dict[str, StoredRow] = {}
+        with self._db() as db:
+            for k in range(0, len(ids), 500):
+                batch = ids[k:k + 500]
+                marks = ",".join("?" * len(batch))
+                for rid, name, cluster in db.execute(
+                        f"SELECT id, name, cluster FROM requests WHERE id IN ({marks})", batch):
+                    out[rid] = StoredRow(name, cluster)
+        return out
+
     def _seq(self) -> dict[str, int]:
         """Acceptance order: each request's row number (the state directory's database)."""
         with self._db() as db:
@@ -424,6 +438,16 @@ class Burst:
             (n,) = db.execute("SELECT count(*) FROM requests WHERE cluster LIKE 'managed-%' "
                               "AND name != 'jobs_launch'").fetchone()
         return n + len(self.clusters)
+
+
+class StoredRow(NamedTuple):
+    name: str
+    cluster: str | None
+
+
+def _note(found: list[str], what: str) -> None:
+    if what not in found:
+        found.append(what)
 
 
 def _accepted(msgs: list) -> protocol.Accepted:

@@ -12,6 +12,7 @@ the connection cleanly, stay alive, and leave its database as it was.
 
 from __future__ import annotations
 
+import functools
 import socket
 import sqlite3
 from dataclasses import dataclass, field
@@ -44,7 +45,10 @@ HELLO = frame(_enc.encode(protocol.Hello(protocol.PROTOCOL_VERSION, "fuzz")))
 
 
 # ---- strategies ------------------------------------------------------------------------
+# Each built once (lru_cache): hypothesis validates a strategy object the first time it is
+# drawn from, which costs more than the draw when strategies are made anew for every case.
 
+@functools.lru_cache(maxsize=None)
 def msgpack_values(max_leaves: int = 12) -> st.SearchStrategy:
     leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
                      st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30),
@@ -54,18 +58,26 @@ def msgpack_values(max_leaves: int = 12) -> st.SearchStrategy:
         max_leaves=max_leaves)
 
 
+@functools.lru_cache(maxsize=None)
 def _ints() -> st.SearchStrategy:
     return st.one_of(st.integers(-3, 5), st.sampled_from([2**31, 2**62, 2**62 + 1, 2**63 - 1, 2**63,
                                                           2**64 - 1, -(2**63)]))
 
 
+@functools.lru_cache(maxsize=None)
 def _ids() -> st.SearchStrategy:
     return st.one_of(st.text("0123456789abcdef-", max_size=36), st.text(max_size=12))
 
 
+@functools.lru_cache(maxsize=None)
+def _cluster_names() -> st.SearchStrategy:
+    return st.sampled_from(CLUSTER_NAMES) | st.text(max_size=20)
+
+
+@functools.lru_cache(maxsize=None)
 def _plausible(name: str, tasks: st.SearchStrategy) -> st.SearchStrategy:
     """A value of the right shape for an op's field (often valid, sometimes not)."""
-    names = st.sampled_from(CLUSTER_NAMES) | st.text(max_size=20)
+    names = _cluster_names()
     by_name: dict[str, st.SearchStrategy] = {
         "cluster": names, "clusters": st.lists(names, max_size=3), "pools": st.lists(names, max_size=3),
         "task": tasks, "request_id": _ids(), "request_ids": st.lists(_ids(), max_size=3),
@@ -78,27 +90,38 @@ def _plausible(name: str, tasks: st.SearchStrategy) -> st.SearchStrategy:
     return by_name.get(name, st.booleans())
 
 
+_OP_TAGS = st.sampled_from(sorted(protocol.OPS)) | st.text(max_size=12)
+_MUTATIONS = st.sampled_from(["none", "wrong type", "unknown field", "no tag"])
+_FIELD_NAMES = st.text(min_size=1, max_size=10)
+
+
+@functools.lru_cache(maxsize=None)
+def _one_of(items: tuple) -> st.SearchStrategy:
+    return st.sampled_from(items)
+
+
 @st.composite
 def op_dicts(draw: st.DrawFn, tasks: st.SearchStrategy) -> dict:
     """An op as a client could encode it: a real tag (or not), its fields with plausible
     values, then maybe a wrong type, an unknown field, or a field dropped."""
-    tag = draw(st.sampled_from(sorted(protocol.OPS)) | st.text(max_size=12))
+    tag = draw(_OP_TAGS)
     cls = protocol.OPS.get(tag)
-    fields = list(cls.__struct_fields__) if cls is not None else []
+    fields = tuple(cls.__struct_fields__) if cls is not None else ()
     op: dict[str, Any] = {"op": tag}
     for f in fields:
         if draw(st.booleans()):
             op[f] = draw(_plausible(f, tasks))
-    mutation = draw(st.sampled_from(["none", "wrong type", "unknown field", "no tag"]))
+    mutation = draw(_MUTATIONS)
     if mutation == "wrong type" and fields:
-        op[draw(st.sampled_from(fields))] = draw(msgpack_values())
+        op[draw(_one_of(fields))] = draw(msgpack_values())
     elif mutation == "unknown field":
-        op[draw(st.text(min_size=1, max_size=10))] = draw(msgpack_values())
+        op[draw(_FIELD_NAMES)] = draw(msgpack_values())
     elif mutation == "no tag":
         del op["op"]
     return op
 
 
+@functools.lru_cache(maxsize=None)
 def _task_values() -> st.SearchStrategy:
     # Tasks here are small: their own fuzzing is fuzz_files.py's.
     return st.one_of(st.fixed_dictionaries({}, optional={
@@ -107,10 +130,28 @@ def _task_values() -> st.SearchStrategy:
         "resources": msgpack_values(4)}), msgpack_values(6))
 
 
+_BODY_KINDS = st.sampled_from(["submit", "submit", "submit", "hello", "server", "value", "bytes"])
+_SERVER_TAGS = st.sampled_from(["welcome", "accepted", "chunk", "notice", "end", "result", "error"])
+_SUBMIT_TAGS = st.sampled_from(["submit", "submit", "Submit", "sub"])
+_CHUNK_KINDS = st.sampled_from(["frame", "frame", "frame", "truncated", "oversized", "garbage", "empty frame"])
+_OVERSIZES = st.sampled_from([HANDSHAKE_MAX_FRAME + 1, MAX_FRAME + 1, 2**32 - 1])
+
+
+@functools.lru_cache(maxsize=None)
+def _server_fields() -> st.SearchStrategy:
+    names = st.sampled_from(["protocol", "request_id", "queue", "data", "message", "offset", "status", "code"])
+    return st.dictionaries(names, msgpack_values(3), max_size=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _submit_ops() -> st.SearchStrategy:
+    return op_dicts(_task_values())
+
+
 @st.composite
 def message_bodies(draw: st.DrawFn) -> bytes:
     """One frame's body: mostly msgpack shaped like a message, sometimes not msgpack at all."""
-    kind = draw(st.sampled_from(["submit", "submit", "submit", "hello", "server", "value", "bytes"]))
+    kind = draw(_BODY_KINDS)
     if kind == "bytes":
         return draw(st.binary(max_size=200))
     if kind == "value":
@@ -118,13 +159,9 @@ def message_bodies(draw: st.DrawFn) -> bytes:
     if kind == "hello":
         msg: dict[str, Any] = {"t": "hello", "protocol": draw(_ints()), "client": draw(st.text(max_size=10))}
     elif kind == "server":
-        tag = draw(st.sampled_from(["welcome", "accepted", "chunk", "notice", "end", "result", "error"]))
-        msg = {"t": tag, **draw(st.dictionaries(st.sampled_from(
-            ["protocol", "request_id", "queue", "data", "message", "offset", "status", "code"]),
-            msgpack_values(3), max_size=3))}
+        msg = {"t": draw(_SERVER_TAGS), **draw(_server_fields())}
     else:
-        msg = {"t": draw(st.sampled_from(["submit", "submit", "Submit", "sub"])),
-               "op": draw(op_dicts(_task_values()))}
+        msg = {"t": draw(_SUBMIT_TAGS), "op": draw(_submit_ops())}
         if draw(st.booleans()):
             msg["wait"] = draw(st.booleans() | msgpack_values(2))
     body = _enc.encode(msg)
@@ -138,15 +175,13 @@ def message_bodies(draw: st.DrawFn) -> bytes:
 def chunks(draw: st.DrawFn) -> bytes:
     """What one write sends: a frame, a frame cut short, a header lying about its size,
     or raw garbage."""
-    kind = draw(st.sampled_from(["frame", "frame", "frame", "truncated", "oversized", "garbage",
-                                 "empty frame"]))
+    kind = draw(_CHUNK_KINDS)
     if kind == "garbage":
         return draw(st.binary(min_size=1, max_size=64))
     if kind == "empty frame":
         return frame(b"")
     if kind == "oversized":
-        size = draw(st.sampled_from([HANDSHAKE_MAX_FRAME + 1, MAX_FRAME + 1, 2**32 - 1]))
-        return protocol.HEADER.pack(size) + draw(st.binary(max_size=16))
+        return protocol.HEADER.pack(draw(_OVERSIZES)) + draw(st.binary(max_size=16))
     data = frame(draw(message_bodies()))
     if kind == "truncated":
         return data[:draw(st.integers(1, len(data) - 1))]

@@ -122,6 +122,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skyctl", usage=USAGE, description=_groups(),
                                      epilog=epilog(), formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"skyctl {__version__}")
+    from skyctl.commands.common import host
+    host(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 prog="skyctl", help=argparse.SUPPRESS)
     for row in TABLE:
@@ -137,14 +139,51 @@ def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> arg
     after a task command's words are part of that command (`skyctl launch -c dev python
     train.py --epochs 3`, as `sky launch` takes it); elsewhere they are an error."""
     if parser is None:
-        row = next((row_of(w) for w in argv if not w.startswith("-")), None)
-        parser = build_parser(only=row.name if row else None)
+        parser = build_parser(only=_command_word(argv))
     args, extras = parser.parse_known_args(argv)
     if extras:
         words = getattr(args, "words", None)
+        own = getattr(args, "parser_", parser)
         if extras[0] == "--":
             extras = extras[1:]
-        if words is None or (not words and extras[0].startswith("-")):
-            getattr(args, "parser_", parser).error(f"unrecognized arguments: {' '.join(extras)}")
+        unknown = _option_before_words(own, argv) if words is not None else extras[0]
+        if unknown is not None:
+            own.error(f"unrecognized arguments: {' '.join(extras)}")
         words.extend(extras)
     return args
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The command a command line runs, if it names one (else the full table is built)."""
+    after_host = False
+    for word in argv:
+        if after_host or word.startswith("--host="):
+            after_host = False
+        elif word == "--host":
+            after_host = True
+        elif not word.startswith("-"):
+            row = row_of(word)
+            return row.name if row else None
+    return None
+
+
+def _option_before_words(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """An option `parser` does not know that comes before a task command's first word
+    (`skyctl launch --bogus echo`): a mistake, not part of the command."""
+    commands_left = len(parser.prog.split()) - 1        # "skyctl jobs launch": 2 words
+    take_value = False
+    for word in argv:
+        if take_value:
+            take_value = False
+        elif word == "--":
+            return None
+        elif word.startswith("-") and word != "-":
+            action = parser._option_string_actions.get(word.split("=", 1)[0])
+            if action is None:
+                return word
+            take_value = "=" not in word and action.nargs != 0
+        elif commands_left:
+            commands_left -= 1
+        else:
+            return None
+    return None

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import msgspec
-
 from skyctl import output
 from skyctl.commands import add_parser
 from skyctl.commands.common import common, completes, yes
@@ -78,7 +76,8 @@ def run_logs(ctx: Ctx, args: argparse.Namespace) -> int:
     sub = follow_request(ctx, protocol.ApiLogs(request_id=args.request_id,
                                                follow=not args.no_follow), log=log)
     if ctx.json and sub.result is not None:
-        output.print_json(msgspec.convert(sub.result.value, protocol.RequestRecord))
+        output.print_json(ctx.call(protocol.ApiStatus(request_ids=[sub.result.request_id],
+                                                      all_statuses=True))[0])
     return sub.code
 
 
@@ -134,6 +133,7 @@ def run_info(ctx: Ctx, args: argparse.Namespace) -> int:
             ("endpoint", f"unix://{ctx.path} ({ctx.source})"),
             ("user", f"{info.user} (uid {info.uid}{', admin' if info.admin else ''})"),
             ("state", info.state_dir),
+            ("node pools", info.node_pools or f"{info.state_dir}/ssh_node_pools.yaml"),
             ("long queue", f"{info.long_running}/{info.long_slots} running, {info.long_pending} pending"),
             ("short queue", f"{info.short_running}/{info.short_slots} running, "
                             f"{info.short_pending} pending"),

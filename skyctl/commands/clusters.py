@@ -14,7 +14,6 @@ from skyctl import output
 from skyctl.commands.common import async_, clusters, common, completes, resolve_clusters, yes
 from skyctl.context import Ctx
 from skyctl.exits import OK, UsageError
-from skyctl.follow import follow_request
 from skyd import protocol
 
 
@@ -105,6 +104,7 @@ _LIFECYCLE = {"stop": (protocol.Stop, "STOPPED"), "start": (protocol.Start, "UP"
 
 
 def run_lifecycle(ctx: Ctx, args: argparse.Namespace) -> int:
+    from skyctl.follow import follow_request      # not on `status`'s path: its cold start
     make, done_state = _LIFECYCLE[args.command]
     autostop = getattr(args, "idle_minutes_to_autostop", None)
     if getattr(args, "down", False) and autostop is None:
@@ -113,7 +113,8 @@ def run_lifecycle(ctx: Ctx, args: argparse.Namespace) -> int:
     targets = resolve_clusters(ctx, args.clusters, every, args.all_users)
     if not targets:
         output.info("No existing clusters.")
-    worst, report = OK, []
+    worst = OK
+    report: list[dict] = []
     for c in targets:
         if done_state is not None and c.status == done_state:
             output.info(f"Cluster {c.name} is already {done_state}; nothing to do.")

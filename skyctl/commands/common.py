@@ -27,12 +27,16 @@ def job_id(text: str) -> int:
     return n
 
 
+def host(p: argparse.ArgumentParser, default=None) -> None:
+    p.add_argument("--host", metavar="ADDRESS", default=default,
+                   help="the daemon: unix:///path/to/skyd.sock (default: SKYD_HOST, "
+                        "~/.config/skyctl/config.toml, then the per-user or system socket)")
+
+
 def common(p: argparse.ArgumentParser, json_help: str | None = "print machine-readable JSON "
            "(only that, on stdout)") -> None:
     """--host, and --json (every command but the shell)."""
-    p.add_argument("--host", metavar="ADDRESS",
-                   help="the daemon: unix:///path/to/skyd.sock (default: SKYD_HOST, "
-                        "~/.config/skyctl/config.toml, then the per-user or system socket)")
+    host(p, default=argparse.SUPPRESS)      # unless given here: the top level's
     if json_help:
         p.add_argument("--json", action="store_true", help=json_help)
     p.set_defaults(parser_=p)
@@ -72,13 +76,15 @@ def resolve_clusters(ctx: Ctx, names: list[str], every: bool = False,
     exact = [n for n in names if not is_pattern(n)]
     if not every and exact == names:
         # The daemon says which name does not exist (another's answers as a missing one).
-        return ctx.call(protocol.ClusterStatus(clusters=list(dict.fromkeys(names))))
+        return ctx.call(protocol.ClusterStatus(clusters=list(dict.fromkeys(names)),
+                                               all_users=all_users))
     known = ctx.call(protocol.ClusterStatus(all_users=all_users))
     if every:
         return known
     chosen: dict[str, protocol.ClusterRecord] = {}
     if exact:
-        for rec in ctx.call(protocol.ClusterStatus(clusters=list(dict.fromkeys(exact)))):
+        for rec in ctx.call(protocol.ClusterStatus(clusters=list(dict.fromkeys(exact)),
+                                                   all_users=all_users)):
             chosen[rec.name] = rec
     for pattern in (n for n in names if is_pattern(n)):
         hits = [c for c in known if fnmatch.fnmatchcase(c.name, pattern)]

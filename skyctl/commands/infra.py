@@ -31,7 +31,7 @@ def run_check(ctx: Ctx, args: argparse.Namespace) -> int:
         return OK if all(h.reachable for h in hosts) else FAILED
     if not hosts:
         info = ctx.call(protocol.ApiInfo())
-        where = getattr(info, "node_pools", "") or f"{info.state_dir}/ssh_node_pools.yaml"
+        where = info.node_pools or f"{info.state_dir}/ssh_node_pools.yaml"
         output.info(f"No ssh node pools: the daemon reads them from {where}.")
         return OK
     output.table(["POOL", "HOST", "USER", "REACHABLE", "CPUS", "MEMORY", "CLUSTER"],

@@ -17,7 +17,7 @@ from skyctl.context import Ctx
 from skyctl.exits import OK, UsageError
 from skyctl.follow import follow_job, follow_request
 from skyctl.output import LogWriter
-from skyctl.taskargs import add_task_options, task_from_args
+from skyctl.commands.taskargs import add_task_options, task_from_args
 from skyd import protocol
 
 TASK_WORDS = ("a task YAML file, or a command to run: the rest of the line "

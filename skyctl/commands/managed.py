@@ -21,7 +21,7 @@ from skyctl.context import Ctx
 from skyctl.exits import FAILED, OK, UsageError, exit_code
 from skyctl.follow import follow_managed
 from skyctl.output import LogWriter
-from skyctl.taskargs import add_task_options, task_from_args
+from skyctl.commands.taskargs import add_task_options, task_from_args
 from skyd import protocol
 from skyd.protocol import Accepted, Error, Result
 

@@ -39,7 +39,7 @@ class HostPools:
     def owners(self) -> dict[tuple[str, int], str]:
         """(ip, port) of every ssh host serving a cluster -> that cluster's name."""
         return {(n.ip, n.port): e.record.name for e in self.registry.clusters.values()
-                if e.record.infra != "local" for n in e.record.nodes}
+                if e.record.infra.startswith("ssh/") for n in e.record.nodes}
 
     def free_hosts(self, pool_name: str) -> int:
         """Hosts of the pool serving no cluster (0 for an unknown pool)."""

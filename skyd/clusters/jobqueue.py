@@ -191,11 +191,11 @@ class JobQueue:
                             [(n.pid, n.start) for n in live.handle.nodes])
         await self.end(live.record, status, exit_code=outcome.exit_code)
 
-    async def fail_unstarted(self, request_id: str, reason: str) -> None:
-        """A launch or exec that ended before its job started: the job cannot run now."""
+    async def fail_unstarted(self, request_id: str, status: JobStatus, reason: str) -> None:
+        """A launch or exec that ended before its job started: the job cannot run now
+        (it ends `status`: CANCELLED or FAILED, as its request)."""
         live = self.of_request(request_id)
         if live is not None and live.record.status in (JobStatus.PENDING, JobStatus.SETTING_UP):
-            status = JobStatus.CANCELLED if reason == "cancelled" else JobStatus.FAILED
             log.warning("job %s on %s ends %s before it started: its request ended (%s); "
                         "handle %s", live.record.job_id, live.record.cluster, status, reason,
                         live.handle)

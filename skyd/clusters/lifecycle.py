@@ -15,8 +15,8 @@ import msgspec
 
 from skyd import privilege, protocol
 from skyd.infra.base import JobHandle, Provisioner, handle_dec, handle_enc, node_ips
-from skyd.protocol import (JOB_FINISHED, ClusterRecord, ErrorCode, Exec, JobRecord, Launch,
-                           LaunchResult, NodeInfo, SkydError)
+from skyd.protocol import (JOB_FINISHED, ClusterRecord, ClusterState, ErrorCode, Exec, JobRecord,
+                           JobStatus, Launch, LaunchResult, NodeInfo, SkydError)
 from skyd.taskspec import Task, parse_amount, shortfall
 from skyd.requests.context import WorkerContext, register_long_ops
 from skyd.requests.messages import Assignment, DropCluster, JobEntry, SaveCluster, SaveJob
@@ -50,7 +50,7 @@ def task_env(ctx: WorkerContext, task: Task, cluster: ClusterRecord, node: NodeI
     return env
 
 
-def _save_job(ctx: WorkerContext, job: JobRecord, status: str, handle: JobHandle | None = None,
+def _save_job(ctx: WorkerContext, job: JobRecord, status: JobStatus, handle: JobHandle | None = None,
               **changes) -> JobRecord:
     job = msgspec.structs.replace(job, status=status, **changes)
     ctx.send(SaveJob(job, handle_enc.encode(handle) if handle else None))
@@ -73,14 +73,14 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
     job = entry.record if entry else None
     if with_setup and task.setup:
         if job is not None:
-            job = _save_job(ctx, job, "SETTING_UP")
+            job = _save_job(ctx, job, JobStatus.SETTING_UP)
         ctx.say("Running setup...")
         try:
             infra.run_setup(cluster.nodes, task.setup,
                             lambda n: task_env(ctx, task, cluster, n, None, setup=True))
         except SkydError:
             if job is not None:
-                _save_job(ctx, job, "FAILED_SETUP", ended_at=time.time())
+                _save_job(ctx, job, JobStatus.FAILED_SETUP, ended_at=time.time())
             raise
         ctx.say("Setup done.")
     if job is None:
@@ -91,7 +91,7 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
     if cpus is not None:
         handle = msgspec.structs.replace(handle, cpus=cpus.value)
     # The daemon starts it, in submission order, when the cluster has room for it.
-    _save_job(ctx, job, "PENDING", handle)
+    _save_job(ctx, job, JobStatus.PENDING, handle)
     ctx.say(f"Job {job.job_id} submitted to cluster {cluster.name}.")
     return job.job_id
 
@@ -101,11 +101,11 @@ def launch(ctx: WorkerContext) -> LaunchResult:
     a = ctx.assignment
     cluster = a.cluster
     assert cluster is not None, "the daemon assigns the cluster record"
-    if cluster.status != "UP" or len(cluster.nodes) != cluster.num_nodes:
+    if cluster.status != ClusterState.UP or len(cluster.nodes) != cluster.num_nodes:
         ctx.say(f"Provisioning cluster {cluster.name} on {cluster.infra} "
                 f"({cluster.num_nodes} node{'s' if cluster.num_nodes > 1 else ''})...")
         nodes = ctx.provisioners.get(cluster.infra).provision(a.state_dir, cluster)
-        cluster = msgspec.structs.replace(cluster, nodes=nodes, status="INIT")
+        cluster = msgspec.structs.replace(cluster, nodes=nodes, status=ClusterState.INIT)
         ctx.send(SaveCluster(cluster))
         check_fits(op.task, nodes)
     else:
@@ -115,8 +115,8 @@ def launch(ctx: WorkerContext) -> LaunchResult:
     changes = {}
     if op.idle_minutes_to_autostop is not None:
         changes = {"autostop": op.idle_minutes_to_autostop, "autostop_down": op.down}
-    if cluster.status != "UP" or changes:
-        cluster = msgspec.structs.replace(cluster, status="UP", status_reason="",
+    if cluster.status != ClusterState.UP or changes:
+        cluster = msgspec.structs.replace(cluster, status=ClusterState.UP, status_reason="",
                                           last_use=time.time(), **changes)
         ctx.send(SaveCluster(cluster))
     return LaunchResult(cluster=cluster.name, job_id=job_id)
@@ -141,7 +141,7 @@ def _require_up(ctx: WorkerContext) -> ClusterRecord:
     cluster = ctx.assignment.cluster
     if cluster is None:
         raise SkydError(ErrorCode.NOT_FOUND, "the cluster no longer exists")
-    if cluster.status != "UP":
+    if cluster.status != ClusterState.UP:
         raise SkydError(ErrorCode.CONFLICT, f"cluster {cluster.name} is {cluster.status}, not UP",
                         f"start it with: skyctl start {cluster.name}")
     return cluster
@@ -153,7 +153,7 @@ def _kill_jobs(ctx: WorkerContext, infra: Provisioner, cluster: ClusterRecord,
     infra.stop_jobs(cluster.nodes, [h for _, h in live if h.spawned])
     for rec, h in live:
         if not h.spawned:      # still waiting for room: it will never start now
-            _save_job(ctx, rec, "CANCELLED", ended_at=time.time())
+            _save_job(ctx, rec, JobStatus.CANCELLED, ended_at=time.time())
         ctx.say(f"Job {rec.job_id} {why}.")
 
 
@@ -162,7 +162,7 @@ def stop(ctx: WorkerContext) -> ClusterRecord:
     assert cluster is not None
     ctx.say(f"Stopping cluster {cluster.name}...")
     _kill_jobs(ctx, ctx.provisioners.get(cluster.infra), cluster, ctx.assignment.jobs, "killed by stop")
-    cluster = msgspec.structs.replace(cluster, status="STOPPED", status_reason="stopped by user",
+    cluster = msgspec.structs.replace(cluster, status=ClusterState.STOPPED, status_reason="stopped by user",
                                       last_use=time.time())
     ctx.send(SaveCluster(cluster))
     return cluster
@@ -173,7 +173,7 @@ def start(ctx: WorkerContext) -> ClusterRecord:
     assert cluster is not None
     ctx.say(f"Starting cluster {cluster.name}...")
     nodes = ctx.provisioners.get(cluster.infra).provision(ctx.assignment.state_dir, cluster)
-    cluster = msgspec.structs.replace(cluster, status="UP", nodes=nodes, status_reason="",
+    cluster = msgspec.structs.replace(cluster, status=ClusterState.UP, nodes=nodes, status_reason="",
                                       last_use=time.time())
     ctx.send(SaveCluster(cluster))
     return cluster

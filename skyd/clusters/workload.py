@@ -21,15 +21,16 @@ from skyd.clusters.jobqueue import JobQueue
 from skyd.clusters.names import MANAGED_PREFIX, check_cluster_name, describe_resources, \
     generate_cluster_name
 from skyd.clusters.registry import Registry
+from skyd.infra import runs_on_daemon_host
 from skyd.infra.base import handle_dec
 from skyd.infra.local import cluster_dir as local_cluster_dir, mark_cancelled as local_mark_cancelled
 from skyd.infra.nodepools import same_hosts
-from skyd.protocol import (ClusterRecord, ClusterState, ErrorCode, Op, RequestRecord, SkydError,
-                           Status)
+from skyd.protocol import (ClusterRecord, ClusterState, ErrorCode, JobStatus, Op, RequestRecord,
+                           SkydError, Status)
 from skyd.requests.messages import DropCluster, JobEntry, SaveCluster, SaveJob
 from skyd.requests.workload import QueuedOn
 from skyd.sizing.hardware import Hardware
-from skyd.taskspec import TaskError, infra_kind, normalise, shortfall
+from skyd.taskspec import TaskError, infra_kind, infra_name, normalise, shortfall
 
 log = logging.getLogger("skyd.clusters.workload")
 
@@ -46,6 +47,7 @@ class ClusterWorkload:
         self.drop = drop              # forget a cluster and its jobs
         self.state_dir = registry.state_dir
         self.ssh_known_hosts = ssh_known_hosts
+        self.slurm = registry.runners.slurm.given     # the `slurm` infra's settings, if any
 
     # ---- admit ---------------------------------------------------------------------------
 
@@ -64,6 +66,11 @@ class ClusterWorkload:
         name = op.target_cluster()
         if name is not None:
             self._check_owner(name, uid, admin, queued, must_exist=True)
+            entry = self.registry.clusters.get(name)
+            if isinstance(op, protocol.Stop) and entry and entry.record.infra.startswith("slurm"):
+                raise SkydError(ErrorCode.BAD_REQUEST, f"cluster {name!r} is a Slurm allocation: "
+                                "Slurm cannot stop it and start it again",
+                                f"tear it down with: skyctl down {name}")
         return op
 
     def _admit_launch(self, op: protocol.Launch, uid: int, admin: bool, queued: QueuedOn,
@@ -71,6 +78,9 @@ class ClusterWorkload:
         kind, pool = infra_kind(op.task.resources.infra)
         if kind == "ssh":
             self.hosts.pool(pool, op.task.num_nodes)
+        if kind == "slurm" and self.registry.runners.slurm.unavailable():
+            raise SkydError(ErrorCode.INVALID_TASK, "resources.infra: "
+                            f"{self.registry.runners.slurm.unavailable()}")
         if op.cluster is None:
             op = msgspec.structs.replace(op, cluster=generate_cluster_name(uid))
         assert op.cluster is not None
@@ -87,7 +97,7 @@ class ClusterWorkload:
                             f"cluster {op.cluster!r} has {entry.record.num_nodes} node(s); "
                             f"the task asks for {op.task.num_nodes}",
                             "use another cluster name, or down this one first")
-        wanted = "local" if kind == "local" else f"ssh/{pool}"
+        wanted = infra_name(op.task.resources.infra)
         if entry is not None and entry.record.infra != wanted:
             raise SkydError(ErrorCode.CONFLICT,
                             f"cluster {op.cluster!r} is on {entry.record.infra}; the task "
@@ -150,7 +160,7 @@ class ClusterWorkload:
                 live = self.queue.of_request(req.id)
             jobs = [JobEntry(live.record, live.handle_bytes)] if live else []
             return entry.record, jobs
-        if isinstance(op, (protocol.Stop, protocol.Down)) and entry.record.infra == "local":
+        if isinstance(op, (protocol.Stop, protocol.Down)) and runs_on_daemon_host(entry.record.infra):
             # The worker stops them as their owner; that they were cancelled is the
             # daemon's to record, in its own files.
             for (c, _), live in self.queue.jobs.items():
@@ -162,7 +172,7 @@ class ClusterWorkload:
         kind, pool = infra_kind(op.task.resources.infra)
         now = time.time()
         return ClusterRecord(
-            name=name, status=ClusterState.INIT, infra="local" if kind == "local" else f"ssh/{pool}",
+            name=name, status=ClusterState.INIT, infra=infra_name(op.task.resources.infra),
             num_nodes=op.task.num_nodes, user=req.user, uid=req.uid, launched_at=now,
             last_use=now, resources=describe_resources(op.task),
             nodes=self.hosts.allocate(name, pool, op.task.num_nodes, req.uid, req.user)
@@ -204,7 +214,7 @@ class ClusterWorkload:
             if old.infra == "local" and any(
                     not _inside(n.path, local_cluster_dir(self.state_dir, name)) for n in new.nodes):
                 return "a node outside the cluster's directory"
-            if old.infra != "local" and not same_hosts(old.nodes, new.nodes):
+            if old.infra.startswith("ssh/") and not same_hosts(old.nodes, new.nodes):
                 return "it changes the cluster's hosts or how they are reached"
         if isinstance(msg, SaveJob):
             live = self.queue.jobs.get((msg.record.cluster, msg.record.job_id))
@@ -223,8 +233,10 @@ class ClusterWorkload:
         """A launch or exec that ended before its job started: the job cannot run now."""
         if req.status is Status.SUCCEEDED:
             return
-        reason = "cancelled" if req.status is Status.CANCELLED else req.error or "failed"
-        await self.queue.fail_unstarted(req.id, reason)
+        if req.status is Status.CANCELLED:
+            await self.queue.fail_unstarted(req.id, JobStatus.CANCELLED, "cancelled")
+        else:
+            await self.queue.fail_unstarted(req.id, JobStatus.FAILED, req.error or "failed")
 
 
 def _inside(path: str, directory: Path) -> bool:

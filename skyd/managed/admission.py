@@ -31,7 +31,7 @@ def check_task(op: protocol.JobsLaunch, hosts: HostPools, host: Hardware) -> Tas
     kind, pool = infra_kind(task.resources.infra)
     if kind == "ssh":
         hosts.pool(pool, task.num_nodes)      # unknown or too small: refused now
-    else:
+    elif kind == "local":
         why = shortfall(task, host.cpus, host.memory_bytes)
         if why:
             raise SkydError(ErrorCode.INVALID_TASK, f"a local node (this host) {why}")

@@ -35,7 +35,7 @@ from skyd.protocol import (ErrorCode, ManagedJobRecord, ManagedJobStatus, Queue,
                            SkydError, Status)
 from skyd.requests.scheduler import Scheduler
 from skyd.store import Store
-from skyd.taskspec import Task, infra_kind, max_restarts_on_errors
+from skyd.taskspec import Task, infra_name, max_restarts_on_errors
 
 __all__ = ["ACTIVE", "CancelResult", "Job", "JobsController"]
 
@@ -98,14 +98,13 @@ class JobsController:
             raise SkydError(ErrorCode.UNAVAILABLE, "the server is shutting down",
                             "retry in a few seconds")
         task = check_task(op, self.state.hosts, self.state.host)
-        kind, pool = infra_kind(task.resources.infra)
         now = time.time()
         job_id, self.next_id = self.next_id, self.next_id + 1
         rid = str(uuid.uuid4())
         record = ManagedJobRecord(
             job_id=job_id, name=task.name or "-", status=ManagedJobStatus.PENDING,
             user=caller.user, uid=caller.uid, submitted_at=now,
-            infra="local" if kind == "local" else f"ssh/{pool}",
+            infra=infra_name(task.resources.infra),
             resources=describe_resources(task), cluster=f"{MANAGED_PREFIX}{job_id}",
             max_restarts_on_errors=max_restarts_on_errors(task), submit_request=rid)
         request = RequestRecord(id=rid, name="jobs_launch", queue=Queue.JOBS,

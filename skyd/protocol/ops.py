@@ -9,8 +9,7 @@ from typing import Annotated, Any, ClassVar
 import msgspec
 
 from skyd.protocol.records import (ClusterRecord, HostRecord, JobRecord, LaunchResult,
-                                   ManagedJobRecord, RequestRecord, ServerInfo)
-from skyd.protocol.statuses import Queue
+                                   ManagedJobRecord, Queue, RequestRecord, ServerInfo)
 from skyd.taskspec import Task
 
 

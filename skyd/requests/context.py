@@ -34,8 +34,8 @@ class WorkerContext:
 
     @staticmethod
     def say(text: str) -> None:
-        """A progress line for the request log."""
-        print(text, flush=True)
+        """A progress line for the request log, marked as skyd's (skyctl shows it on stderr)."""
+        print(f"[skyd] {text}", flush=True)
 
 
 LongHandler = Callable[[WorkerContext], Any]

@@ -72,7 +72,8 @@ class LongRunner:
         await worker.assign(Assignment(
             request_id=rec.id, op=req.op_bytes, uid=uid, gid=gid,
             user=user, home=home, state_dir=self.workload.state_dir,
-            cluster=cluster, jobs=jobs, ssh_known_hosts=self.workload.ssh_known_hosts))
+            cluster=cluster, jobs=jobs, ssh_known_hosts=self.workload.ssh_known_hosts,
+            slurm=self.workload.slurm))
         done, code = await self._serve(req, worker)
         await self._outcome(req, done, code)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from skyd.infra.slurm import SlurmSettings
 from skyd.protocol import ClusterRecord, Error, JobRecord
 
 
@@ -30,6 +31,7 @@ class Assignment(msgspec.Struct, tag="assign", tag_field="t"):
     # launch/exec: the job this request creates; stop/down: the cluster's live jobs
     jobs: list[JobEntry] = []
     ssh_known_hosts: str = ""
+    slurm: SlurmSettings | None = None      # the daemon's `slurm:` settings, if any
 
 
 class SaveCluster(msgspec.Struct, tag="save_cluster", tag_field="t"):

@@ -108,7 +108,8 @@ def _run(ctrl: socket.socket, frame: bytes, parent: int) -> Done:
         op = _op_dec.decode(a.op)
         prepare_as_root(a, op)
         _become_user(a, parent)
-        provisioners = worker_provisioners(a.state_dir, a.uid, a.ssh_known_hosts)
+        provisioners = worker_provisioners(a.state_dir, a.uid, a.ssh_known_hosts, a.slurm,
+                                           getattr(op, "task", None))
         value = long_handler(type(op))(WorkerContext(ctrl, a, op, provisioners))
         return Done(value=value)
     except SkydError as e:

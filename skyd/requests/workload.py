@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Protocol
 
 from skyd import protocol
+from skyd.infra.slurm import SlurmSettings
 from skyd.requests.messages import DropCluster, JobEntry, SaveCluster, SaveJob
 
 # The long requests pending or running on a target (a request's `cluster`), in the order
@@ -16,6 +17,7 @@ QueuedOn = Callable[[str], Iterable[tuple[protocol.RequestRecord, protocol.Op]]]
 class Workload(Protocol):
     state_dir: str                   # handed to workers
     ssh_known_hosts: str
+    slurm: SlurmSettings | None      # handed to workers: the `slurm` infra's settings
 
     def admit(self, op: protocol.Op, uid: int, admin: bool, queued: QueuedOn,
               internal: bool = False) -> protocol.Op:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from skyd.infra.slurm import SettingsError, SlurmSettings, parse_settings
 from skyd.protocol import DEFAULT_MAX_FRAME
 
 SYSTEM_SOCKET = Path("/run/skyd/skyd.sock")
@@ -57,6 +58,8 @@ class Config:
     # HOST:PORT of the HTTP side (/metrics, /healthz, /readyz, the dashboard); None: off.
     # Loopback only until HTTP has tokens: its users are told apart by their socket's owner.
     http: str | None = None
+    # The `slurm` infra (skyd.infra.slurm.settings): a `slurm:` section turns it on.
+    slurm: SlurmSettings | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -123,6 +126,11 @@ def parse_http_address(text: str) -> tuple[str, int]:
 
 def _coerce(name: str, raw: Any) -> Any:
     kind = {f.name: f.type for f in fields(Config)}[name]
+    if name == "slurm":             # a section: `slurm:` alone turns it on with defaults
+        try:
+            return parse_settings(raw)
+        except SettingsError as e:
+            raise ConfigError(str(e)) from None
     try:
         if raw is None:
             return None

@@ -30,6 +30,7 @@ from skyd.sizing.units import format_size
 from skyd.server.config import Config
 from skyd.infra import Runners
 from skyd.infra.local import LocalRunner
+from skyd.infra.slurm import SlurmRunner
 from skyd.infra.ssh import SshClient, SshRunner, control_dir as ssh_control_dir
 from skyd.managed.controller import JobsController
 from skyd.infra.nodepools import NodePools, PoolError
@@ -169,7 +170,10 @@ class Daemon:
         stack.callback(self._stop_listening)
         loop = asyncio.get_running_loop()
         for task in (loop.create_task(self._gc_loop(), name="retention-gc"),
-                     loop.create_task(self._autostop_loop(), name="autostop")):
+                     loop.create_task(self._autostop_loop(), name="autostop"),
+                     loop.create_task(self.runners.slurm.watch(self._slurm_clusters,
+                                                               self._slurm_report),
+                                      name="slurm-watch")):
             stack.callback(task.cancel)
         log.info("skyd %s listening on %s: %d long slots, %d short slots (%s)", self.version,
                  cfg.socket_path, self.long_slots, self.short_slots, self.slots_source)
@@ -202,7 +206,8 @@ class Daemon:
                              str(cfg.ssh_known_hosts or ""))
         # A local node is this host: it offers the CPUs detected (cgroup-aware).
         self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes),
-                               ssh=SshRunner(self.ssh, on_health=self._node_health))
+                               ssh=SshRunner(self.ssh, on_health=self._node_health),
+                               slurm=SlurmRunner(cfg.slurm, cfg.job_log_bytes))
         self.state = Clusters(self.store, str(cfg.state_dir), hw, self.is_admin, self.runners,
                               self.pools, self.ssh.known_hosts)
         self.pool = WorkerPool(spares=cfg.spares, run_dir=workers_dir,
@@ -225,6 +230,15 @@ class Daemon:
     def _node_health(self, host: str, ok: bool, reason: str) -> None:
         """What the ssh runner learns of a node, for the registry (built after the runner)."""
         self.state.hosts.node_health(host, ok, reason)
+
+    def _slurm_clusters(self) -> list[protocol.ClusterRecord]:
+        return [e.record for e in self.state.clusters.values() if e.record.infra.startswith("slurm")]
+
+    def _slurm_report(self, name: str, status: protocol.ClusterState, reason: str) -> None:
+        """What Slurm did with a cluster's allocation, for the registry (its status)."""
+        entry = self.state.clusters.get(name)
+        if entry is not None:
+            self.state.registry.update(entry, status=status, status_reason=reason)
 
     async def serve(self) -> None:
         await self.stopping.wait()
@@ -305,7 +319,7 @@ class Daemon:
             long_running=len(s.long_running), long_pending=len(s.long_pending),
             short_running=s.short.in_use, short_pending=s.short.waiting,
             slots_source=self.slots_source, short_peak=s.short.peak, long_peak=s.long_peak,
-            limits=self.limits())
+            limits=self.limits(), node_pools=str(self.config.node_pools_path))
 
     def limits(self) -> protocol.Limits:
         cfg, s = self.config, self.scheduler
@@ -333,7 +347,7 @@ class Daemon:
         """Ask every node of every ssh cluster whether it answers (at start: reconcile what
         changed while the daemon was down; then every few minutes)."""
         nodes = [n for e in self.state.clusters.values()
-                 if e.record.infra != "local" and e.record.status in ("UP", "UNHEALTHY")
+                 if e.record.infra.startswith("ssh/") and e.record.status in protocol.CLUSTER_RUNNABLE
                  for n in e.record.nodes]
         await asyncio.gather(*(self.runners.ssh.check(n) for n in nodes), return_exceptions=True)
 
@@ -343,7 +357,9 @@ class Daemon:
         for entry in self.state.autostop.idle(time.time(), load):
             rec = entry.record
             owner = caller_for(rec.uid, self.is_admin(rec.uid))
-            op = protocol.Down(cluster=rec.name) if rec.autostop_down else \
+            # A Slurm allocation cannot be stopped: it ends.
+            down = rec.autostop_down or rec.infra.startswith("slurm")
+            op = protocol.Down(cluster=rec.name) if down else \
                 protocol.Stop(cluster=rec.name)
             entry.autostopping = True
             req, _ = await self.scheduler.submit_long(op, owner)

@@ -36,7 +36,7 @@ def test_a_burst_killed_three_times_and_stopped_loses_nothing_and_runs_nothing_t
     assert t.failures() == {}, where
     # the burst really happened around the stops: plenty accepted, some refused or cut off
     # while the daemon was down, some of everything ran
-    assert t.accepted >= 100 and len(t.stops) == 4, where
+    assert t.accepted >= 70 and len(t.stops) == 4, where
     assert t.unreachable + t.unknown + sum(t.refused.values()) > 0, where
     assert t.tasks_run >= t.accepted * 0.6, where
 
@@ -59,5 +59,5 @@ def test_an_acknowledged_cancel_survives_kill9(make_daemon, workdir):
     d.kill9()
     d.start()
     time.sleep(1.5)             # a re-run's setup would have started by now
-    assert d.wait_request(rid, 15).status is protocol.Status.CANCELLED
+    assert d.wait_request(rid, 3).status is protocol.Status.CANCELLED
     assert marker.read_text() == "run\n"

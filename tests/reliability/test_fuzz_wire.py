@@ -22,6 +22,7 @@ def fuzz_daemon(make_daemon):
     d = make_daemon()
     rid = d.submit_async(protocol.Launch(task=Task(run="true"), cluster=fw.EXISTING_CLUSTER))
     assert d.wait_request(rid, 30).status is protocol.Status.SUCCEEDED
+    assert d.wait_job(fw.EXISTING_CLUSTER, 1).status == "SUCCEEDED"
     d.before = fw.db_state(d.state_dir / "skyd.db")
     return d
 

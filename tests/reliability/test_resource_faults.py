@@ -19,7 +19,7 @@ import msgspec
 import psutil
 import pytest
 
-from conftest import wait_until
+from conftest import pid_alive, wait_until
 from skyd import protocol
 from skyd.taskspec import Task
 
@@ -128,7 +128,7 @@ def test_work_in_flight_when_the_disk_fills_finishes_once_it_is_freed(full_disk_
     go.touch()                                # both finish their setup on a full disk
     time.sleep(2)
     filler.unlink()
-    assert d.wait_request(rid, 8).status is protocol.Status.SUCCEEDED
+    assert d.wait_request(rid, 5).status is protocol.Status.SUCCEEDED
     assert wait_until(lambda: _managed_done(d, job.job_id), 15)
     assert _managed(d, job.job_id).status == "SUCCEEDED"
 
@@ -194,7 +194,7 @@ def test_a_database_locked_past_the_busy_timeout_is_a_clear_error_and_loses_noth
     go = workdir / "go"
     running = d.submit_async(_launch("running", setup=f"while [ ! -e {go} ]; do sleep 0.05; done"))
     assert wait_until(lambda: d.request(running).status is protocol.Status.RUNNING, 15)
-    locker = _lock_db(d, 12)
+    locker = _lock_db(d, 11)
     go.touch()
     threads, answers = _submit_in_threads(d, [_launch(f"l{i}") for i in range(2)])
     _served(d, 0.5)
@@ -268,7 +268,7 @@ def _flood(megabytes: int) -> str:
 @pytest.mark.timeout(60)
 def test_followers_that_stop_reading_cost_bounded_memory_and_slow_no_one(make_daemon):
     d = make_daemon("--long-slots", "2")
-    rid = d.submit_async(_launch("flood", setup=_flood(20), run=_flood(60)))
+    rid = d.submit_async(_launch("flood", setup=_flood(20), run=_flood(40)))
     assert wait_until(lambda: d.request(rid).status is protocol.Status.RUNNING, 15)
     daemon = psutil.Process(d.proc.pid)
     rss0 = daemon.memory_info().rss
@@ -277,7 +277,7 @@ def test_followers_that_stop_reading_cost_bounded_memory_and_slow_no_one(make_da
     stalled += [_stalled_follower(d, protocol.JobLogs(cluster="flood", job_id=1, follow=True))
                 for _ in range(3)]
     worst, peak = 0.0, 0
-    deadline = time.monotonic() + 6
+    deadline = time.monotonic() + 4
     while time.monotonic() < deadline:
         worst = max(worst, _served(d, 0.5))
         peak = max(peak, daemon.memory_info().rss)
@@ -290,7 +290,7 @@ def test_followers_that_stop_reading_cost_bounded_memory_and_slow_no_one(make_da
     assert wait_until(lambda: daemon.num_fds() <= fds - len(stalled), 10)
     # a reader that does read gets the job's whole output
     out = d.skyctl("logs", "flood", "1", "--no-follow", timeout=60)
-    assert out.returncode == 0 and len(out.stdout) > 60_000_000
+    assert out.returncode == 0 and len(out.stdout) > 40_000_000
 
 
 @pytest.mark.timeout(60)
@@ -322,3 +322,23 @@ def test_a_thousand_idle_connections_are_shed_or_held_and_everyone_else_is_serve
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert wait_until(lambda: daemon.num_fds() <= base + 5, 10), (daemon.num_fds(), base)
     _served(d, 0.5)
+
+
+# ---- the forkserver killed ----------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="skyd/requests/pool.py WorkerPool.take hands out spares that "
+                   "died with the forkserver; Scheduler._run_long's worker.assign raises "
+                   "ConnectionResetError and the request stays RUNNING ('ended without an outcome')")
+@pytest.mark.timeout(60)
+def test_long_requests_run_again_after_the_forkserver_is_killed(make_daemon):
+    d = make_daemon("--long-slots", "2")
+    daemon = psutil.Process(d.proc.pid)
+    assert d.wait_request(d.submit_async(_launch("first")), 30).status is protocol.Status.SUCCEEDED
+    forkserver = [p for p in daemon.children() if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    assert len(forkserver) == 1
+    forkserver[0].kill()
+    assert wait_until(lambda: not pid_alive(forkserver[0].pid), 10)
+    _served(d, 0.5)
+    rids = [d.submit_async(_launch(f"after{i}", run="echo after")) for i in range(3)]
+    for rid in rids:
+        assert d.wait_request(rid, 10).status is protocol.Status.SUCCEEDED

@@ -9,7 +9,7 @@ from skyd import protocol
 from skyd.clusters.joblog import JobLog
 from skyd.streams import LogSource
 from skyd.protocol import (JOB_FINISHED, Autostop, CancelJobs, ClusterRecord, ClusterStatus, ErrorCode,
-                           HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord,
+                           HostRecord, InfraStatus, JobLogs, JobQueue, JobRecord, JobStatus,
                            SkydError)
 from skyd.identity import Caller
 from skyd.server.dispatch import handles
@@ -54,7 +54,8 @@ async def _jobs(s: Services, cluster: str) -> list[JobRecord]:
 
 
 def _progress(job: JobRecord) -> int:
-    return 3 if job.status in JOB_FINISHED else {"RUNNING": 2, "SETTING_UP": 1}.get(job.status, 0)
+    return 3 if job.status in JOB_FINISHED else \
+        {JobStatus.RUNNING: 2, JobStatus.SETTING_UP: 1}.get(job.status, 0)
 
 
 @handles(protocol.JobQueue)

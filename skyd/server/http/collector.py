@@ -141,19 +141,26 @@ class CountsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         c = self.c
+        # Counted by enum members (cheap on the request path); labelled here, where a
+        # status counted both as a member and as a plain string becomes one series.
+        by_label: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for (op, queue, status), n in list(c.requests.items()):
+            by_label[(op, label(queue), label(status))] += n
         requests = CounterMetricFamily("skyd_requests", "Requests finished, by op, queue and "
                                        "final status.", labels=["op", "queue", "status"])
-        for (op, queue, status), n in sorted(c.requests.items()):
-            requests.add_metric([op, queue, status], n)
+        for labels, n in sorted(by_label.items()):
+            requests.add_metric(list(labels), n)
         yield requests
         for name, help_, hists in (
                 ("skyd_request_duration_seconds", "Time requests ran, from start to their "
                  "final status, per queue.", c.duration),
                 ("skyd_request_queue_wait_seconds", "Time requests waited for a slot, from "
                  "acceptance to start, per queue.", c.queue_wait)):
+            merged: dict[str, metrics.Histogram] = {}
+            for queue, h in list(hists.items()):
+                merged.setdefault(label(queue), metrics.Histogram()).add(h)
             family = HistogramMetricFamily(name, help_, labels=["queue"])
-            for queue in sorted(hists):
-                h = hists[queue]
+            for queue, h in sorted(merged.items()):
                 family.add_metric([queue], [(floatToGoString(le), n) for le, n in h.cumulative()],
                                   sum_value=h.sum)
             yield family
@@ -170,6 +177,9 @@ class CountsCollector(Collector):
         yield limits
         finished = CounterMetricFamily("skyd_managed_jobs_finished", "Managed jobs that "
                                        "reached a final state, by state.", labels=["state"])
-        for state in sorted({*map(label, protocol.MANAGED_FINISHED), *c.managed_finished}):
-            finished.add_metric([state], c.managed_finished.get(state, 0))
+        states = collections.Counter({label(s): 0 for s in protocol.MANAGED_FINISHED})
+        for state, n in list(c.managed_finished.items()):
+            states[label(state)] += n
+        for state, n in sorted(states.items()):
+            finished.add_metric([state], n)
         yield finished

@@ -24,7 +24,8 @@ def add_task_options(p: argparse.ArgumentParser, words_help: str) -> argparse.Ac
                    help="number of nodes (overrides the YAML's)")
     p.add_argument("--cpus", help="CPUs per node: 4 (exactly) or 4+ (at least); overrides the YAML's")
     p.add_argument("--memory", help="memory per node in GiB: 16 or 16+; overrides the YAML's")
-    p.add_argument("--infra", help="where to run: local (default) or ssh/POOL; overrides the YAML's")
+    p.add_argument("--infra", help="where to run: local (default), ssh/POOL, slurm or "
+                                   "slurm/PARTITION; overrides the YAML's")
     p.add_argument("--env", action="append", metavar="KEY[=VALUE]",
                    help="environment variable for setup and run; KEY alone passes your value "
                         "(repeatable; wins over --env-file and the YAML)")

@@ -1,0 +1,5 @@
+import sys
+
+from profiling.soak.cli import main
+
+sys.exit(main())

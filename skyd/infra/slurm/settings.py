@@ -1,0 +1,119 @@
+"""The daemon's `slurm:` settings: where Slurm's commands are and how they find the
+cluster, and what every allocation asks for unless the task says otherwise.
+
+```yaml
+slurm:
+  partition: gpu          # default partition ("" or absent: Slurm's default)
+  account: ml-team        # --account of every allocation (each user must be allowed it)
+  qos: normal
+  time_limit: "24:00:00"  # --time ("" : the partition's default)
+  slurm_conf: /etc/slurm/slurm.conf   # default: the daemon's own $SLURM_CONF, else Slurm's
+  bin_dir: /opt/slurm/bin             # default: sbatch, srun, ... on the PATH
+  files_dir: .skyd/slurm  # each user's cluster files, relative to their home (which the
+                          # compute nodes must share with this host)
+```
+The section turns the infra on: without it `resources.infra: slurm` is refused.
+Every value that reaches a command line is checked here, with an error naming it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import msgspec
+
+from skyd.privilege import STANDARD_PATH
+
+# A partition, account or QOS name: what Slurm accepts, never starting with `-`.
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+# Slurm's time formats: MIN, MIN:SEC, H:MIN:SEC, D-H, D-H:MIN, D-H:MIN:SEC, or UNLIMITED.
+TIME_RE = re.compile(r"(?:\d+-)?\d+(?::\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
+COMMANDS = ("sbatch", "srun", "squeue", "scancel", "scontrol", "sinfo")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class SlurmSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_limit: str = ""
+    slurm_conf: str = ""
+    bin_dir: str = ""
+    files_dir: str = ".skyd/slurm"
+    command_timeout: float = 30.0     # one Slurm command never takes longer
+    watch_interval: float = 5.0       # the daemon's squeue: this often while things change,
+    watch_max_interval: float = 60.0  # backing off to this while nothing does
+
+    def command(self, name: str) -> str:
+        return os.path.join(self.bin_dir, name) if self.bin_dir else name
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        """`base` with what Slurm's commands need to find the cluster."""
+        env = dict(base)
+        if self.slurm_conf:
+            env["SLURM_CONF"] = self.slurm_conf
+        if self.bin_dir:
+            env["PATH"] = self.bin_dir + os.pathsep + env.get("PATH", STANDARD_PATH)
+        return env
+
+    def partition_of(self, infra: str) -> str:
+        """`slurm/PART` -> PART; `slurm` -> the default partition ("" : Slurm's)."""
+        return infra.partition("/")[2] or self.partition
+
+
+def _check(field: str, value: str) -> None:
+    if field in ("partition", "account", "qos") and value and not NAME_RE.fullmatch(value):
+        raise SettingsError(f"slurm.{field}: {value!r} is not a Slurm name (letters, digits, "
+                            "`_`, `.`, `+`, `-`; not starting with `-`)")
+    if field == "time_limit" and value and not TIME_RE.fullmatch(value):
+        raise SettingsError(f"slurm.time_limit: {value!r} is not a Slurm time "
+                            "(MINUTES, HH:MM:SS, D-HH:MM:SS or UNLIMITED)")
+    if field in ("slurm_conf", "bin_dir") and value and not os.path.isabs(value):
+        raise SettingsError(f"slurm.{field}: {value!r} must be an absolute path")
+    if field == "files_dir" and (not value or os.path.isabs(value) or ".." in value.split("/")):
+        raise SettingsError(f"slurm.files_dir: {value!r} must be a path relative to each "
+                            "user's home, without `..`")
+    if any(c < " " for c in value):
+        raise SettingsError(f"slurm.{field}: must not hold control characters")
+
+
+def parse(raw: Any, env: dict[str, str] | None = None) -> SlurmSettings:
+    """The `slurm:` section (a mapping; a YAML string from the environment), checked.
+    `slurm_conf` defaults to the daemon's own $SLURM_CONF."""
+    if isinstance(raw, str):
+        import yaml
+        try:
+            raw = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise SettingsError(f"slurm: not valid YAML: {e}") from None
+    if raw is None or raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SettingsError("slurm: expected a mapping of settings "
+                            f"({', '.join(SlurmSettings.__struct_fields__)})")
+    unknown = sorted(set(raw) - set(SlurmSettings.__struct_fields__))
+    if unknown:
+        raise SettingsError(f"slurm: unknown setting {unknown[0]!r} "
+                            f"(known: {', '.join(SlurmSettings.__struct_fields__)})")
+    raw = {k: ("" if v is None else v) for k, v in raw.items()}
+    try:
+        settings = msgspec.convert(raw, SlurmSettings, strict=False)
+    except msgspec.ValidationError as e:
+        raise SettingsError(f"slurm: {str(e).replace(' - at `$.', ' at `')}") from None
+    for field in ("partition", "account", "qos", "time_limit", "slurm_conf", "bin_dir",
+                  "files_dir"):
+        _check(field, getattr(settings, field))
+    if not 0 < settings.watch_interval <= settings.watch_max_interval:
+        raise SettingsError("slurm.watch_interval: must be positive and at most "
+                            "watch_max_interval")
+    if settings.command_timeout <= 0:
+        raise SettingsError("slurm.command_timeout: must be positive")
+    conf = (env if env is not None else os.environ).get("SLURM_CONF", "")
+    if not settings.slurm_conf and conf and os.path.isabs(conf):
+        settings = msgspec.structs.replace(settings, slurm_conf=conf)
+    return settings
