@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-from typing import NamedTuple
 
 # argparse looks up a translation for every help string it is given, and each lookup stats
 # the locale directories (no catalogue exists, so nothing is cached): ~1.5 ms of every
@@ -18,13 +17,16 @@ argparse._ = lambda text: text  # type: ignore[attr-defined]
 argparse.ngettext = lambda one, many, n: one if n == 1 else many  # type: ignore[attr-defined]
 
 
-class Command(NamedTuple):
-    name: str
-    group: str
-    summary: str
-    module: str            # defines ARGUMENTS: {name: function adding its arguments}
-    aliases: tuple[str, ...] = ()
-    subcommands: tuple[str, ...] = ()
+class Command:
+    """One row. (A plain class: a NamedTuple evaluates its annotations at import.)"""
+
+    __slots__ = ("name", "group", "summary", "module", "aliases", "subcommands")
+
+    def __init__(self, name: str, group: str, summary: str, module: str,
+                 aliases: tuple[str, ...] = (), subcommands: tuple[str, ...] = ()):
+        self.name, self.group, self.summary = name, group, summary
+        self.module = module                # defines ARGUMENTS: {name: adds its arguments}
+        self.aliases, self.subcommands = aliases, subcommands
 
 
 CLUSTERS, JOBS, MANAGED, INFRA, API, OTHER = (

@@ -4,7 +4,6 @@ the shell (an action's `complete`: cluster, job, managed_job, request, pool, pat
 from __future__ import annotations
 
 import argparse
-import fnmatch
 
 from skyctl.context import Ctx
 from skyctl.exits import UsageError
@@ -78,6 +77,7 @@ def resolve_clusters(ctx: Ctx, names: list[str], every: bool = False,
         # The daemon says which name does not exist (another's answers as a missing one).
         return ctx.call(protocol.ClusterStatus(clusters=list(dict.fromkeys(names)),
                                                all_users=all_users))
+    import fnmatch
     known = ctx.call(protocol.ClusterStatus(all_users=all_users))
     if every:
         return known

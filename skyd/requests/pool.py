@@ -299,6 +299,46 @@ def record_process(run_dir: Path, name: str, pid: int, group: bool) -> None:
         os.close(fd)
 
 
+def _read_records(run_dir: Path, names: list[str]) -> list[tuple[int, int, bool]]:
+    """(pid, start time, whether its group is meant) of each record record_process left."""
+    records: list[tuple[int, int, bool]] = []
+    for name in names:
+        try:
+            with open(run_dir / name) as f:
+                pid, start, kind = f.read().split()
+            records.append((int(pid), int(start), kind == "group"))
+        except (OSError, ValueError):
+            pass
+    return records
+
+
+def _survivors(records: list[tuple[int, int, bool]]) -> tuple[set[int], set[int]]:
+    """The recorded processes still alive, and the process groups they led, with every
+    live member of those groups (zombies and ourselves excluded)."""
+    procs: set[int] = set()
+    groups: dict[int, int] = {}            # group id -> its leader's start time
+    for pid, start, group in records:
+        st = _stat(pid)
+        if st is not None and st[2] == start:
+            if st[0] != "Z":
+                procs.add(pid)
+            if group:
+                groups[pid] = start
+        elif st is None and group:
+            # The leader is gone; its pid was not handed out again, so a group with
+            # its id is still its own (members started after it).
+            groups[pid] = start
+    if groups:
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            st = _stat(int(entry.name))
+            if st and st[0] != "Z" and st[1] in groups and st[2] >= groups[st[1]]:
+                procs.add(int(entry.name))
+    procs.discard(os.getpid())
+    return procs, set(groups)
+
+
 def reap_previous(run_dir: Path | None, timeout: float = 10.0) -> list[int]:
     """Kill what a previous daemon left behind (from the records in `run_dir`): each
     recorded worker's whole process group (setup commands included), the forkserver and
@@ -311,44 +351,11 @@ def reap_previous(run_dir: Path | None, timeout: float = 10.0) -> list[int]:
         names = os.listdir(run_dir)
     except FileNotFoundError:
         return []
-    records: list[tuple[int, int, bool]] = []
-    for name in names:
-        try:
-            with open(run_dir / name) as f:
-                pid, start, kind = f.read().split()
-            records.append((int(pid), int(start), kind == "group"))
-        except (OSError, ValueError):
-            pass
-    me = os.getpid()
-
-    def survivors() -> tuple[set[int], set[int]]:
-        procs: set[int] = set()
-        groups: dict[int, int] = {}            # group id -> its leader's start time
-        for pid, start, group in records:
-            st = _stat(pid)
-            if st is not None and st[2] == start:
-                if st[0] != "Z":
-                    procs.add(pid)
-                if group:
-                    groups[pid] = start
-            elif st is None and group:
-                # The leader is gone; its pid was not handed out again, so a group with
-                # its id is still its own (members started after it).
-                groups[pid] = start
-        if groups:
-            for entry in os.scandir("/proc"):
-                if not entry.name.isdigit():
-                    continue
-                st = _stat(int(entry.name))
-                if st and st[0] != "Z" and st[1] in groups and st[2] >= groups[st[1]]:
-                    procs.add(int(entry.name))
-        procs.discard(me)
-        return procs, set(groups)
-
+    records = _read_records(run_dir, names)
     killed: set[int] = set()
     deadline = time.monotonic() + timeout
     while True:
-        procs, groups = survivors()
+        procs, groups = _survivors(records)
         if not procs:
             break
         if time.monotonic() >= deadline:

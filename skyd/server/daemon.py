@@ -207,7 +207,7 @@ class Daemon:
         # A local node is this host: it offers the CPUs detected (cgroup-aware).
         self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes),
                                ssh=SshRunner(self.ssh, on_health=self._node_health),
-                               slurm=SlurmRunner(cfg.slurm, cfg.job_log_bytes))
+                               slurm=SlurmRunner(cfg.slurm, str(cfg.state_dir), cfg.job_log_bytes))
         self.state = Clusters(self.store, str(cfg.state_dir), hw, self.is_admin, self.runners,
                               self.pools, self.ssh.known_hosts)
         self.pool = WorkerPool(spares=cfg.spares, run_dir=workers_dir,

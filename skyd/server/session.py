@@ -198,7 +198,7 @@ class Session:
                 await self._send(Result("", Status.SUCCEEDED, value))
             elif op.schedule is Queue.SHORT:
                 await self._short(op, sub.wait)
-            elif op.schedule is Queue.JOBS:
+            elif isinstance(op, protocol.JobsLaunch):     # the one op on the jobs queue
                 request, job, ahead = await self.s.jobs.submit(op, self.caller)
                 await self._send(Accepted(request.id, Queue.JOBS, ahead, job_id=job.job_id))
                 if sub.wait:

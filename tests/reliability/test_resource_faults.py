@@ -341,4 +341,4 @@ def test_long_requests_run_again_after_the_forkserver_is_killed(make_daemon):
     _served(d, 0.5)
     rids = [d.submit_async(_launch(f"after{i}", run="echo after")) for i in range(3)]
     for rid in rids:
-        assert d.wait_request(rid, 10).status is protocol.Status.SUCCEEDED
+        assert d.wait_request(rid, 5).status is protocol.Status.SUCCEEDED

@@ -29,7 +29,7 @@ class SlurmRunner(LocalRunner):
     """`settings`: the daemon's `slurm:` section; None when it has none (clusters made
     before it was removed are still watched and torn down; no new one is launched)."""
 
-    def __init__(self, settings: SlurmSettings | None, log_limit: int = 0):
+    def __init__(self, settings: SlurmSettings | None, state_dir: str, log_limit: int = 0):
         super().__init__(cpus=0.0, log_limit=log_limit)
         self.configured = settings is not None
         self.given = settings             # what workers are handed
@@ -37,7 +37,7 @@ class SlurmRunner(LocalRunner):
         # The daemon's own Slurm commands (squeue) get a clean environment.
         self.slurm = Slurm(self.settings, {"PATH": STANDARD_PATH, "LANG": "C.UTF-8"})
         self.watcher = AllocationWatcher(self.slurm, self.settings.watch_interval,
-                                         self.settings.watch_max_interval)
+                                         self.settings.watch_max_interval, state_dir)
         self._checked: tuple[float, str] = (0.0, "")
 
     def capacity(self, node: NodeInfo) -> float:

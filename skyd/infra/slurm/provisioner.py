@@ -29,7 +29,7 @@ from skyd import privilege
 from skyd.infra.base import JobHandle, NodeProc, Provisioner, pump_lines
 from skyd.infra.local.processes import alive, signal_job
 from skyd.infra.local.provisioner import WORKDIR, env_script, setup_failed
-from skyd.infra.slurm import scripts
+from skyd.infra.slurm import board, scripts
 from skyd.infra.slurm.allocation import FORMAT, Allocation, job_name, memory_bytes, newest, \
     parse_lines, step_name
 from skyd.infra.slurm.commands import UNKNOWN_JOB, Slurm, SlurmUnreachable, failure, not_found, say
@@ -39,7 +39,7 @@ from skyd.taskspec import Task, parse_amount
 
 T = TypeVar("T")
 
-POLL = (0.25, 30.0)         # squeue while the allocation waits: first gap, longest gap
+POLL = (2.0, 30.0)          # own squeue while the daemon's board is stale: first gap, longest
 MARKER_POLL = (0.01, 0.5)   # the marker file: a stat, backing off
 PATIENCE = 120.0            # seconds Slurm may not answer before the launch gives up
 STOP_GRACE = 5.0            # seconds for a job's srun to end its step after SIGTERM
@@ -85,6 +85,7 @@ class SlurmProvisioner(Provisioner):
 
     def __init__(self, settings: SlurmSettings, uid: int, task: Task | None = None):
         self.settings = settings
+        self.uid = uid
         self.user, _gid, self.home, _shell = privilege.identity(uid)
         self.task = task
         self.slurm = Slurm(settings, privilege.login_env(uid))
@@ -108,7 +109,7 @@ class SlurmProvisioner(Provisioner):
                 # Again while the controller does not answer (it restarts): each attempt
                 # looks first, so that a submission it did accept is not made twice.
                 job_id = _patiently(lambda: self._adopt_or_submit(cluster, d, shape))
-                alloc = self._wait(job_id, d)
+                alloc = self._wait(job_id, d, state_dir)
             except _Cancelled:
                 # Its request was cancelled: what it was waiting for goes too.
                 self.slurm.run("scancel", f"--user={self.user}", f"--name={job_name(cluster.name)}",
@@ -180,56 +181,82 @@ class SlurmProvisioner(Provisioner):
                     time_limit=s.time_limit, shape=" ".join(shape) or "the defaults"),
                     f"Slurm said: {stderr.strip().splitlines()[-1]}")
 
-    def _wait(self, job_id: str, d: Path) -> Allocation:
-        """Until the allocation holds its nodes; Slurm's pending reason goes to the
-        request's log as it changes. Bounded: a reason Slurm will never get over, or a
-        controller that stays silent for PATIENCE, fails the launch."""
+    def _wait(self, job_id: str, d: Path, state_dir: str) -> Allocation:
+        """Until the allocation holds its nodes. Its batch script's marker file says so at
+        once. Meanwhile what Slurm does with it comes from the daemon's board (one squeue
+        for every cluster: a waiting launch asks Slurm nothing), or — while the board is
+        older than the submission (the daemon looks every watch_interval while clusters
+        are launched) — from an squeue of its own, backing off. Slurm's pending reason
+        goes to the request's log as it changes. Bounded: a reason Slurm will never get
+        over, an allocation Slurm lost or ended, a controller silent for PATIENCE."""
         marker = d / f"{scripts.MARKER}-{job_id}"
-        shown = ""
-        gap, next_query = POLL[0], 0.0        # the first squeue at once
+        since = time.time()                 # boards from before this may not know the job
+        fresh = 3 * self.settings.watch_interval + 2.0
+        shown, missing, last_board = "", 0, 0.0
+        gap, next_query = POLL[0], time.monotonic() + POLL[0]
         step = MARKER_POLL[0]
-        troubled_since: float | None = None
+        answered = time.monotonic()
         while True:
-            now = time.monotonic()
-            if marker.exists() or now >= next_query:
+            if marker.exists():
+                return self._holding(job_id)
+            alloc, trouble = None, ""
+            b = board.read(state_dir, self.uid, fresh)
+            if b is not None and b.time > since:
+                next_query = time.monotonic() + gap         # the board serves
+                alloc, trouble = b.get(job_id), b.error
+                if alloc is None and not trouble and b.time != last_board:
+                    missing += 1
+                last_board = b.time
+            elif time.monotonic() >= next_query:
                 try:
-                    [alloc] = self._query(f"--jobs={job_id}") or [None]
+                    alloc = self._one(job_id)
+                    missing = 2 if alloc is None else 0
                 except SlurmUnreachable as e:
-                    troubled_since = troubled_since or now
-                    if now - troubled_since > PATIENCE:
-                        raise
-                    if shown != e.message:
-                        say(f"{e.message}; waiting for it")
-                        shown = e.message
-                    alloc = None
-                    next_query = now + gap
-                else:
-                    troubled_since = None
-                    if alloc is None:
-                        raise SkydError(ErrorCode.FAILED, f"Slurm no longer knows allocation "
-                                        f"{job_id} (its controller may have restarted and lost it)",
-                                        "launch again")
-                if alloc is not None:
-                    if alloc.holding:
-                        return alloc
-                    if alloc.ended:
-                        raise SkydError(ErrorCode.FAILED, f"the allocation ended before it "
-                                        f"started: {alloc.describe()}")
-                    never = alloc.never_starts
-                    if never:
-                        self.slurm.run("scancel", job_id, check=False)
-                        raise SkydError(ErrorCode.INVALID_TASK,
-                                        f"Slurm will never start this allocation: {never} "
-                                        f"({alloc.reason}); it was cancelled",
-                                        "ask for less, or another partition")
-                    text = f"Waiting for Slurm: {alloc.describe()}"
-                    if text != shown:
-                        say(text)
-                        shown = text
-                    next_query = now + gap
-                    gap = min(gap * 2, POLL[1])
+                    trouble = e.message
+                next_query, gap = time.monotonic() + gap, min(gap * 2, POLL[1])
+            if missing >= 2:
+                raise SkydError(ErrorCode.FAILED, f"Slurm no longer knows allocation {job_id} "
+                                "(its controller may have restarted and lost it)", "launch again")
+            if trouble:
+                if time.monotonic() - answered > PATIENCE:
+                    raise SkydError(ErrorCode.FAILED, f"{trouble} for {PATIENCE:g}s")
+                if trouble != shown:
+                    say(f"{trouble}; waiting for it")
+                    shown = trouble
+            elif alloc is not None:
+                answered = time.monotonic()
+                if alloc.holding:
+                    return alloc
+                self._check_pending(alloc)
+                text = f"Waiting for Slurm: {alloc.describe()}"
+                if text != shown:
+                    say(text)
+                    shown = text
             time.sleep(step)
             step = min(step * 1.5, MARKER_POLL[1])
+
+    def _one(self, job_id: str) -> Allocation | None:
+        return next(iter(self._query(f"--jobs={job_id}")), None)
+
+    def _holding(self, job_id: str) -> Allocation:
+        """The allocation whose batch script runs (its marker is there): one squeue."""
+        alloc = _patiently(lambda: self._one(job_id))
+        if alloc is None or not alloc.holding:
+            raise SkydError(ErrorCode.FAILED, f"allocation {job_id} started and ended at once: "
+                            f"{alloc.describe() if alloc else 'Slurm no longer knows it'}")
+        return alloc
+
+    def _check_pending(self, alloc: Allocation) -> None:
+        """Fail (cancelling it) an allocation Slurm ended, or will never start."""
+        if alloc.ended:
+            raise SkydError(ErrorCode.FAILED, f"the allocation ended before it started: "
+                            f"{alloc.describe()}")
+        never = alloc.never_starts
+        if never:
+            self.slurm.run("scancel", alloc.job_id, check=False)
+            raise SkydError(ErrorCode.INVALID_TASK, f"Slurm will never start this allocation: "
+                            f"{never} ({alloc.reason}); it was cancelled",
+                            "ask for less, or another partition")
 
     def _nodes(self, alloc: Allocation, d: Path) -> list[NodeInfo]:
         """The allocation's nodes in Slurm's order (that of SLURM_NODEID), with their

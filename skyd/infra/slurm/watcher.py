@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 from skyd.infra.slurm.allocation import FORMAT, Allocation, job_name, newest, parse_lines
+from skyd.infra.slurm.board import Board, publish
 from skyd.infra.slurm.commands import UNKNOWN_JOB, Slurm, failure
 from skyd.protocol import ClusterRecord, ClusterState, SkydError
 
@@ -47,13 +48,21 @@ def cluster_view(record: ClusterRecord, alloc: Allocation | None) -> tuple[Clust
         if alloc.holding:
             return ClusterState.UP, ""
         return ClusterState.STOPPED, f"its allocation ended: {alloc.describe()}"
+    if status == ClusterState.STOPPED and alloc is not None and alloc.ended:
+        # how it ended, as it settles (COMPLETING, then CANCELLED)
+        return status, f"its allocation ended: {alloc.describe()}"
     return None
 
 
 class AllocationWatcher:
-    def __init__(self, slurm: Slurm, interval: float, max_interval: float):
+    """`state_dir`: where the boards of users whose clusters are launched (or started)
+    go (board.py); None: none are written."""
+
+    def __init__(self, slurm: Slurm, interval: float, max_interval: float,
+                 state_dir: str | None = None):
         self.slurm = slurm
         self.bounds = (interval, max_interval)
+        self.state_dir = state_dir
         self._poke: asyncio.Event | None = None
         self.polls = 0                  # squeue calls made, for the figures
 
@@ -75,15 +84,18 @@ class AllocationWatcher:
             if records and (now >= due or keys != seen_keys or self._poke.is_set()):
                 self._poke.clear()
                 changed = keys != seen_keys
+                polled_at = time.time()
+                allocs: list[Allocation] = []
                 try:
                     allocs = await self.poll([r.name for r in records])
                 except SkydError as e:
                     if e.message != last_error:
                         log.warning("slurm: cannot see the allocations: %s", e.message)
-                        last_error = e.message
+                    last_error = e.message
                 else:
                     last_error = ""
                     changed |= self.apply(clusters(), allocs, report)
+                await self.publish(records, allocs, polled_at, last_error)
                 seen_keys = sorted((r.name, r.status, allocation_of(r)) for r in clusters())
                 busy = changed or any(r.status == ClusterState.INIT for r in records)
                 delay = self.bounds[0] if busy else min(delay * 2, self.bounds[1])
@@ -94,6 +106,21 @@ class AllocationWatcher:
                 await asyncio.wait_for(self._poke.wait(), TICK)
             except asyncio.TimeoutError:
                 pass
+
+    async def publish(self, records: list[ClusterRecord], allocs: list[Allocation],
+                      polled_at: float, error: str) -> None:
+        """The boards of the users with a cluster being launched or started (INIT, or
+        STOPPED: `start`), for their waiting launches to read."""
+        waiting = {r.uid: r.user for r in records
+                   if r.status in (ClusterState.INIT, ClusterState.STOPPED)}
+        if self.state_dir is None or not waiting:
+            return
+        boards = {uid: Board(polled_at, [a for a in allocs if a.user == user], error)
+                  for uid, user in waiting.items()}
+        try:
+            await asyncio.to_thread(publish, self.state_dir, boards)
+        except OSError as e:
+            log.warning("slurm: cannot write the boards: %s", e)
 
     async def poll(self, clusters: list[str]) -> list[Allocation]:
         """Every allocation Slurm remembers of these clusters: one squeue (more only for

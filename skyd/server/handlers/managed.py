@@ -43,6 +43,7 @@ async def _record(s: Services, caller: Caller, job_id: int) -> ManagedJobRecord:
     """The caller's managed job (any, for an admin); someone else's answers exactly as
     one that does not exist."""
     job = s.jobs.live(job_id)
+    rec: ManagedJobRecord | None
     if job is not None:
         rec = job.record
     else:
