@@ -1,6 +1,8 @@
-"""Who is calling: the caller of a request, peer credentials, admins.
+"""Who is calling: the caller of a request, peer credentials, tokens, admins.
 
 On a Unix socket the kernel says who is calling (SO_PEERCRED): no password to steal.
+Over TCP a bearer token names a user of this host (skyd.server.tokens checks it); from
+then on the bearer is that user's Caller, the same as over the socket.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def peer_caller(sock: socket.socket, admin_gid: int | None) -> Caller:
                                                   _CRED.size))
     name, _, home = user_identity(uid)
     return Caller(uid=uid, gid=gid, user=name, home=home, admin=is_admin(uid, admin_gid))
+
+
+def token_caller(uid: int, token_admin: bool, admin_gid: int | None) -> Caller:
+    """The bearer of a TCP token (skyd.server.tokens): the token's user, exactly as if
+    they had called over the socket; an admin if the token says so or the user is one."""
+    name, gid, home = user_identity(uid)
+    return Caller(uid=uid, gid=gid, user=name, home=home,
+                  admin=token_admin or is_admin(uid, admin_gid))
 
 
 def is_admin(uid: int, admin_gid: int | None) -> bool:

@@ -3,8 +3,9 @@
 Imports only msgspec and the standard library: skyctl validates a task before it
 sends it, and the daemon validates it again when the frame arrives.
 
-Supported fields: name, workdir, num_nodes, resources {cpus, memory, infra, job_recovery},
-envs, secrets, file_mounts, setup, run. Anything else is an error naming the field.
+Supported fields: name, workdir, num_nodes, resources {cpus, memory, accelerators, infra,
+job_recovery}, envs, secrets, file_mounts, setup, run. Anything else is an error naming the
+field.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ EnvValue = str | int | float | bool | None
 
 SUPPORTED_TOP = ("name", "workdir", "num_nodes", "resources", "envs", "secrets",
                  "file_mounts", "setup", "run")
-SUPPORTED_RESOURCES = ("cpus", "memory", "infra", "job_recovery")
+SUPPORTED_RESOURCES = ("cpus", "memory", "accelerators", "infra", "job_recovery")
 MAX_RESTARTS_ON_ERRORS = 100
 MAX_NUM_NODES = 64
+MAX_GPUS_PER_NODE = 64
 # Matched with fullmatch: `$` would also match before a final newline. ASCII: \d and
 # IGNORECASE would otherwise take other scripts' digits and letters.
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SLURM_PARTITION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
+_GPU_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", re.ASCII)
 _AMOUNT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*", re.IGNORECASE | re.ASCII)
 
 
@@ -44,6 +47,9 @@ class JobRecovery(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 class Resources(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     cpus: int | float | str | None = None     # 4, "4", "4+" (at least 4)
     memory: int | float | str | None = None   # GiB: 8, "8+", "8GB"
+    # GPUs per node: "H100:8", "A100" (one), {"H100": 8} ; alternatives: a list in order of
+    # preference (["H100:8", "A100:8"]) or a set/mapping ({H100: 8, A100: 8}, any of them).
+    accelerators: str | list[str] | dict[str, int | None] | None = None
     infra: str | None = None                  # "local" (default), "ssh/POOL", "slurm[/PART]"
     job_recovery: str | JobRecovery | None = None   # "FAILOVER", or {max_restarts_on_errors: 3}
 
@@ -89,6 +95,67 @@ def parse_amount(field: str, raw: int | float | str | None) -> Amount | None:
     if not m or float(m.group(1)) <= 0:
         raise TaskError(f"resources.{field}: expected a number like 4 or '4+', got {raw!r}")
     return Amount(float(m.group(1)), bool(m.group(2)))
+
+
+class GpuAsk(msgspec.Struct, frozen=True):
+    """`count` GPUs of `model` on each node (the model as the task wrote it)."""
+    model: str
+    count: int
+
+    def __str__(self) -> str:
+        return f"{self.model}:{self.count}"
+
+
+def _gpu_ask(text: str, count: int | None = None) -> GpuAsk:
+    where = "resources.accelerators"
+    model, sep, raw = text.strip().partition(":")
+    if sep:
+        if count is not None:
+            raise TaskError(f"{where}: {text!r}: give the count once (MODEL: COUNT)")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise TaskError(f"{where}: {text!r}: the count after ':' must be a number") from None
+        if value != int(value):
+            raise TaskError(f"{where}: {text!r}: whole GPUs only (fractions are not supported)")
+        count = int(value)
+    if count is None:
+        count = 1
+    if isinstance(count, bool) or not isinstance(count, int):
+        raise TaskError(f"{where}: {model!r}: the count must be a whole number, got {count!r}")
+    if not _GPU_MODEL_RE.fullmatch(model):
+        raise TaskError(f"{where}: {model!r} is not a GPU model name (like H100, A100-80GB)")
+    if not 1 <= count <= MAX_GPUS_PER_NODE:
+        raise TaskError(f"{where}: {model}: the count must be between 1 and "
+                        f"{MAX_GPUS_PER_NODE} per node, got {count}")
+    return GpuAsk(model, count)
+
+
+def parse_accelerators(raw: str | list[str] | dict[str, int | None] | None) -> tuple[GpuAsk, ...]:
+    """The GPU options of a task, in order of preference (none: no GPUs). A list is an
+    order of preference; a mapping (YAML's set `{A, B}` too) names equal alternatives, tried
+    in the order written."""
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        asks = [_gpu_ask(raw)]
+    elif isinstance(raw, list):
+        asks = [_gpu_ask(item) for item in raw]
+    else:
+        asks = [_gpu_ask(model, count) for model, count in raw.items()]
+    if not asks:
+        raise TaskError("resources.accelerators: empty: name a GPU model, like H100:1")
+    seen = set()
+    for a in asks:
+        if a.model.lower() in seen:
+            raise TaskError(f"resources.accelerators: {a.model} is named twice")
+        seen.add(a.model.lower())
+    return tuple(asks)
+
+
+def describe_accelerators(asks: tuple[GpuAsk, ...]) -> str:
+    """How the GPUs asked for read in messages and listings: "H100:8" or "H100:8|A100:8"."""
+    return "|".join(map(str, asks))
 
 
 def shortfall(task: Task, cpus: float, memory_bytes: int) -> str | None:
@@ -165,6 +232,7 @@ def normalise(task: Task) -> Task:
         raise TaskError(f"secrets: {sorted(overlap)[0]!r} is also in envs; name it once")
     parse_amount("cpus", task.resources.cpus)
     parse_amount("memory", task.resources.memory)
+    parse_accelerators(task.resources.accelerators)
     infra_kind(task.resources.infra)
     if not 0 <= max_restarts_on_errors(task) <= MAX_RESTARTS_ON_ERRORS:
         raise TaskError("resources.job_recovery.max_restarts_on_errors: must be between 0 and "

@@ -66,6 +66,8 @@ def _free_ports(n: int) -> list[int]:
 
 class SlurmCluster:
     def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 4000):
+        """`cpus`: what node1 offers (default this host's; more is taken on trust:
+        SlurmdParameters=config_overrides, for benchmarks of many small allocations)."""
         self.root = root
         self.cpus = cpus or os.cpu_count() or 1
         self.memory_mb = memory_mb
@@ -124,6 +126,7 @@ class SlurmCluster:
             "SchedulerParameters=batch_sched_delay=0",
             "MpiDefault=none",
             "ReturnToService=2",
+            *(["SlurmdParameters=config_overrides"] if self.cpus > (os.cpu_count() or 1) else []),
             "GresTypes=gpu",
             "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none",
@@ -246,6 +249,24 @@ class SlurmCluster:
         self.stop()
 
 
+def counting_bin(directory: Path) -> tuple[Path, Path]:
+    """A bin_dir of Slurm's commands that each log one line (`PARENT_PID COMMAND TIME`)
+    before running the real one: how many Slurm commands skyd issues, who issued them and
+    when. (bin dir, log file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    log = directory / "calls.log"
+    log.touch()
+    os.chmod(log, 0o666)                 # workers run as their users
+    os.chmod(directory, 0o755)
+    for cmd in COMMANDS:
+        real = shutil.which(cmd)
+        wrapper = directory / cmd
+        wrapper.write_text(f'#!/bin/bash\necho "$PPID {cmd} $EPOCHREALTIME" >> {log}\n'
+                           f'exec {real} "$@"\n')
+        os.chmod(wrapper, 0o755)
+    return directory, log
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -275,7 +296,14 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # Stopped by Ctrl-C or SIGTERM (a background job ignores SIGINT): the cluster goes too.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))
     with SlurmCluster(root) as cluster:
         print(f"export SLURM_CONF={cluster.conf}", flush=True)

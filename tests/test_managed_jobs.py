@@ -55,8 +55,9 @@ def test_a_job_runs_on_its_own_cluster_which_is_torn_down(daemon, workdir):
     assert (job.status, job.name, job.recoveries, job.exit_code) == ("SUCCEEDED", "hello", 0, 0)
     assert clusters(daemon) == []                      # torn down at the end
     assert daemon.skyctl("jobs", "logs", "1", "--no-follow").stdout == "hello from managed-1\n"
-    ctl = daemon.skyctl("jobs", "logs", "--controller", "1").stdout
-    assert "PENDING -> STARTING" in ctl and "setting-up" in ctl and "Cluster managed-1 is down" in ctl
+    p = daemon.skyctl("jobs", "logs", "--controller", "1")    # skyd's [skyd] lines: on stderr
+    ctl = p.stdout + p.stderr
+    assert "PENDING -> STARTING" in p.stdout and "setting-up" in ctl and "Cluster managed-1 is down" in ctl
     q = json.loads(daemon.skyctl("jobs", "queue", "--json").stdout)
     assert [(j["job_id"], j["status"]) for j in q] == [(1, "SUCCEEDED")]
     table = daemon.skyctl("jobs", "queue", "-a").stdout

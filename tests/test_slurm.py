@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_until, write_task
-from slurm import slurm_cluster  # noqa: F401 - the fixture
+from slurm import counting_bin, slurm_cluster  # noqa: F401 - the fixture
 from skyd import protocol
 
 TASK = """
@@ -115,7 +115,7 @@ run: |
     assert (files / "sky_workdir" / "data.txt").exists()
     d = on_slurm.skyctl("down", "s1", "-y")
     assert d.returncode == 0, d.stderr
-    assert allocation_state(on_slurm.slurm, alloc) == "CANCELLED"
+    assert wait_until(lambda: allocation_state(on_slurm.slurm, alloc) == "CANCELLED", 10)
     assert not files.exists()
     assert on_slurm.call(protocol.ClusterStatus()) == []
 
@@ -172,6 +172,69 @@ def test_a_pending_allocation_shows_slurms_reason_and_its_launch_can_be_cancelle
     assert on_slurm.wait_request(rid).status == "cancelled"
     assert wait_until(lambda: allocation_state(slurm, pending["id"]) == "CANCELLED", 10)
     assert on_slurm.skyctl("down", "s3", "-y").returncode == 0
+
+
+def test_waiting_launches_ask_slurm_nothing_the_daemon_asks_once_per_interval(
+        make_daemon, slurm_cluster, workdir):  # noqa: F811
+    bin_dir, calls = counting_bin(workdir / "bin")
+    config = slurm_config(workdir, slurm_cluster, bin_dir=bin_dir, watch_interval=1.0)
+    d = make_daemon("--config", str(config))
+    try:
+        hog = slurm_cluster.run(["sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}",
+                                 "--mem=100", "--output=/dev/null", "--wrap", "sleep 300"])
+        assert wait_until(lambda: allocation_state(slurm_cluster, hog.stdout.strip()) == "RUNNING", 15)
+        task = write_task(workdir, "t.yaml", TASK + "run: echo never\n")
+        names = [f"w{i}" for i in range(4)]
+        rids = [d.skyctl("launch", "-c", n, "--async", "-y", str(task)).stdout.strip() for n in names]
+        assert wait_until(lambda: all("PENDING (" in cluster(d, n).status_reason for n in names), 30)
+        time.sleep(2.5)                             # every launch reads the daemon's board now
+        seen = len(calls.read_text().splitlines())
+        time.sleep(6)
+        window = [line.split() for line in calls.read_text().splitlines()[seen:]]
+        from_daemon = [cmd for ppid, cmd in window if ppid == str(d.proc.pid)]
+        assert [cmd for ppid, cmd in window if ppid != str(d.proc.pid)] == []
+        assert set(from_daemon) == {"squeue"} and 3 <= len(from_daemon) <= 8, from_daemon
+        for rid in rids:
+            d.skyctl("api", "cancel", rid, "-y")
+        for n in names:
+            assert d.skyctl("down", n, "-y").returncode == 0
+        assert not [j for j in slurm_cluster.jobs() if j["name"].startswith("skyd-w")
+                    and j["state"] == "PENDING"]
+    finally:
+        slurm_cluster.cancel_all()
+        _forget_files(config.read_text().split("files_dir: ")[1].split()[0])
+
+
+def test_gpus_are_slurm_gres_and_cuda_visible_devices_is_slurms(on_slurm, workdir):
+    task = write_task(workdir, "g.yaml", """
+resources:
+  infra: slurm
+  cpus: 1
+  memory: 0.25
+  accelerators: [H100:1, FAKE:2]
+run: echo "gpus=$SKYPILOT_NUM_GPUS_PER_NODE cuda=$CUDA_VISIBLE_DEVICES"
+""")
+    p = on_slurm.skyctl("launch", "-c", "g1", str(task), "-y")
+    assert p.returncode == 0, p.stderr
+    assert "gpus=2 cuda=0,1" in p.stdout
+    assert "Slurm refused gpu:H100:1" in p.stderr and "Slurm refused gpu:FAKE:2" in p.stderr
+    alloc = cluster(on_slurm, "g1").nodes[0].allocation
+    out = on_slurm.slurm.run(["scontrol", "show", "job", alloc]).stdout
+    assert "gres:gpu:fake:2" in out or "gres/gpu:fake=2" in out, out
+    e = on_slurm.skyctl("exec", "g1", "echo step sees $CUDA_VISIBLE_DEVICES")
+    assert "step sees 0,1" in e.stdout
+    for i, (gpus, expected) in enumerate([
+            ("H100:1", "Slurm refused every GPU option of the task (gpu:H100:1, gpu:h100:1)"),
+            ("fake:3", "no node of the default partition offers what the task asks for "
+                       "(--gres=gpu:fake:3)"),
+            ("[A100:2, fake:3]", "Slurm refused every GPU option of the task (gpu:A100:2, "
+                                 "gpu:a100:2, gpu:fake:3)")]):
+        bad = write_task(workdir, f"b{i}.yaml", f"resources:\n  infra: slurm\n  accelerators: {gpus}\n"
+                                                "run: echo never\n")
+        p = on_slurm.skyctl("launch", "-c", f"gb{i}", str(bad), "-y")
+        assert p.returncode != 0 and expected in p.stderr, p.stderr
+        on_slurm.skyctl("down", f"gb{i}", "-y")
+    assert on_slurm.skyctl("down", "g1", "-y").returncode == 0
 
 
 # ---- people -------------------------------------------------------------------------------
@@ -245,7 +308,7 @@ run: |
                                                               "RECOVERING") and not j.teardown_pending)
     assert (job.status, job.recoveries, job.restarts_on_errors) == ("SUCCEEDED", 1, 0)
     assert "second attempt" in on_slurm.skyctl("jobs", "logs", "2", "--no-follow").stdout
-    assert allocation_state(on_slurm.slurm, alloc) == "CANCELLED"
+    assert wait_until(lambda: allocation_state(on_slurm.slurm, alloc) == "CANCELLED", 10)
 
 
 # ---- restarts and faults ------------------------------------------------------------------

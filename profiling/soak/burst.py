@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -92,8 +92,7 @@ class Burst:
 
     def __init__(self, daemon: Any, work_dir: Path, *, clients: int = 4, requests: int = 200,
                  clusters: int = 4, duration: float = 10.0, seed: int | None = None,
-                 mix: dict[str, int] | None = None, timeout: float = 15.0,
-                 on_restart: Callable[[], None] | None = None):
+                 mix: dict[str, int] | None = None, timeout: float = 15.0):
         self.d = daemon
         self.runs = Path(work_dir) / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
@@ -104,7 +103,6 @@ class Burst:
         self.seed = random.randrange(1 << 30) if seed is None else seed
         self.mix = dict(mix or DEFAULT_MIX)
         self.timeout = timeout
-        self.on_restart = on_restart
         self.tally = Tally()
         self.sent: list[Sent] = []
         self._lock = threading.Lock()
@@ -165,8 +163,6 @@ class Burst:
             self.d.stop(sig)
         self.tally.stops.append(f"{signal.Signals(sig).name}@{at:.2f}s")
         self.d.start()
-        if self.on_restart is not None:
-            self.on_restart()
         self.check_present()
 
     def _client(self, i: int) -> None:

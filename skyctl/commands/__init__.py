@@ -111,20 +111,32 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 def add_parser(sub, name: str, summary: str, aliases: tuple[str, ...] = (),
                description: str | None = None) -> argparse.ArgumentParser:
     """A (sub)command's parser, with skyctl's formatter."""
-    text = description or summary[0].upper() + summary[1:] + "."
+    text = description or _describe(summary)
     return sub.add_parser(name, aliases=list(aliases), description=text,
                           formatter_class=Formatter)
 
 
+def _describe(summary: str) -> str:
+    return summary[0].upper() + summary[1:] + "."
+
+
+def command_parser(row: Command) -> argparse.ArgumentParser:
+    """One command's parser alone, as `skyctl NAME` (what a one-shot skyctl builds)."""
+    p = argparse.ArgumentParser(prog=f"skyctl {row.name}", description=_describe(row.summary),
+                                formatter_class=Formatter)
+    importlib.import_module(row.module).ARGUMENTS[row.name](p)
+    return p
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The command table as argparse parsers. With `only` (a command's name), only that
-    command is built: a one-shot skyctl pays for the command it runs."""
+    """The command table as argparse parsers (the shell's, and --help's). With `only` (a
+    command's name), only that command is built."""
+    from skyctl.commands.common import host
     from skyctl.exits import epilog
     from skyd import __version__
     parser = argparse.ArgumentParser(prog="skyctl", usage=USAGE, description=_groups(),
                                      epilog=epilog(), formatter_class=Formatter)
     parser.add_argument("--version", action="version", version=f"skyctl {__version__}")
-    from skyctl.commands.common import host
     host(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
                                 prog="skyctl", help=argparse.SUPPRESS)
@@ -140,16 +152,20 @@ def parse(argv: list[str], parser: argparse.ArgumentParser | None = None) -> arg
     """A command line as the CLI and the shell read it. Words argparse does not know
     after a task command's words are part of that command (`skyctl launch -c dev python
     train.py --epochs 3`, as `sky launch` takes it); elsewhere they are an error."""
-    if parser is None:
-        parser = build_parser(only=_command_word(argv))
-    args, extras = parser.parse_known_args(argv)
+    row = row_of(argv[0]) if parser is None and argv else None
+    if row is not None:         # `skyctl COMMAND ...`: its parser alone (cold start)
+        parser = command_parser(row)
+        args, extras = parser.parse_known_args(argv[1:])
+        args.command = row.name
+    else:
+        parser = parser or build_parser(only=_command_word(argv))
+        args, extras = parser.parse_known_args(argv)
     if extras:
         words = getattr(args, "words", None)
-        own = getattr(args, "parser_", parser)
+        own: argparse.ArgumentParser = getattr(args, "parser_", parser)
         if extras[0] == "--":
             extras = extras[1:]
-        unknown = _option_before_words(own, argv) if words is not None else extras[0]
-        if unknown is not None:
+        if words is None or _option_before_words(own, argv) is not None:
             own.error(f"unrecognized arguments: {' '.join(extras)}")
         words.extend(extras)
     return args

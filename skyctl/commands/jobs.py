@@ -14,7 +14,7 @@ import sys
 from skyctl import output
 from skyctl.commands.common import common, completes, is_pattern, job_id, resolve_clusters, yes
 from skyctl.context import Ctx
-from skyctl.exits import OK, USAGE, UsageError, exit_code
+from skyctl.exits import OK, UsageError, exit_code
 from skyctl.follow import follow_job
 from skyctl.output import LogWriter
 from skyd import protocol
@@ -104,9 +104,8 @@ def run_logs(ctx: Ctx, args: argparse.Namespace) -> int:
     if args.status:
         job = _job(ctx, args.cluster, wanted)
         if job is None:
-            output.error(f"cluster {args.cluster!r} has " +
-                         (f"no job {wanted}" if wanted else "no job yet"))
-            return USAGE
+            raise UsageError(f"cluster {args.cluster!r} has " +
+                             (f"no job {wanted}" if wanted else "no job yet"))
         if ctx.json:
             output.print_json(job)
         else:

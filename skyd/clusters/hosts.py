@@ -1,22 +1,26 @@
-"""The ssh node pools' hosts: which serve a cluster, which are free, which did not answer
-last time; allocating free ones to a new cluster; and a cluster's health as its nodes
-start or stop answering."""
+"""The ssh node pools' hosts: which serve clusters, which are free, which did not answer
+last time; a new cluster's nodes on the hosts placement gave it; and a cluster's health as
+its nodes start or stop answering."""
 
 from __future__ import annotations
 
 from skyd.clusters.registry import Registry
 from skyd.infra.nodepools import NodePools, Pool, PoolError
 from skyd.infra.ssh import node_dir as ssh_node_dir
-from skyd.protocol import ClusterState, ErrorCode, NodeInfo, SkydError
+from skyd.protocol import ClusterState, ErrorCode, HeldSlice, NodeInfo, SkydError
 
 
 class HostPools:
-    def __init__(self, registry: Registry, pools: NodePools | None):
+    def __init__(self, registry: Registry, pools: NodePools | None,
+                 trouble: dict[str, str] | None = None, gpus_lost: dict[str, str] | None = None):
         self.registry = registry
         self.pools = pools
         # ssh hosts that did not answer last time (address -> why): new clusters take
         # the pool's other free hosts first.
-        self.trouble: dict[str, str] = {}
+        self.trouble: dict[str, str] = trouble if trouble is not None else {}
+        # Clusters whose GPUs their host no longer reports (placements.py): UNHEALTHY
+        # whatever their nodes answer.
+        self.gpus_lost: dict[str, str] = gpus_lost if gpus_lost is not None else {}
 
     def pool_map(self) -> dict[str, Pool]:
         try:
@@ -37,9 +41,21 @@ class HostPools:
         return pool
 
     def owners(self) -> dict[tuple[str, int], str]:
-        """(ip, port) of every ssh host serving a cluster -> that cluster's name."""
-        return {(n.ip, n.port): e.record.name for e in self.registry.clusters.values()
-                if e.record.infra.startswith("ssh/") for n in e.record.nodes}
+        """(ip, port) of every ssh host serving a cluster -> one cluster's name (the
+        first launched; clusters_on() has them all)."""
+        out: dict[tuple[str, int], str] = {}
+        for (ip, port), names in self.clusters_on().items():
+            out[(ip, port)] = names[0]
+        return out
+
+    def clusters_on(self) -> dict[tuple[str, int], list[str]]:
+        """(ip, port) of every ssh host serving clusters -> their names."""
+        out: dict[tuple[str, int], list[str]] = {}
+        for e in self.registry.clusters.values():
+            if e.record.infra.startswith("ssh/"):
+                for n in e.record.nodes:
+                    out.setdefault((n.ip, n.port), []).append(e.record.name)
+        return out
 
     def free_hosts(self, pool_name: str) -> int:
         """Hosts of the pool serving no cluster (0 for an unknown pool)."""
@@ -52,21 +68,18 @@ class HostPools:
         taken = self.owners()
         return sum((h.ip, h.port) not in taken for h in pool.hosts)
 
-    def allocate(self, cluster: str, pool_name: str | None, num_nodes: int, uid: int,
-                 login: str) -> list[NodeInfo]:
-        """Free hosts of the pool, in the pool's order: a host serves one cluster at a time.
-        The nodes are reached as the owner (uid, login) unless the pool has a shared login."""
-        pool = self.pool(pool_name, num_nodes)
-        taken = self.owners()
-        free = [h for h in pool.hosts if (h.ip, h.port) not in taken]
-        free.sort(key=lambda h: h.address in self.trouble)    # stable: pool order
-        if len(free) < num_nodes:
-            raise SkydError(ErrorCode.UNAVAILABLE,
-                            f"pool {pool.name!r} has {len(free)} free host(s) of "
-                            f"{len(pool.hosts)}; the task needs {num_nodes}",
-                            "down a cluster on this pool, or add hosts to it")
-        return [pool.node(h, i, ssh_node_dir(cluster, i), uid, login)
-                for i, h in enumerate(free[:num_nodes])]
+    def nodes_for(self, cluster: str, pool_name: str | None, held: list[HeldSlice], uid: int,
+                  login: str) -> list[NodeInfo]:
+        """The nodes of a new cluster on the hosts placement gave it (`held`, by rank).
+        They are reached as the owner (uid, login) unless the pool has a shared login."""
+        pool = self.pool(pool_name, len(held))
+        by_key = {h.key: h for h in pool.hosts}
+        missing = [s.host for s in held if s.host not in by_key]
+        if missing:
+            raise SkydError(ErrorCode.UNAVAILABLE, f"host {missing[0]} is no longer in pool "
+                            f"{pool.name!r}", "launch again: it is placed on the pool's hosts")
+        return [pool.node(by_key[s.host], s.rank, ssh_node_dir(cluster, s.rank), uid, login)
+                for s in sorted(held, key=lambda s: s.rank)]
 
     def node_health(self, host: str, ok: bool, reason: str) -> None:
         """A node started or stopped answering: its cluster is UNHEALTHY while one of its
@@ -81,5 +94,5 @@ class HostPools:
                 continue
             if not ok and rec.status == ClusterState.UP:
                 self.registry.update(entry, status=ClusterState.UNHEALTHY, status_reason=reason)
-            elif ok and rec.status == ClusterState.UNHEALTHY:
+            elif ok and rec.status == ClusterState.UNHEALTHY and rec.name not in self.gpus_lost:
                 self.registry.update(entry, status=ClusterState.UP, status_reason="")

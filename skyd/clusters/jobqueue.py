@@ -1,5 +1,7 @@
 """Each cluster's job queue: the jobs not yet finished, started in submission order while
-they fit, watched through pidfds so that their end is recorded the moment it happens.
+they fit (CPUs, and GPUs: each job gets its own indices of what its cluster holds on each
+node, named by CUDA_VISIBLE_DEVICES), watched through pidfds so that their end is recorded
+the moment it happens.
 
 Saving a job never starts one: `start_ready(cluster)` is the explicit step, taken where
 room may have appeared — a job was queued or ended, the cluster came up, the daemon
@@ -13,6 +15,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import msgspec
 
@@ -21,7 +24,7 @@ from skyd.clusters.registry import Registry
 from skyd.identity import user_identity
 from skyd.infra.base import JobHandle, JobRunner, handle_dec, handle_enc
 from skyd.infra.local import control_dir, control_root
-from skyd.protocol import CLUSTER_RUNNABLE, JOB_FINISHED, JobRecord, JobStatus, NodeInfo
+from skyd.protocol import CLUSTER_RUNNABLE, JOB_FINISHED, ClusterRecord, JobRecord, JobStatus, NodeInfo
 from skyd.requests.messages import JobEntry
 from skyd.streams import Topic
 
@@ -36,13 +39,21 @@ class LiveJob:
     topic: Topic = field(default_factory=Topic)
     watcher: asyncio.Task | None = None
     starting: bool = False        # its runner is spawning it
+    assigned: dict[int, list[int] | None] = field(default_factory=dict)  # rank -> its GPUs
+
+    def gpus(self) -> dict[int, list[int] | None]:
+        """The GPU indices it holds on each node (rank), once started or starting."""
+        if self.handle is not None and self.handle.spawned:
+            return {np.rank: np.gpus for np in self.handle.nodes}
+        return self.assigned
 
 
 class JobQueue:
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, has_gpus: Callable[[str], bool] = lambda host: False):
         self.registry = registry
         self.store = registry.store
         self.jobs: dict[tuple[str, int], LiveJob] = {}    # jobs not yet finished
+        self.has_gpus = has_gpus      # does this host (ledger key) have GPUs to keep jobs from
 
     async def load(self) -> None:
         """The unfinished jobs (after the clusters): watch the started ones again."""
@@ -134,15 +145,37 @@ class JobQueue:
                        if c == cluster and j.handle is not None),
                       key=lambda jh: jh[0].record.job_id)
         used = sum(h.cpus for j, h in jobs if h.spawned or j.starting)
-        room = min((runner.capacity(n) for n in nodes), default=0.0)
+        held = {s.rank: s for s in entry.record.held}
+        # CPUs: what the cluster holds of each node if it asked for some, else the node's.
+        room = min((held[n.rank].cpus if n.rank in held and held[n.rank].cpus else
+                    runner.capacity(n) for n in nodes), default=0.0)
+        free = self._free_gpus(entry.record, nodes, [j for j, h in jobs if h.spawned or j.starting])
         for live, handle in jobs:
             if handle.spawned or live.starting:
                 continue
             if used + handle.cpus > room + 1e-9 and used > 0:
                 break      # it waits for room; so do the jobs behind it
+            gpus = _take_gpus(free, handle.gpus)
+            if gpus is None:
+                break      # it waits for GPUs; so do the jobs behind it
             used += handle.cpus
-            live.starting = True
+            live.starting, live.assigned = True, gpus
             asyncio.get_running_loop().create_task(self._start(live, handle, runner, nodes))
+
+    def _free_gpus(self, record: ClusterRecord, nodes: list[NodeInfo],
+                   busy: list[LiveJob]) -> dict[int, list[int] | None]:
+        """Per node (rank): the cluster's GPUs there that no running job holds; None on a
+        host without GPUs (nothing to keep a job from)."""
+        held = {s.rank: s.gpus for s in record.held}
+        free: dict[int, list[int] | None] = {}
+        for n in nodes:
+            key = "local" if record.infra == "local" else f"{n.ip}:{n.port}"
+            if record.infra.startswith("slurm") or not (held.get(n.rank) or self.has_gpus(key)):
+                free[n.rank] = None
+                continue
+            taken = {i for j in busy for i in (j.gpus().get(n.rank) or [])}
+            free[n.rank] = [i for i in held.get(n.rank, []) if i not in taken]
+        return free
 
     async def _start(self, live: LiveJob, prepared: JobHandle, runner: JobRunner,
                      nodes: list[NodeInfo]) -> None:
@@ -152,9 +185,10 @@ class JobQueue:
         owner = entry.record.uid if entry is not None else rec.uid
         # Where its output and exit status go is the daemon's choice, never the worker's.
         state_dir = self.registry.state_dir
+        # Which GPUs it uses, too: those start_ready gave it (CUDA_VISIBLE_DEVICES).
         handle = msgspec.structs.replace(prepared, nodes=[
             msgspec.structs.replace(np, ctl=control_dir(state_dir, rec.cluster, rec.job_id,
-                                                        np.rank))
+                                                        np.rank), gpus=live.assigned.get(np.rank))
             for np in prepared.nodes])
         try:
             handle = await runner.spawn(handle, nodes, owner, user_identity(owner)[1])
@@ -216,9 +250,30 @@ class JobQueue:
         await runner.cancel(live.handle, nodes)
         return True
 
+    def job_gpus(self) -> dict[tuple[str, int, int], int]:
+        """(cluster, rank, GPU index) -> the job using it now."""
+        return {(c, rank, i): jid for (c, jid), live in self.jobs.items()
+                for rank, gpus in live.gpus().items() for i in gpus or []}
+
     async def close(self) -> None:
         for live in self.jobs.values():
             if live.watcher is not None:
                 live.watcher.cancel()
                 with contextlib.suppress(BaseException):
                     await live.watcher
+
+
+def _take_gpus(free: dict[int, list[int] | None], count: int) -> dict[int, list[int] | None] | None:
+    """`count` GPUs on every node, taken from `free` (None: some node has too few). A job
+    that asks for none gets none ([]: every GPU of a GPU host hidden from it)."""
+    if any(f is not None and len(f) < count for f in free.values()):
+        return None
+    if count and any(f is None for f in free.values()):
+        return None
+    taken: dict[int, list[int] | None] = {}
+    for rank, f in free.items():
+        if f is None:
+            taken[rank] = None
+        else:
+            taken[rank], free[rank] = f[:count], f[count:]
+    return taken

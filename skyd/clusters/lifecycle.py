@@ -14,6 +14,8 @@ from typing import Callable
 import msgspec
 
 from skyd import privilege, protocol
+from skyd.clusters.gpuchecks import job_gpus
+from skyd.infra.gpus import gpu_env
 from skyd.infra.base import JobHandle, Provisioner, handle_dec, handle_enc, node_ips
 from skyd.protocol import (JOB_FINISHED, ClusterRecord, ClusterState, ErrorCode, Exec, JobRecord,
                            JobStatus, Launch, LaunchResult, NodeInfo, SkydError)
@@ -38,7 +40,14 @@ def task_env(ctx: WorkerContext, task: Task, cluster: ClusterRecord, node: NodeI
     env[prefix + "NODE_RANK"] = str(node.rank)
     env[prefix + "NODE_IPS"] = ips
     env[prefix + "NUM_NODES"] = str(cluster.num_nodes)
-    env["SKYPILOT_NUM_GPUS_PER_NODE"] = "0"
+    # GPUs: setup sees what the node holds; a job, the GPUs it asked for (which ones, the
+    # daemon says when it starts it: CUDA_VISIBLE_DEVICES).
+    held = next((s for s in cluster.held if s.rank == node.rank), None)
+    if setup:
+        env["SKYPILOT_NUM_GPUS_PER_NODE"] = str(len(held.gpus) if held else 0)
+        env.update(gpu_env(held.gpus if held else None))
+    else:
+        env["SKYPILOT_NUM_GPUS_PER_NODE"] = str(job_gpus(cluster, task))
     env["SKYPILOT_CLUSTER_NAME"] = cluster.name
     if job_id is not None:
         stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(a.jobs[0].record.submitted_at))
@@ -90,6 +99,7 @@ def _run_task(ctx: WorkerContext, task: Task, cluster: ClusterRecord, with_setup
     cpus = parse_amount("cpus", task.resources.cpus)
     if cpus is not None:
         handle = msgspec.structs.replace(handle, cpus=cpus.value)
+    handle = msgspec.structs.replace(handle, gpus=job_gpus(cluster, task))
     # The daemon starts it, in submission order, when the cluster has room for it.
     _save_job(ctx, job, JobStatus.PENDING, handle)
     ctx.say(f"Job {job.job_id} submitted to cluster {cluster.name}.")

@@ -8,7 +8,7 @@ import secrets
 
 from skyd.identity import user_identity
 from skyd.protocol import ErrorCode, SkydError
-from skyd.taskspec import Task
+from skyd.taskspec import Task, describe_accelerators, parse_accelerators
 
 MANAGED_PREFIX = "managed-"      # managed job N runs on cluster managed-N
 
@@ -35,4 +35,7 @@ def describe_resources(task: Task) -> str:
         parts.append(f"cpus={task.resources.cpus}")
     if task.resources.memory is not None:
         parts.append(f"mem={task.resources.memory}")
+    gpus = parse_accelerators(task.resources.accelerators)
+    if gpus:
+        parts.append(f"gpus={describe_accelerators(gpus)}")
     return ", ".join(parts) or "-"

@@ -21,11 +21,15 @@ class NodeProc(msgspec.Struct):
     jobdir: str         # the job's files in its owner's space (script, environment)
     log: str
     ctl: str = ""       # local: the daemon's control directory (skyd.privilege.JobFiles)
+    # The GPU indices of its host it may use (CUDA_VISIBLE_DEVICES; [] none of them), given
+    # by the daemon when it starts the job; None: its host has no GPUs to keep it from.
+    gpus: list[int] | None = None
 
 
 class JobHandle(msgspec.Struct):
     nodes: list[NodeProc]
     cpus: float = 0.5      # what the job takes on each node while it runs (SkyPilot's default)
+    gpus: int = 0          # GPUs it takes on each node while it runs
 
     @property
     def spawned(self) -> bool:

@@ -61,6 +61,11 @@ class PoolHost(msgspec.Struct, frozen=True):
     def address(self) -> str:
         return f"{self.user}@{self.ip}:{self.port}" if self.user else f"{self.ip}:{self.port}"
 
+    @property
+    def key(self) -> str:
+        """The machine, whatever login reaches it: its key in the host ledger."""
+        return f"{self.ip}:{self.port}"
+
 
 class Pool(msgspec.Struct, frozen=True):
     name: str
@@ -197,11 +202,14 @@ class NodePools:
         self.path = path
         self._stamp: tuple[int, int] | None = None
         self._pools: dict[str, Pool] = {}
+        self.version = 0        # moves each time the file is read again (it changed)
 
     def get(self) -> dict[str, Pool]:
         try:
             st = self.path.stat()
         except FileNotFoundError:
+            if self._stamp is not None:
+                self.version += 1
             self._stamp, self._pools = None, {}
             return self._pools
         stamp = (st.st_mtime_ns, st.st_size)
@@ -213,6 +221,7 @@ class NodePools:
                 raise PoolError(f"{self.path} is not valid YAML: {e}") from None
             self._pools = parse(doc, str(self.path))
             self._stamp = stamp
+            self.version += 1
         return self._pools
 
 

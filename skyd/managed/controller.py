@@ -19,7 +19,7 @@ import asyncio
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 import msgspec
 
@@ -55,7 +55,8 @@ class JobsController:
         self.next_id = 1
         self.journal = Journal(store, state, logs_dir, scheduler.log_path)
         self.admission = Admission(state.hosts, parallelism,
-                                   lambda job: self.machine.start(job, admitted=True))
+                                   lambda job: self.machine.start(job, admitted=True),
+                                   state.placements)
         self.machine = StateMachine(store, scheduler, state, self.journal, self.admission,
                                     self.jobs, is_admin, recover_after)
         state.registry.listeners.append(self._cluster_changed)
@@ -91,13 +92,16 @@ class JobsController:
 
     # ---- submission -----------------------------------------------------------------------
 
-    async def submit(self, op: protocol.JobsLaunch, caller: Caller
+    async def submit(self, op: protocol.JobsLaunch, caller: Caller,
+                     with_insert: Callable[[RequestRecord], Awaitable[object]] | None = None
                      ) -> tuple[RequestRecord, ManagedJobRecord, int]:
-        """Validate, store the job and its request in one commit, queue it."""
+        """Validate, store the job and its request in one commit, queue it.
+        `with_insert(request)`: writes to commit with them (an idempotency key)."""
         if not self.scheduler.accepting:
             raise SkydError(ErrorCode.UNAVAILABLE, "the server is shutting down",
                             "retry in a few seconds")
-        task = check_task(op, self.state.hosts, self.state.host)
+        task = check_task(op, self.state.hosts, self.state.host, self.state.placements,
+                          caller.uid)
         now = time.time()
         job_id, self.next_id = self.next_id, self.next_id + 1
         rid = str(uuid.uuid4())
@@ -106,7 +110,8 @@ class JobsController:
             user=caller.user, uid=caller.uid, submitted_at=now,
             infra=infra_name(task.resources.infra),
             resources=describe_resources(task), cluster=f"{MANAGED_PREFIX}{job_id}",
-            max_restarts_on_errors=max_restarts_on_errors(task), submit_request=rid)
+            max_restarts_on_errors=max_restarts_on_errors(task), submit_request=rid,
+            priority=op.priority)
         request = RequestRecord(id=rid, name="jobs_launch", queue=Queue.JOBS,
                                 status=Status.SUCCEEDED, user=caller.user, uid=caller.uid,
                                 created_at=now, cluster=record.cluster, started_at=now,
@@ -114,7 +119,8 @@ class JobsController:
         op = msgspec.structs.replace(op, task=task)
         await asyncio.gather(self.store.add_finished_request(request, _enc.encode(op),
                                                              _enc.encode(record)),
-                             self.store.add_managed_job(record, _enc.encode(task)))
+                             self.store.add_managed_job(record, _enc.encode(task)),
+                             *(() if with_insert is None else (with_insert(request),)))
         job = Job(record, task)
         self.jobs[job_id] = job
         self.admission.add(job)
@@ -137,7 +143,7 @@ class JobsController:
             return CancelResult.CANCELLING
         if job_id in self.admission.pending:
             # Only a queued row: it never starts.
-            del self.admission.pending[job_id]
+            self.admission.forget(job_id)
             await self.journal.set(job, cancel_requested=True)
             await self.journal.finish(job, ManagedJobStatus.CANCELLED,
                                       "cancelled before it started", teardown=False)

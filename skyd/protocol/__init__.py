@@ -16,19 +16,20 @@ from __future__ import annotations
 import enum
 import socket
 import struct
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from skyd.protocol.ops import (MAX_WIRE_INT, OPS, AnyOp, ApiCancel, ApiInfo, ApiLogs, ApiStatus,
                                Autostop, ByteOffset, CancelJobs, ClusterStatus, Count, Down, Exec,
-                               InfraStatus, JobId, JobLogs, JobQueue, JobsCancel, JobsLaunch,
-                               JobsLogs, JobsQueue, Launch, Op, Start, Stop, TimeLimit)
+                               GpuStatus, InfraStatus, JobId, JobLogs, JobQueue, JobsCancel, JobsLaunch,
+                               JobsLogs, JobsQueue, Launch, Op, Start, Stop, TimeLimit,
+                               TokenCreate, TokenList, TokenName, TokenRevoke)
 from skyd.protocol.records import (CLUSTER_RUNNABLE, FINISHED, JOB_FINISHED, MANAGED_ACTIVE,
                                    MANAGED_FINISHED, MANAGED_STEPS, ClusterRecord, ClusterState,
-                                   HostRecord, JobRecord, JobStatus, LaunchResult, Limits,
+                                   GpuHost, GpuSlot, HeldSlice, HostRecord, JobRecord, JobStatus, LaunchResult, Limits,
                                    ManagedJobRecord, ManagedJobStatus, NodeInfo, Queue,
-                                   RequestRecord, ServerInfo, Status)
+                                   RequestRecord, ServerInfo, Status, TokenRecord)
 
 __all__ = [
     # statuses (records.py)
@@ -36,15 +37,16 @@ __all__ = [
     "JOB_FINISHED", "ManagedJobStatus", "MANAGED_STEPS", "MANAGED_ACTIVE", "MANAGED_FINISHED",
     # records (records.py)
     "RequestRecord", "NodeInfo", "ClusterRecord", "JobRecord", "ManagedJobRecord", "HostRecord",
-    "LaunchResult", "ServerInfo", "Limits",
+    "LaunchResult", "ServerInfo", "Limits", "TokenRecord", "HeldSlice", "GpuSlot", "GpuHost",
     # ops (ops.py)
     "Op", "TimeLimit", "MAX_WIRE_INT", "JobId", "ByteOffset", "Count", "Launch", "Exec", "Stop",
     "Start", "Down", "Autostop", "ClusterStatus", "JobQueue", "JobLogs", "CancelJobs",
-    "InfraStatus", "JobsLaunch", "JobsQueue", "JobsLogs", "JobsCancel", "ApiStatus", "ApiLogs",
-    "ApiCancel", "ApiInfo", "AnyOp", "OPS",
+    "InfraStatus", "GpuStatus", "JobsLaunch", "JobsQueue", "JobsLogs", "JobsCancel", "ApiStatus", "ApiLogs",
+    "ApiCancel", "ApiInfo", "TokenName", "TokenCreate", "TokenList", "TokenRevoke", "AnyOp", "OPS",
     # errors and frames (here)
     "ErrorCode", "Error", "SkydError",
-    "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "HEADER", "Hello", "Submit",
+    "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "HEADER", "Token",
+    "IdempotencyKey", "Hello", "Submit",
     "Welcome", "Accepted", "Chunk", "Notice", "End", "Result", "ClientMsg", "ServerMsg",
     "FrameTooLarge", "encode_frame", "recv_exact", "recv_frame", "send_msg",
 ]
@@ -92,14 +94,28 @@ class SkydError(Exception):
 
 # ---- frames -------------------------------------------------------------------------------
 
-class Hello(msgspec.Struct, tag="hello", tag_field="t"):
+# A bearer token (TCP only; on the Unix socket the kernel says who calls) and an
+# idempotency key are bounded at decoding: both are read before anything else is checked.
+Token = Annotated[str, msgspec.Meta(max_length=256)]
+IdempotencyKey = Annotated[str, msgspec.Meta(max_length=128)]
+
+
+class Hello(msgspec.Struct, tag="hello", tag_field="t", omit_defaults=True):
     protocol: int
     client: str = ""
+    token: Token = ""    # TCP: the bearer token (skyd token create); "" on the Unix socket
+
+    def __repr__(self) -> str:          # a token never reaches a log or a traceback
+        return f"Hello(protocol={self.protocol!r}, client={self.client!r}, " \
+               f"token={'<hidden>' if self.token else ''!r})"
 
 
-class Submit(msgspec.Struct, tag="submit", tag_field="t"):
+class Submit(msgspec.Struct, tag="submit", tag_field="t", omit_defaults=True):
     op: AnyOp
     wait: bool = True    # False: answer "accepted" and return (--async)
+    # Client-made, unique per submission: a retry with the same key (after a lost
+    # connection or a restart) answers the first attempt's request instead of a new one.
+    idempotency_key: IdempotencyKey = ""
 
 
 class Welcome(msgspec.Struct, tag="welcome", tag_field="t"):

@@ -8,8 +8,8 @@ from typing import Annotated, Any, ClassVar
 
 import msgspec
 
-from skyd.protocol.records import (ClusterRecord, HostRecord, JobRecord, LaunchResult,
-                                   ManagedJobRecord, Queue, RequestRecord, ServerInfo)
+from skyd.protocol.records import (ClusterRecord, GpuHost, HostRecord, JobRecord, LaunchResult,
+                                   ManagedJobRecord, Queue, RequestRecord, ServerInfo, TokenRecord)
 from skyd.taskspec import Task
 
 
@@ -115,19 +115,31 @@ class CancelJobs(Op, tag="cancel"):
     all: bool = False
 
 
-class InfraStatus(Op, tag="infra"):
-    """The ssh node pools and their hosts: reachable, CPUs, memory, which cluster."""
+class InfraStatus(Op, tag="infra", omit_defaults=True):
+    """The ssh node pools and their hosts: reachable, CPUs, memory, GPUs, which clusters."""
     schedule = Queue.SHORT
     result = list[HostRecord]
     pools: list[str] = []
+    refresh: bool = False         # detect the hosts' GPUs again (as the caller reaches them)
 
 
-class JobsLaunch(Op, tag="jobs_launch"):
+class GpuStatus(Op, tag="gpus", omit_defaults=True):
+    """GPUs per host (the daemon's own and the pools'): model, total, free, who holds them."""
+    schedule = Queue.SHORT
+    result = list[GpuHost]
+    pools: list[str] = []         # "local" names the daemon's host
+
+
+Priority = Annotated[int, msgspec.Meta(ge=0, le=1000)]
+
+
+class JobsLaunch(Op, tag="jobs_launch", omit_defaults=True):
     """Queue a managed job: accepted once durable; the jobs controller runs it."""
     schedule = Queue.JOBS
     result = ManagedJobRecord
     task: Task
     name: str | None = None
+    priority: Priority = 500      # among the caller's own jobs: higher goes first
 
 
 class JobsQueue(Op, tag="jobs_queue"):
@@ -187,7 +199,32 @@ class ApiInfo(Op, tag="api_info"):
     result = ServerInfo
 
 
+# Bearer tokens for TCP (`skyd token`): admins only, checked by the daemon; a token for
+# anyone but yourself needs root. Inline: no queue, nothing stored as a request.
+TokenName = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]*$")]
+
+
+class TokenCreate(Op, tag="token_create", omit_defaults=True):
+    schedule = Queue.INLINE
+    result = TokenRecord
+    name: TokenName
+    user: str = ""                  # "": the caller
+    admin: bool = False
+    expires_in: Annotated[float, msgspec.Meta(gt=0)] | None = None   # seconds; None: never
+
+
+class TokenList(Op, tag="token_list"):
+    schedule = Queue.INLINE
+    result = list[TokenRecord]
+
+
+class TokenRevoke(Op, tag="token_revoke"):
+    schedule = Queue.INLINE
+    result = TokenRecord
+    name: str                       # its name or id
+
+
 AnyOp = (Launch | Exec | Stop | Start | Down | Autostop | ClusterStatus | JobQueue | JobLogs
-         | CancelJobs | InfraStatus | JobsLaunch | JobsQueue | JobsLogs | JobsCancel
-         | ApiStatus | ApiLogs | ApiCancel | ApiInfo)
+         | CancelJobs | InfraStatus | GpuStatus | JobsLaunch | JobsQueue | JobsLogs | JobsCancel
+         | ApiStatus | ApiLogs | ApiCancel | ApiInfo | TokenCreate | TokenList | TokenRevoke)
 OPS: dict[str, type[Op]] = {c.__struct_config__.tag: c for c in AnyOp.__args__}

@@ -110,6 +110,7 @@ class RequestRecord(msgspec.Struct, omit_defaults=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    waiting: str = ""        # pending: why it has not started (e.g. the GPUs it waits for)
 
 
 class NodeInfo(msgspec.Struct, omit_defaults=True):
@@ -129,6 +130,18 @@ class NodeInfo(msgspec.Struct, omit_defaults=True):
     allocation: str = ""  # slurm: the batch job (allocation) holding the node
 
 
+class HeldSlice(msgspec.Struct, omit_defaults=True):
+    """What one node of a cluster holds of its host (the host ledger, skyd.clusters.ledger):
+    given back at `down`; its GPUs also at `stop`."""
+    rank: int
+    host: str                # the host: "local", or ip:port of a pool's host
+    cpus: float = 0.0
+    memory_bytes: int = 0
+    gpus: list[int] = []     # GPU indices on the host (nvidia-smi's)
+    gpu_model: str = ""
+    exclusive: bool = False  # the whole host (an ssh cluster that asked for nothing)
+
+
 class ClusterRecord(msgspec.Struct, omit_defaults=True):
     name: str
     status: ClusterState     # INIT, UP, UNHEALTHY (UP but a node does not answer), STOPPED
@@ -143,6 +156,7 @@ class ClusterRecord(msgspec.Struct, omit_defaults=True):
     status_reason: str = ""  # why it is in its status (e.g. which node does not answer)
     autostop: float = -1.0   # idle minutes before it stops itself (-1: never)
     autostop_down: bool = False  # ... and is torn down instead of stopped
+    held: list[HeldSlice] = []   # what its nodes hold of their hosts (CPUs, memory, GPUs)
 
 
 class JobRecord(msgspec.Struct, omit_defaults=True):
@@ -187,6 +201,7 @@ class ManagedJobRecord(msgspec.Struct, omit_defaults=True):
     submit_request: str = ""       # the jobs_launch request that created it
     cancel_requested: bool = False
     teardown_pending: bool = False  # its cluster still has to be torn down
+    priority: int = 500             # among its owner's own jobs: higher goes first (0-1000)
 
 
 class HostRecord(msgspec.Struct, omit_defaults=True):
@@ -200,6 +215,32 @@ class HostRecord(msgspec.Struct, omit_defaults=True):
     cluster: str | None = None       # the cluster it serves now, if any
     error: str = ""
     shared_login: bool = False       # one login for everyone: users are not isolated
+    gpus: list[GpuSlot] = []         # its GPUs as the ledger knows them
+    gpu_error: str = ""              # why its GPUs could not be detected
+    clusters: list[str] = []         # every cluster with a slice of it (others' as "(in use)")
+
+
+class GpuSlot(msgspec.Struct, omit_defaults=True):
+    """One GPU of a host and who holds it."""
+    index: int
+    model: str               # as tasks name it: H100, A100-80GB
+    name: str = ""           # as nvidia-smi names it
+    memory_mib: int = 0
+    user: str = ""           # who holds it ("": free)
+    cluster: str = ""        # the cluster holding it (someone else's: "(in use)")
+    job_id: int = 0          # the job of that cluster using it now (0: none)
+    reserved: bool = False   # placed for a request that has not created its cluster yet
+
+
+class GpuHost(msgspec.Struct, omit_defaults=True):
+    """A host's GPUs (`skyctl gpus`): local (the daemon's host) or a pool's host."""
+    pool: str                # "local", or the ssh node pool
+    host: str                # "local", or ip:port
+    gpus: list[GpuSlot] = []
+    error: str = ""          # the last detection failed: why (its last known GPUs are shown)
+    probed_at: float = 0.0   # when its GPUs were last detected (0: never)
+    isolation: str = "environment"   # how jobs are kept to their GPUs: CUDA_VISIBLE_DEVICES only
+    unhealthy: list[str] = []        # clusters holding GPUs the host no longer reports
 
 
 class LaunchResult(msgspec.Struct):
@@ -228,6 +269,8 @@ class ServerInfo(msgspec.Struct):
     long_peak: int = 0
     limits: Limits | None = None   # None: a server older than the limits
     node_pools: str = ""     # the ssh node pools file it reads ("": a server older than this)
+    tcp: str = ""            # the TCP address it also listens on ("": none)
+    tls: bool = False        # TCP connections are TLS
 
 
 class Limits(msgspec.Struct):
@@ -243,3 +286,21 @@ class Limits(msgspec.Struct):
     long_timeout: float             # default time limit of a long request, seconds
     request_log_bytes: int          # output kept per request log
     job_log_bytes: int = 0          # output kept per job and node (local infra)
+    max_gpus_per_user: int = 0      # GPUs one user may hold at once
+    max_clusters_per_user: int = 0  # clusters one user may have at once
+    tcp_handshake_timeout: float = 0.0   # TCP: seconds for TLS and a hello with a valid token
+    tcp_auth_failures: int = 0      # TCP: failed logins per address and minute before it waits
+
+
+class TokenRecord(msgspec.Struct, omit_defaults=True):
+    """A bearer token for TCP (`skyd token`): who it acts as. Its secret exists only in
+    the answer to its creation (`token`); the daemon keeps a hash."""
+    id: str                         # a short public id (list, revoke)
+    name: str
+    user: str                       # work submitted with it runs as this user
+    uid: int
+    admin: bool                     # the bearer is an admin (else: as the user is)
+    created_at: float
+    created_by: str
+    expires_at: float | None = None   # None: never
+    token: str = ""                 # the secret, in the answer to `create` only

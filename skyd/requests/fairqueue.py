@@ -2,8 +2,9 @@
 
 Round robin across users, the one served least recently first; FIFO within a user; a
 user at their share of slots waits. A request on a target (the cluster it names) waits
-for the earlier ones on the same target, whoever sent them. No I/O here: the scheduler
-starts what this hands it.
+for the earlier ones on the same target, whoever sent them. A held request (the workload
+said it must wait, e.g. for room on hosts) keeps its place on its target but has no turns
+until it is released. No I/O here: the scheduler starts what this hands it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class FairQueue:
         self.uncapped = uncapped          # users without per-user caps
         self.pending: dict[str, Request] = {}     # insertion order is arrival order
         self.running: dict[str, Request] = {}
+        self.held: dict[str, Request] = {}        # pending, waiting for the workload: no turns
         self._by_user: dict[int, dict[str, Request]] = {}         # each FIFO
         self._by_target: dict[str, dict[str, None]] = {}          # arrival order
         self._user_running: collections.Counter[int] = collections.Counter()
@@ -63,13 +65,24 @@ class FairQueue:
 
     # ---- in and out --------------------------------------------------------------------
 
-    def add(self, req: Request) -> None:
+    def add(self, req: Request, held: bool = False) -> None:
         rec = req.record
         self.pending[rec.id] = req
-        self._by_user.setdefault(rec.uid, {})[rec.id] = req
+        if held:
+            self.held[rec.id] = req
+        else:
+            self._by_user.setdefault(rec.uid, {})[rec.id] = req
         if rec.cluster is not None:
             self._by_target.setdefault(rec.cluster, {})[rec.id] = None
         self._load[rec.cluster] += 1
+
+    def release(self, request_id: str) -> bool:
+        """A held request may take its turns now (False: it is not held)."""
+        req = self.held.pop(request_id, None)
+        if req is None:
+            return False
+        self._by_user.setdefault(req.record.uid, {})[request_id] = req
+        return True
 
     def remove(self, req: Request) -> None:
         """A pending request leaves the queue without running (cancelled)."""
@@ -133,10 +146,11 @@ class FairQueue:
     def _dequeue(self, req: Request) -> None:
         rec = req.record
         del self.pending[rec.id]
-        mine = self._by_user[rec.uid]
-        del mine[rec.id]
-        if not mine:
-            del self._by_user[rec.uid]
+        if self.held.pop(rec.id, None) is None:
+            mine = self._by_user[rec.uid]
+            del mine[rec.id]
+            if not mine:
+                del self._by_user[rec.uid]
         if rec.cluster is not None:
             on_target = self._by_target[rec.cluster]
             del on_target[rec.id]

@@ -141,10 +141,37 @@ class Scheduler:
         ahead = self.long_queue.ahead(self.long_slots)
         self.counters["long_accepted"] += 1
         free = record.cluster is None or not self.long_queue.busy(record.cluster)
-        self.long_queue.add(req)
-        if free:
-            self._dispatch()    # else it waits behind its target: nothing new could start
+        if self._queue(req) and free:
+            self._dispatch()    # else it waits behind its target or is held: nothing new could start
         return req, ahead
+
+    def _queue(self, req: Request) -> bool:
+        """Into the long queue; held (no turns) while the workload says it must wait.
+        True: it may take a turn now."""
+        why = self.workload.hold(req.op, req.record, self._hold_changed)
+        self.long_queue.add(req, held=bool(why))
+        if why:
+            self._note_waiting(req, why)
+        return not why
+
+    def _hold_changed(self, request_id: str, why: str) -> None:
+        req = self.long_pending.get(request_id)
+        if req is None:
+            return
+        if why:
+            self._note_waiting(req, why)
+        elif self.long_queue.release(request_id):
+            req.record.waiting = ""
+            self._dispatch()
+
+    def _note_waiting(self, req: Request, why: str) -> None:
+        """Why it waits: on its record (api status) and in its log (its followers)."""
+        if why == req.record.waiting:
+            return
+        req.record.waiting = why
+        note = RequestLog(self.log_path(req.record.id), req.topic)
+        note.line(why)
+        note.close()
 
     def _dispatch(self) -> None:
         if not self.accepting:      # shutting down: what waits stays pending
@@ -271,7 +298,7 @@ class Scheduler:
         if that is safe, fail it otherwise. Returns (requeued, rerun, failed)."""
         got = await recovery.reload(self.store, self.log_path)
         for req in got.queue:
-            self.long_queue.add(req)
+            self._queue(req)
         for req in got.stale:
             req.log = RequestLog(self.log_path(req.record.id), req.topic)
             await self._finish(req, Status.FAILED, error=Error(

@@ -23,6 +23,13 @@ class Workload(Protocol):
               internal: bool = False) -> protocol.Op:
         """At submission: refuse what can never run; the op to queue (possibly completed)."""
 
+    def hold(self, op: protocol.Op, req: protocol.RequestRecord,
+             changed: Callable[[str, str], None]) -> str:
+        """At queueing (durable already): why the request must wait before it may take a
+        slot ("": it need not), e.g. for room on hosts. A held request keeps its place but
+        no slot; the workload calls `changed(request id, reason)` when the reason changes,
+        and with "" once it may go."""
+
     async def prepare(self, op: protocol.Op, req: protocol.RequestRecord
                       ) -> tuple[protocol.ClusterRecord | None, list[JobEntry]]:
         """At dispatch: what the worker acts on."""

@@ -63,6 +63,10 @@ def _serve_parser(sub) -> None:
     g.add_argument("--job-log-bytes", type=int, metavar="BYTES",
                    help="bytes of a job's output kept per node, the rest discarded with a "
                         "marker line (default 1 GiB; 0: no cap)")
+    g.add_argument("--max-gpus-per-user", type=int, metavar="N",
+                   help="GPUs one user may hold at once (default 0: no cap)")
+    g.add_argument("--max-clusters-per-user", type=int, metavar="N",
+                   help="clusters one user may have at once (default 0: no cap)")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve /metrics (Prometheus), /healthz, /readyz and a live "
                         "dashboard over HTTP on this loopback address, e.g. 127.0.0.1:9090 "

@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from skyd.infra.slurm import SettingsError, SlurmSettings, parse_settings
 from skyd.protocol import DEFAULT_MAX_FRAME
+from skyd.server.listeners import ListenError, parse_tcp_address, require_tls_off_loopback
 
 SYSTEM_SOCKET = Path("/run/skyd/skyd.sock")
 
@@ -54,10 +55,21 @@ class Config:
     long_timeout: float = 0.0             # default time limit of a long request, seconds (0: none)
     request_log_bytes: int = 64 * 1024 * 1024  # bytes kept per request log (0: no cap)
     job_log_bytes: int = 1024 * 1024 * 1024    # bytes kept of a job's output per node (0: no cap)
+    max_gpus_per_user: int = 0            # GPUs one user may hold at once (0: no cap)
+    max_clusters_per_user: int = 0        # clusters one user may have at once (0: no cap)
     log_level: str = "INFO"
     # HOST:PORT of the HTTP side (/metrics, /healthz, /readyz, the dashboard); None: off.
     # Loopback only until HTTP has tokens: its users are told apart by their socket's owner.
     http: str | None = None
+    # TCP beside the Unix socket (skyd.server.remote): HOST:PORT; None: off. A bearer token
+    # is required on every connection (skyd token); TLS (tls_cert, tls_key) off loopback.
+    tcp: str | None = None
+    tls_cert: Path | None = None          # PEM certificate chain for TCP
+    tls_key: Path | None = None           # its PEM private key
+    tokens_file: Path | None = None       # default: <state_dir>/tokens.json
+    tcp_handshake_timeout: float = 5.0    # TLS and a hello with a valid token within this
+    tcp_auth_failures: int = 10           # failed logins per address and minute (0: no cap)
+    tcp_preauth_per_address: int = 16     # connections not yet authenticated per address (0: no cap)
     # The `slurm` infra (skyd.infra.slurm.settings): a `slurm:` section turns it on.
     slurm: SlurmSettings | None = None
 
@@ -78,6 +90,18 @@ class Config:
         return None if self.http is None else parse_http_address(self.http)
 
     @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        return None if self.tcp is None else parse_tcp_address(self.tcp)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None and self.tls_key is not None
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.tokens_file or self.state_dir / "tokens.json"
+
+    @property
     def db_path(self) -> Path:
         return self.state_dir / "skyd.db"
 
@@ -92,7 +116,8 @@ class Config:
 
 ENV = {f.name: "SKYD_" + f.name.upper() for f in fields(Config)}
 ZERO_MEANS_NO_CAP = {"connections_per_user", "inflight_bytes", "user_long_slots", "user_pending",
-                     "request_log_bytes"}
+                     "request_log_bytes", "max_gpus_per_user", "max_clusters_per_user",
+                     "tcp_auth_failures", "tcp_preauth_per_address"}
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
@@ -173,7 +198,21 @@ def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
     config = Config(**{k: _coerce(k, v) for k, v in values.items()})
     if config.http is not None:
         parse_http_address(config.http)    # a bad or non-loopback address stops the start here
+    check_tcp(config)
     return config
+
+
+def check_tcp(config: Config) -> None:
+    """A bad TCP address, half a TLS setting, or clear text off loopback stop the start."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls: give both tls_cert and tls_key (a certificate and its key)")
+    if config.tcp is None:
+        return
+    try:
+        host, port = parse_tcp_address(config.tcp)
+        require_tls_off_loopback(host, port, config.tls)
+    except ListenError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -40,7 +40,9 @@ from skyd.server.services import Services
 from skyd.server.statelock import AlreadyRunning, lock_state_dir
 from skyd.requests.scheduler import Scheduler
 from skyd.server.session import FrameBudget, Session
+from skyd.clusters.claims import Caps
 from skyd.clusters.service import Clusters
+from skyd.requests.request import uncapped_uids
 from skyd.store import Store
 from skyd.requests.pool import WorkerPool, reap_previous
 
@@ -209,7 +211,9 @@ class Daemon:
                                ssh=SshRunner(self.ssh, on_health=self._node_health),
                                slurm=SlurmRunner(cfg.slurm, str(cfg.state_dir), cfg.job_log_bytes))
         self.state = Clusters(self.store, str(cfg.state_dir), hw, self.is_admin, self.runners,
-                              self.pools, self.ssh.known_hosts)
+                              self.pools, self.ssh.known_hosts,
+                              Caps(cfg.max_gpus_per_user, cfg.max_clusters_per_user,
+                                   uncapped_uids()))
         self.pool = WorkerPool(spares=cfg.spares, run_dir=workers_dir,
                                handlers=LONG_HANDLER_MODULES)
         self.scheduler = Scheduler(
@@ -329,7 +333,9 @@ class Daemon:
             handshake_max_frame=min(cfg.handshake_max_frame, cfg.max_frame),
             inflight_bytes=cfg.inflight_bytes, user_long_slots=s.user_long_slots,
             user_pending=s.user_pending, long_timeout=s.long_timeout,
-            request_log_bytes=s.log_limit, job_log_bytes=max(0, cfg.job_log_bytes))
+            request_log_bytes=s.log_limit, job_log_bytes=max(0, cfg.job_log_bytes),
+            max_gpus_per_user=cfg.max_gpus_per_user,
+            max_clusters_per_user=cfg.max_clusters_per_user)
 
     # ---- autostop --------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from skyd.infra.ssh import SshClient
 from skyd.managed.controller import JobsController
 from skyd.requests.scheduler import Scheduler
 from skyd.server.config import Config
+from skyd.server.idempotency import Submissions
+from skyd.server.tokens import Tokens
 from skyd.store import Store
 
 
@@ -29,3 +31,5 @@ class Services:
     ssh: SshClient                # the daemon's ssh: probes of pool hosts (`skyctl infra`)
     info: Callable[[Caller], protocol.ServerInfo]
     version: str
+    tokens: Tokens                # bearer tokens for TCP (skyd token)
+    submissions: Submissions      # idempotency keys: a retried submission answers the first

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import msgspec
 
@@ -19,6 +19,7 @@ from skyd.streams import FileLog, LogSource, follow
 from skyd.server import handlers  # noqa: F401 - registers every handler
 from skyd.server.dispatch import handler_for
 from skyd.server.handlers.clusters import LogStream
+from skyd.server.idempotency import Earlier, WithInsert
 from skyd.server.services import Services
 from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Notice, Queue, Result,
                            SkydError, Status, Submit, Welcome)
@@ -26,6 +27,7 @@ from skyd.identity import Caller
 from skyd.requests.scheduler import stored_error
 
 log = logging.getLogger("skyd.server.session")
+T = TypeVar("T")
 _dec = msgspec.msgpack.Decoder(protocol.ClientMsg)
 
 
@@ -132,9 +134,10 @@ class Session:
 
     # ---- the connection ---------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, hello: Hello | None = None) -> None:
+        """Serve the connection; `hello`: already read (TCP reads it to authenticate)."""
         try:
-            if await self._handshake():
+            if await self._handshake(hello):
                 while True:
                     try:
                         msg = await self._read()
@@ -154,19 +157,8 @@ class Session:
         finally:
             self.writer.close()
 
-    async def _handshake(self) -> bool:
-        cfg = self.s.config
-        try:
-            async with asyncio.timeout(cfg.handshake_timeout if cfg.handshake_timeout > 0
-                                       else None):
-                hello = await self._read(min(cfg.handshake_max_frame, cfg.max_frame))
-        except _Skip:
-            return False
-        except TimeoutError:
-            metrics.limit_hit("handshake_timeout")
-            self.writer.write(protocol.encode_frame(Error(
-                ErrorCode.BAD_REQUEST, f"no hello within {cfg.handshake_timeout:g} s: "
-                                       "closing the connection")))
+    async def _handshake(self, hello: Any = None) -> bool:
+        if hello is None and (hello := await self._read_hello()) is None:
             return False
         if not isinstance(hello, Hello):
             metrics.protocol_error("no_hello")
@@ -190,6 +182,21 @@ class Session:
         await self._send(Welcome(protocol.PROTOCOL_VERSION, self.s.version, c.user, c.uid, c.admin))
         return True
 
+    async def _read_hello(self) -> Any:
+        cfg = self.s.config
+        try:
+            async with asyncio.timeout(cfg.handshake_timeout if cfg.handshake_timeout > 0
+                                       else None):
+                return await self._read(min(cfg.handshake_max_frame, cfg.max_frame))
+        except _Skip:
+            return None
+        except TimeoutError:
+            metrics.limit_hit("handshake_timeout")
+            self.writer.write(protocol.encode_frame(Error(
+                ErrorCode.BAD_REQUEST, f"no hello within {cfg.handshake_timeout:g} s: "
+                                       "closing the connection")))
+            return None
+
     async def _handle(self, sub: Submit) -> None:
         op = sub.op
         try:
@@ -199,15 +206,24 @@ class Session:
             elif op.schedule is Queue.SHORT:
                 await self._short(op, sub.wait)
             elif isinstance(op, protocol.JobsLaunch):     # the one op on the jobs queue
-                request, job, ahead = await self.s.jobs.submit(op, self.caller)
+                jobs_op = op
+                got = await self._once(sub, lambda w: self.s.jobs.submit(jobs_op, self.caller,
+                                                                          with_insert=w))
+                if isinstance(got, Earlier):
+                    await self._replay_job(got.request_id, sub.wait)
+                    return
+                request, job, ahead = got
                 await self._send(Accepted(request.id, Queue.JOBS, ahead, job_id=job.job_id))
                 if sub.wait:
                     await self._send(Result(request.id, Status.SUCCEEDED, job))
             else:
-                req, ahead = await self.s.scheduler.submit_long(op, self.caller)
-                await self._send(Accepted(req.record.id, Queue.LONG, ahead))
+                long = await self._once(sub, lambda w: self.s.scheduler.submit_long(
+                    op, self.caller, with_insert=w))
+                rid, ahead = ((long.request_id, 0) if isinstance(long, Earlier)
+                              else (long[0].record.id, long[1]))
+                await self._send(Accepted(rid, Queue.LONG, ahead))
                 if sub.wait:
-                    await self.stream_request(req.record.id, 0, True)
+                    await self.stream_request(rid, 0, True)
         except SkydError as e:
             await self._send(e.to_wire())
         except (ConnectionError, asyncio.IncompleteReadError, _Hangup, asyncio.CancelledError):
@@ -216,6 +232,24 @@ class Session:
             log.exception("request %s failed inside the server", type(op).__name__)
             await self._send(Error(ErrorCode.INTERNAL, f"internal error: {type(e).__name__}: {e}",
                                    "this is a bug in skyd; the server log has the details"))
+
+    async def _once(self, sub: Submit, submit: Callable[[WithInsert | None], Awaitable[T]]
+                    ) -> T | Earlier:
+        """Submit, or with an idempotency key, answer an earlier accepted attempt's request."""
+        if not sub.idempotency_key:
+            return await submit(None)
+        return await self.s.submissions.once(self.caller.uid, sub.idempotency_key,
+                                             type(sub.op).__struct_config__.tag, submit)
+
+    async def _replay_job(self, rid: str, wait: bool) -> None:
+        """A retried jobs launch: the job its first attempt queued."""
+        row = await self.s.store.get_request(rid)
+        if row is None or row[1] is None:
+            raise SkydError(ErrorCode.NOT_FOUND, f"request {rid} no longer exists")
+        job = msgspec.msgpack.decode(row[1], type=protocol.ManagedJobRecord)
+        await self._send(Accepted(rid, Queue.JOBS, 0, job_id=job.job_id))
+        if wait:
+            await self._send(Result(rid, Status.SUCCEEDED, job))
 
     async def _short(self, op: protocol.Op, wait: bool) -> None:
         s = self.s.scheduler

@@ -7,8 +7,7 @@ import os
 import socket
 
 SD_LISTEN_FDS_START = 3
-_adopted: socket.socket | None = None
-_adopt_checked = False
+_adopted: list[socket.socket] | None = None
 
 
 def notify(state: str) -> bool:
@@ -28,25 +27,35 @@ def notify(state: str) -> bool:
 
 
 def adopted_socket() -> socket.socket | None:
-    """The listening socket handed over by socket activation (skyd.socket), if any."""
-    global _adopted, _adopt_checked
-    if _adopt_checked:
+    """The Unix listening socket handed over by socket activation (skyd.socket), if any."""
+    return next((s for s in adopted_sockets() if s.family == socket.AF_UNIX), None)
+
+
+def adopted_tcp() -> socket.socket | None:
+    """A TCP listening socket handed over too (skyd.socket's optional ListenStream=PORT)."""
+    return next((s for s in adopted_sockets() if s.family in (socket.AF_INET, socket.AF_INET6)),
+                None)
+
+
+def adopted_sockets() -> list[socket.socket]:
+    """Every listening socket handed over by socket activation (read once)."""
+    global _adopted
+    if _adopted is not None:
         return _adopted
-    _adopt_checked = True
+    _adopted = []
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
-        return None
+        return _adopted
     try:
         count = int(os.environ.get("LISTEN_FDS", "0"))
     except ValueError:
-        return None
-    if count < 1:
-        return None
+        return _adopted
     for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(var, None)      # not for our children
-    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
-    sock.setblocking(False)
-    _adopted = sock
-    return sock
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + max(0, count)):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        _adopted.append(sock)
+    return _adopted
 
 
 def start_watchdog() -> asyncio.Task | None:

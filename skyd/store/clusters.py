@@ -8,12 +8,13 @@ from typing import Any
 
 import msgspec
 
-from skyd.protocol import ClusterRecord, ClusterState, JobRecord, JobStatus, NodeInfo
+from skyd.protocol import ClusterRecord, ClusterState, HeldSlice, JobRecord, JobStatus, NodeInfo
 from skyd.store.schema import FINISHED_JOBS
 from skyd.store.sqlite import Database
 
 _enc = msgspec.msgpack.Encoder()
 _nodes_dec = msgspec.msgpack.Decoder(list[NodeInfo])
+_held_dec = msgspec.msgpack.Decoder(list[HeldSlice])
 _JOB_COLS = ("cluster, job_id, name, status, uid, user, submitted_at, started_at, ended_at, "
              "exit_code, request_id")
 
@@ -29,7 +30,8 @@ def _cluster_record(row: Any) -> ClusterRecord:
                          num_nodes=row[3], uid=row[4], user=row[5], launched_at=row[6],
                          last_use=row[7], resources=row[8],
                          nodes=_nodes_dec.decode(row[9]) if row[9] else [],
-                         status_reason=row[10], autostop=row[12], autostop_down=bool(row[13]))
+                         status_reason=row[10], autostop=row[12], autostop_down=bool(row[13]),
+                         held=_held_dec.decode(row[14]) if row[14] else [])
 
 
 class ClusterRows(Database):
@@ -38,16 +40,17 @@ class ClusterRows(Database):
     def save_cluster(self, c: ClusterRecord, next_job_id: int) -> asyncio.Future:
         return self._write(
             "INSERT INTO clusters (name, status, infra, num_nodes, uid, user, launched_at,"
-            " last_use, resources, nodes, status_reason, next_job_id, autostop, autostop_down)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " last_use, resources, nodes, status_reason, next_job_id, autostop, autostop_down,"
+            " held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET status = excluded.status, infra = excluded.infra,"
             " num_nodes = excluded.num_nodes, last_use = excluded.last_use,"
             " resources = excluded.resources, nodes = excluded.nodes,"
             " status_reason = excluded.status_reason, next_job_id = excluded.next_job_id,"
-            " autostop = excluded.autostop, autostop_down = excluded.autostop_down",
+            " autostop = excluded.autostop, autostop_down = excluded.autostop_down,"
+            " held = excluded.held",
             (c.name, c.status, c.infra, c.num_nodes, c.uid, c.user, c.launched_at, c.last_use,
              c.resources, _enc.encode(c.nodes), c.status_reason, next_job_id, c.autostop,
-             int(c.autostop_down)))
+             int(c.autostop_down), _enc.encode(c.held) if c.held else None))
 
     def delete_cluster(self, name: str) -> asyncio.Future:
         return asyncio.gather(self._write("DELETE FROM jobs WHERE cluster = ?", (name,)),
@@ -56,7 +59,7 @@ class ClusterRows(Database):
     async def load_clusters(self) -> list[tuple[ClusterRecord, int]]:
         rows = await self._all(
             "SELECT name, status, infra, num_nodes, uid, user, launched_at, last_use, resources,"
-            " nodes, status_reason, next_job_id, autostop, autostop_down FROM clusters"
+            " nodes, status_reason, next_job_id, autostop, autostop_down, held FROM clusters"
             " ORDER BY launched_at")
         return [(_cluster_record(r), r[11]) for r in rows]
 

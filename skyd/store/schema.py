@@ -94,6 +94,31 @@ MIGRATIONS: list[str] = [
            OR teardown = 1;
     CREATE INDEX managed_jobs_by_user ON managed_jobs(uid, job_id);
     """,
+    # v4: the host ledger: what each cluster's nodes hold of their hosts, and the hosts'
+    # detected GPUs (kept across restarts: a host that does not answer keeps its last ones)
+    """
+    ALTER TABLE clusters ADD COLUMN held BLOB;
+    CREATE TABLE hosts (
+        key          TEXT PRIMARY KEY,         -- "local", or ip:port of a pool's host
+        cpus         REAL NOT NULL DEFAULT 0,
+        memory_bytes INTEGER NOT NULL DEFAULT 0,
+        gpus         BLOB,                     -- msgpack list of detected GPUs
+        error        TEXT NOT NULL DEFAULT '', -- the last detection failed: why
+        probed_at    REAL NOT NULL DEFAULT 0
+    );
+    """,
+    # v5: idempotency keys of submissions (a retry answers the first attempt's request)
+    """
+    CREATE TABLE submission_keys (
+        uid        INTEGER NOT NULL,           -- keys are the caller's own
+        key        TEXT NOT NULL,
+        request_id TEXT NOT NULL REFERENCES requests(id) ON DELETE CASCADE,
+        op         TEXT NOT NULL,              -- a key reused for another op is refused
+        created_at REAL NOT NULL,
+        PRIMARY KEY (uid, key)
+    );
+    CREATE INDEX submission_keys_by_request ON submission_keys(request_id);
+    """,
 ]
 
 

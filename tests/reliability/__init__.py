@@ -1,0 +1,1 @@
+"""The reliability suite: crash consistency, orphans, fuzzing, resource faults (RELIABILITY.md)."""

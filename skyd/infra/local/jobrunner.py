@@ -17,6 +17,7 @@ import msgspec
 
 from skyd import privilege
 from skyd.infra.base import JobHandle, JobRunner, Outcome, already_ended, rank_prefix
+from skyd.infra.gpus import gpu_env
 from skyd.infra.local.processes import alive, job_outcome, mark_cancelled, process_start, signal_job
 from skyd.infra.local.provisioner import WORKDIR
 from skyd.protocol import NodeInfo
@@ -107,7 +108,8 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
                 ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner", np.jobdir,
                  str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit)),
                  str(privilege.WORK_NICE)],
-                cwd="/", env=privilege.login_env(uid), stdin=subprocess.DEVNULL,
+                cwd="/", env={**privilege.login_env(uid), **gpu_env(np.gpus)},
+                stdin=subprocess.DEVNULL,
                 stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
                 start_new_session=True, **privilege.popen_identity(uid, gid))
         finally:

@@ -31,7 +31,13 @@ NEVER = {
     "DependencyNeverSatisfied": "a dependency can never be satisfied",
 }
 _MEMORY_RE = re.compile(r"(\d+(?:\.\d+)?)([KMGTP]?)")
+_JOB_ID_RE = re.compile(r"[0-9]{1,12}")
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40, "P": 2**50}
+
+
+def valid_job_id(text: str) -> bool:
+    """A Slurm job id as skyd records it (workers report them: checked before use)."""
+    return bool(_JOB_ID_RE.fullmatch(text))
 
 
 def job_name(cluster: str) -> str:

@@ -31,34 +31,36 @@ from skyd.infra.local.processes import alive, signal_job
 from skyd.infra.local.provisioner import WORKDIR, env_script, setup_failed
 from skyd.infra.slurm import board, scripts
 from skyd.infra.slurm.allocation import FORMAT, Allocation, job_name, memory_bytes, newest, \
-    parse_lines, step_name
+    parse_lines, step_name, valid_job_id
 from skyd.infra.slurm.commands import UNKNOWN_JOB, Slurm, SlurmUnreachable, failure, not_found, say
 from skyd.infra.slurm.settings import SlurmSettings
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
-from skyd.taskspec import Task, parse_amount
+from skyd.taskspec import Task, parse_accelerators, parse_amount
 
 T = TypeVar("T")
 
 POLL = (2.0, 30.0)          # own squeue while the daemon's board is stale: first gap, longest
-MARKER_POLL = (0.01, 0.5)   # the marker file: a stat, backing off
+# The marker file: a stat every 10 ms (it is what a launch waits on: its latency) for
+# the first minute, then every half second.
+MARKER_POLL = (0.01, 60.0, 0.5)
 PATIENCE = 120.0            # seconds Slurm may not answer before the launch gives up
 STOP_GRACE = 5.0            # seconds for a job's srun to end its step after SIGTERM
 REQUEST_FILE = "allocation.json"   # what the allocation asks for (to submit it again on start)
 
 # sbatch's refusals that are the task's (or the settings') fault, and what to say.
 REFUSALS = {
-    "Invalid partition name": "Slurm has no partition {partition!r}",
+    "Invalid partition name": "Slurm has no {where}",
     "Requested node configuration is not available":
-        "no node of partition {partition!r} offers what the task asks for ({shape})",
+        "no node of {where} offers what the task asks for ({shape})",
     "Invalid generic resource": "Slurm does not know the GPUs (GRES) the task asks for ({shape})",
-    "Invalid account": "Slurm refuses the account {account!r} for partition {partition!r}",
+    "Invalid account": "Slurm refuses the account {account!r} for {where}",
     "Invalid qos": "Slurm refuses the QOS {qos!r}",
     "Memory specification can not be satisfied":
-        "no node of partition {partition!r} has the memory the task asks for ({shape})",
+        "no node of {where} has the memory the task asks for ({shape})",
     "More processors requested than permitted":
-        "the task asks for more CPUs than partition {partition!r} permits ({shape})",
+        "the task asks for more CPUs than {where} permits ({shape})",
     "Node count specification invalid":
-        "partition {partition!r} cannot give the task's number of nodes ({shape})",
+        "{where} cannot give the task's number of nodes ({shape})",
     "Requested time limit is invalid": "Slurm refuses the time limit {time_limit!r}",
 }
 
@@ -67,8 +69,11 @@ class _Cancelled(BaseException):
     """The launch request was cancelled (SIGTERM) while the allocation waited."""
 
 
-def allocation_shape(task: Task) -> list[str]:
-    """What one node of the allocation asks for, as sbatch arguments."""
+def allocation_shapes(task: Task) -> list[list[str]]:
+    """What one node of the allocation asks for, as sbatch arguments: one shape per GPU
+    option of the task, in its order of preference (GRES types are the site's names:
+    the model as written, then in lower case — `H100:8` is tried as gpu:H100:8, then
+    gpu:h100:8)."""
     shape = []
     cpus = parse_amount("cpus", task.resources.cpus)
     if cpus is not None:
@@ -76,7 +81,11 @@ def allocation_shape(task: Task) -> list[str]:
     memory = parse_amount("memory", task.resources.memory)
     if memory is not None:
         shape.append(f"--mem={math.ceil(memory.value * 1024)}M")
-    return shape
+    gres = []
+    for ask in parse_accelerators(task.resources.accelerators):
+        for model in dict.fromkeys((ask.model, ask.model.lower())):
+            gres.append(f"--gres=gpu:{model}:{ask.count}")
+    return [[*shape, g] for g in gres] or [shape]
 
 
 class SlurmProvisioner(Provisioner):
@@ -103,12 +112,12 @@ class SlurmProvisioner(Provisioner):
                 (d / sub).mkdir(parents=True, exist_ok=True)
         finally:
             os.umask(old)
-        shape = self._shape(d)
+        shapes = self._shapes(d)
         with _cancellable():
             try:
                 # Again while the controller does not answer (it restarts): each attempt
                 # looks first, so that a submission it did accept is not made twice.
-                job_id = _patiently(lambda: self._adopt_or_submit(cluster, d, shape))
+                job_id = _patiently(lambda: self._adopt_or_submit(cluster, d, shapes))
                 alloc = self._wait(job_id, d, state_dir)
             except _Cancelled:
                 # Its request was cancelled: what it was waiting for goes too.
@@ -118,24 +127,25 @@ class SlurmProvisioner(Provisioner):
                                 "pending allocation was cancelled") from None
         return _patiently(lambda: self._nodes(alloc, d))
 
-    def _shape(self, d: Path) -> list[str]:
-        """The task's per-node request, remembered in the cluster's files for `start`."""
+    def _shapes(self, d: Path) -> list[list[str]]:
+        """The task's per-node requests, remembered in the cluster's files for `start`."""
         saved = d / REQUEST_FILE
         if self.task is not None:
-            shape = allocation_shape(self.task)
-            saved.write_text(json.dumps(shape))
-            return shape
+            shapes = allocation_shapes(self.task)
+            saved.write_text(json.dumps(shapes))
+            return shapes
         try:
-            shape = json.loads(saved.read_text())
+            shapes = json.loads(saved.read_text())
         except (OSError, ValueError):
             raise SkydError(ErrorCode.FAILED, "this cluster's allocation request is gone "
                             f"({saved})", "launch the cluster again instead") from None
-        if not isinstance(shape, list) or not all(
-                isinstance(a, str) and a.startswith(("--cpus-per-task=", "--mem=", "--gres="))
-                for a in shape):
+        if not isinstance(shapes, list) or not shapes or not all(
+                isinstance(shape, list) and all(
+                    isinstance(a, str) and a.startswith(("--cpus-per-task=", "--mem=", "--gres="))
+                    for a in shape) for shape in shapes):
             raise SkydError(ErrorCode.FAILED, f"{saved} is not an allocation request",
                             "launch the cluster again instead")
-        return shape
+        return shapes
 
     def _query(self, *args: str) -> list[Allocation]:
         return parse_lines(self.slurm.run("squeue", "-h", "-a", "-t", "all", "-o", FORMAT,
@@ -146,13 +156,31 @@ class SlurmProvisioner(Provisioner):
         allocs = self._query(f"--user={self.user}", f"--name={job_name(cluster)}")
         return newest(allocs, cluster, self.user, live_only=True)
 
-    def _adopt_or_submit(self, cluster: ClusterRecord, d: Path, shape: list[str]) -> str:
+    def _adopt_or_submit(self, cluster: ClusterRecord, d: Path, shapes: list[list[str]]) -> str:
         """The id of the cluster's allocation: one an interrupted launch left (or `start`
-        on a cluster that is up), else a new one."""
+        on a cluster that is up), else a new one — of the first shape Slurm accepts (the
+        others differ in GPUs: one Slurm does not know, or no node has, is passed over)."""
         found = self._find(cluster.name)
         if found is not None:
             say(f"Using this cluster's allocation: {found.describe()}.")
             return found.job_id
+        refused: SkydError | None = None
+        for shape in shapes:
+            try:
+                return self._submit(cluster, d, shape)
+            except SkydError as e:
+                if e.code != ErrorCode.INVALID_TASK or not any(a.startswith("--gres=") for a in shape):
+                    raise
+                refused = refused or e
+                say(f"Slurm refused {shape[-1].removeprefix('--gres=')}: {e.message}")
+        assert refused is not None
+        if len(shapes) == 1:
+            raise refused
+        tried = ", ".join(shape[-1].removeprefix("--gres=") for shape in shapes)
+        raise SkydError(ErrorCode.INVALID_TASK, f"Slurm refused every GPU option of the task "
+                        f"({tried}); the first: {refused.message}", refused.hint)
+
+    def _submit(self, cluster: ClusterRecord, d: Path, shape: list[str]) -> str:
         s = self.settings
         partition = s.partition_of(cluster.infra)
         say(f"Submitting an allocation to Slurm: {cluster.num_nodes} node(s)"
@@ -177,7 +205,8 @@ class SlurmProvisioner(Provisioner):
             if needle.lower() in stderr.lower():
                 s = self.settings
                 raise SkydError(ErrorCode.INVALID_TASK, text.format(
-                    partition=partition or "(the default)", account=s.account, qos=s.qos,
+                    where=f"partition {partition!r}" if partition else "the default partition",
+                    partition=partition, account=s.account, qos=s.qos,
                     time_limit=s.time_limit, shape=" ".join(shape) or "the defaults"),
                     f"Slurm said: {stderr.strip().splitlines()[-1]}")
 
@@ -194,11 +223,10 @@ class SlurmProvisioner(Provisioner):
         fresh = 3 * self.settings.watch_interval + 2.0
         shown, missing, last_board = "", 0, 0.0
         gap, next_query = POLL[0], time.monotonic() + POLL[0]
-        step = MARKER_POLL[0]
         answered = time.monotonic()
         while True:
             if marker.exists():
-                return self._holding(job_id)
+                return self._holding(job_id, marker)
             alloc, trouble = None, ""
             b = board.read(state_dir, self.uid, fresh)
             if b is not None and b.time > since:
@@ -232,14 +260,19 @@ class SlurmProvisioner(Provisioner):
                 if text != shown:
                     say(text)
                     shown = text
-            time.sleep(step)
-            step = min(step * 1.5, MARKER_POLL[1])
+            time.sleep(MARKER_POLL[0] if time.time() - since < MARKER_POLL[1] else MARKER_POLL[2])
 
     def _one(self, job_id: str) -> Allocation | None:
         return next(iter(self._query(f"--jobs={job_id}")), None)
 
-    def _holding(self, job_id: str) -> Allocation:
-        """The allocation whose batch script runs (its marker is there): one squeue."""
+    def _holding(self, job_id: str, marker: Path) -> Allocation:
+        """The allocation whose batch script runs: what its marker says it holds (else
+        one squeue)."""
+        held = scripts.parse_marker(marker.read_text())
+        if held is not None:
+            nodelist, nodes, cpus, mib = held
+            return Allocation(job_id, self.user, "RUNNING", nodes, cpus * nodes,
+                              f"{mib}M", "", nodelist, "", "")
         alloc = _patiently(lambda: self._one(job_id))
         if alloc is None or not alloc.holding:
             raise SkydError(ErrorCode.FAILED, f"allocation {job_id} started and ended at once: "
@@ -261,7 +294,8 @@ class SlurmProvisioner(Provisioner):
     def _nodes(self, alloc: Allocation, d: Path) -> list[NodeInfo]:
         """The allocation's nodes in Slurm's order (that of SLURM_NODEID), with their
         addresses (SkyPilot's node IPs) and what each holds for the cluster."""
-        names = self.slurm.run("scontrol", "show", "hostnames", alloc.nodelist).stdout.split()
+        names = self.slurm.run("scontrol", "show", "hostnames", alloc.nodelist).stdout.split() \
+            if any(c in alloc.nodelist for c in "[,") else [alloc.nodelist]
         addresses = {}
         for line in self.slurm.run("sinfo", "-h", "-N", "-n", alloc.nodelist,
                                    "-o", "%N|%o").stdout.splitlines():
@@ -309,7 +343,7 @@ class SlurmProvisioner(Provisioner):
         argv = scripts.step_argv(self.settings, nodes[0].allocation, len(nodes), "skyd-setup")
         try:
             p = subprocess.Popen([*argv, "bash", str(wrapper)], cwd=d / WORKDIR,
-                                 env=self.settings.env(envs(nodes[0])),
+                                 env=self._step_env(envs(nodes[0])),
                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT)
         except FileNotFoundError:
@@ -337,10 +371,17 @@ class SlurmProvisioner(Provisioner):
         (jobdir / "run.sh").write_text(scripts.launcher(argv, str(wrapper)))
         fd = os.open(jobdir / "env.sh", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(env_script(self.settings.env(envs(nodes[0]))))
+            f.write(env_script(self._step_env(envs(nodes[0]))))
         # One runner (the step's srun client, on this host) serves every node.
         return JobHandle(nodes=[NodeProc(rank=0, pid=0, start=0, jobdir=str(jobdir),
                                          log=str(jobdir / "run.log"))])
+
+    def _step_env(self, env: dict[str, str]) -> dict[str, str]:
+        """A step's environment: the task's, with what Slurm's commands need; the GPUs a
+        step sees are Slurm's to say (it sets CUDA_VISIBLE_DEVICES on each node)."""
+        env = self.settings.env(env)
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        return env
 
     def stop_jobs(self, nodes: list[NodeInfo], handles: list[JobHandle]) -> None:
         """SIGTERM to each job's runner: its srun ends the step on every node."""
@@ -357,7 +398,7 @@ class SlurmProvisioner(Provisioner):
         """Cancel the allocation (and any an interrupted launch left), then remove the
         cluster's files. If Slurm does not answer the cluster stays, to be downed again:
         an allocation left running would go on costing its owner."""
-        ids = {n.allocation for n in cluster.nodes if n.allocation}
+        ids = {n.allocation for n in cluster.nodes if valid_job_id(n.allocation)}
         try:
             found = self._query(f"--user={self.user}", f"--name={job_name(cluster.name)}")
         except SlurmUnreachable as e:

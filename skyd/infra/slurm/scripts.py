@@ -12,10 +12,27 @@ MARKER = "allocated"         # <cluster dir>/allocated-JOBID: the allocation's s
 
 
 def holder_script(cluster_dir: str) -> str:
-    """The allocation's batch script: say that it runs (a file the launch waits for:
-    no Slurm command needed to see it), then hold the nodes until cancelled."""
-    marker = shlex.quote(f"{cluster_dir}/{MARKER}-")
-    return f'touch {marker}"$SLURM_JOB_ID" 2>/dev/null; exec sleep infinity'
+    """The allocation's batch script: say that it runs and what it holds (a file the
+    launch waits for: no Slurm command needed to see it; see parse_marker), then hold
+    the nodes until cancelled."""
+    marker = shlex.quote(f"{cluster_dir}/{MARKER}-") + '"$SLURM_JOB_ID"'
+    return (f"m={marker}; printf '%s\\n' \"$SLURM_JOB_NODELIST\" \"$SLURM_JOB_NUM_NODES\" "
+            f"\"$SLURM_JOB_CPUS_PER_NODE\" \"$SLURM_MEM_PER_NODE\" > \"$m.tmp\" && "
+            "mv \"$m.tmp\" \"$m\"; exec sleep infinity")
+
+
+def parse_marker(text: str) -> tuple[str, int, int, int] | None:
+    """(node list, nodes, CPUs per node, MiB per node — 0: not asked for) from a marker;
+    None when it is not one. CPUs per node as Slurm writes them: '4', '4(x2)', '4,2'
+    (the fewest counts)."""
+    lines = text.split("\n")
+    if len(lines) != 5 or lines[4] != "" or not lines[0]:
+        return None
+    try:
+        cpus = min(int(part.split("(")[0]) for part in lines[2].split(","))
+        return lines[0], int(lines[1]), cpus, int(lines[3] or 0)
+    except ValueError:
+        return None
 
 
 def step_argv(settings: SlurmSettings, allocation: str, num_nodes: int, name: str) -> list[str]:
@@ -27,10 +44,13 @@ def step_argv(settings: SlurmSettings, allocation: str, num_nodes: int, name: st
 
 
 def node_wrapper(prefix: str, workdir: str, script: str) -> str:
-    """What each node's task runs: SkyPilot's rank and node count from Slurm's (`prefix`
-    is SKYPILOT_ or SKYPILOT_SETUP_), in the workdir, the script's lines prefixed with
-    their node when there are several."""
+    """What each node's task runs (bash): SkyPilot's rank and node count from Slurm's
+    (`prefix` is SKYPILOT_ or SKYPILOT_SETUP_), its GPU count from the GPUs Slurm gave the
+    step, in the workdir, the script's lines prefixed with their node when there are
+    several."""
     return (f'export {prefix}NODE_RANK="$SLURM_NODEID" {prefix}NUM_NODES="$SLURM_NNODES"\n'
+            'IFS=, read -ra skyd_gpus <<< "${CUDA_VISIBLE_DEVICES-}"\n'
+            'export SKYPILOT_NUM_GPUS_PER_NODE="${#skyd_gpus[@]}"; unset skyd_gpus\n'
             f"cd {shlex.quote(workdir)} || exit 1\n"
             'if [ "${SLURM_NNODES:-1}" -gt 1 ]; then\n'
             f'  bash {shlex.quote(script)} < /dev/null 2>&1 | sed -u "s/^/(node-$SLURM_NODEID) /"\n'

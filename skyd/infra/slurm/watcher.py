@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Callable
 
-from skyd.infra.slurm.allocation import FORMAT, Allocation, job_name, newest, parse_lines
+from skyd.infra.slurm.allocation import FORMAT, Allocation, job_name, newest, parse_lines, \
+    valid_job_id
 from skyd.infra.slurm.board import Board, publish
 from skyd.infra.slurm.commands import UNKNOWN_JOB, Slurm, failure
 from skyd.protocol import ClusterRecord, ClusterState, SkydError
@@ -27,7 +28,9 @@ Report = Callable[[str, ClusterState, str], None]
 
 
 def allocation_of(record: ClusterRecord) -> str:
-    return next((n.allocation for n in record.nodes if n.allocation), "")
+    """The job id of the cluster's allocation ("" when none is known, or not a job id)."""
+    job = next((n.allocation for n in record.nodes if n.allocation), "")
+    return job if valid_job_id(job) else ""
 
 
 def cluster_view(record: ClusterRecord, alloc: Allocation | None) -> tuple[ClusterState, str] | None:
@@ -158,6 +161,8 @@ class AllocationWatcher:
         """Why the allocation no longer holds its nodes ("" while it does, or when Slurm
         cannot say): one squeue. The watcher looks again soon, for the cluster's status."""
         self.poke()
+        if not valid_job_id(job_id):
+            return ""
         try:
             rc, out, err = await self.slurm.arun("squeue", "-h", "-a", "-t", "all",
                                                  f"--jobs={job_id}", "-o", FORMAT)

@@ -12,6 +12,7 @@ from typing import Callable
 import msgspec
 
 from skyd.infra.base import JobHandle, JobRunner, NodeProc, Outcome, already_ended
+from skyd.infra.gpus import gpu_env
 from skyd.infra.ssh.connection import COMMAND_TIMEOUT, SshClient, last_lines, unreachable, where
 from skyd.infra.ssh.joblog import SshJobLog
 from skyd.infra.ssh.scripts import ALIVE, kill_script
@@ -41,8 +42,9 @@ class SshRunner(JobRunner):
         async def start(np: NodeProc) -> NodeProc:
             node = by_rank[np.rank]
             jobdir = shlex.quote(np.jobdir)
+            gpus = "".join(f"{k}={shlex.quote(v)} " for k, v in gpu_env(np.gpus).items())
             script = (f"cd {node.path}/sky_workdir\n"
-                      f"setsid sh {jobdir}/runner.sh {jobdir} >> {jobdir}/run.log 2>&1 "
+                      f"{gpus}setsid sh {jobdir}/runner.sh {jobdir} >> {jobdir}/run.log 2>&1 "
                       "< /dev/null &\npid=$!\necho $pid\n"
                       "awk '{print $22}' /proc/$pid/stat 2>/dev/null || echo 0\n")
             rc, out, err = await self.client.arun(node, script, COMMAND_TIMEOUT)

@@ -14,6 +14,8 @@ from skyd.protocol import (JOB_FINISHED, Autostop, CancelJobs, ClusterRecord, Cl
 from skyd.identity import Caller
 from skyd.server.dispatch import handles
 from skyd.server.services import Services
+from skyd.clusters.ledger import LOCAL
+from skyd.infra.gpus import detect_remote
 
 
 
@@ -148,47 +150,54 @@ async def logs(s: Services, caller: Caller, op: JobLogs) -> JobLogStream:
     return JobLogStream(s, op.cluster, job_id, op.follow, op.offset)
 
 
-PROBE = "nproc; awk '/MemTotal/ {print $2 * 1024}' /proc/meminfo"
 PROBE_TIMEOUT = 15.0
 
 
 @handles(protocol.InfraStatus)
 async def infra(s: Services, caller: Caller, op: InfraStatus) -> list[HostRecord]:
-    """Probe every host of the pools over ssh, all at once, each bounded in time."""
+    """Probe every host of the pools over ssh, all at once, each bounded in time: CPUs,
+    memory and GPUs (`refresh`: what the GPUs found is recorded for placement)."""
     pools = s.state.hosts.pool_map()
     unknown = [p for p in op.pools if p not in pools]
     if unknown:
         raise SkydError(ErrorCode.NOT_FOUND, f"no ssh node pool {unknown[0]!r}")
-    owner = s.state.hosts.owners()
+    owners = s.state.hosts.clusters_on()
 
-    def serving(h) -> str | None:
-        """The cluster on a host: its name if it is the caller's (or for an admin)."""
-        name = owner.get((h.ip, h.port))
-        entry = s.state.clusters.get(name) if name else None
-        if entry is None or caller.admin or entry.record.uid == caller.uid:
-            return name
-        return "(in use)"
+    def visible(name: str) -> str:
+        """A cluster's name if it is the caller's (or for an admin), else "(in use)"."""
+        entry = s.state.clusters.get(name)
+        return name if entry is None or caller.admin or entry.record.uid == caller.uid \
+            else "(in use)"
 
     async def probe(pool: str, h) -> HostRecord:
         # Reached as the caller would reach it: their own login on a per-user pool.
         node = pools[pool].node(h, 0, "", caller.uid, caller.user)
+        names = [visible(n) for n in owners.get((h.ip, h.port), [])]
         rec = HostRecord(pool=pool, ip=h.ip, port=h.port, user=node.user, reachable=False,
-                         cluster=serving(h), shared_login=pools[pool].shared_login)
-        try:
-            rc, out, err = await s.ssh.arun(node, PROBE, PROBE_TIMEOUT)
-        except asyncio.TimeoutError:
-            rec.error = f"no answer within {PROBE_TIMEOUT:g}s"
+                         cluster=names[0] if names else None, clusters=names,
+                         shared_login=pools[pool].shared_login)
+        found = await detect_remote(s.ssh, node)
+        if found.error.startswith("cannot reach") or found.error.startswith("no answer"):
+            rec.error = found.error.partition(": ")[2] if found.error.startswith("cannot") \
+                else found.error
             return rec
-        if rc != 0:
-            lines = err.decode(errors="replace").strip().splitlines()
-            rec.error = lines[-1] if lines else f"exit status {rc}"
-            return rec
-        fields = out.split()
         rec.reachable = True
-        if len(fields) >= 2:
-            rec.cpus, rec.memory_bytes = int(fields[0]), int(float(fields[1]))
+        if found.cpus:
+            rec.cpus, rec.memory_bytes = int(found.cpus), found.memory_bytes
+        rec.gpu_error = found.error
+        if op.refresh:
+            s.state.placements.record(h.key, found)
         return rec
 
     wanted = op.pools or sorted(pools)
-    return list(await asyncio.gather(*(probe(name, h) for name in wanted
-                                       for h in pools[name].hosts)))
+    if op.refresh:
+        await s.state.placements.detect(LOCAL)
+    hosts = list(await asyncio.gather(*(probe(name, h) for name in wanted
+                                        for h in pools[name].hosts)))
+    gpus = {g.host: g for g in s.state.gpu_hosts(visible)}
+    for rec in hosts:
+        known = gpus.get(f"{rec.ip}:{rec.port}")
+        if known is not None:
+            rec.gpus = known.gpus
+            rec.gpu_error = rec.gpu_error or known.error
+    return hosts

@@ -131,6 +131,23 @@ class StateCollector(Collector):
             used.add_metric([name], sum((h.ip, h.port) in owners for h in pool.hosts))
             down.add_metric([name], sum(h.address in state.hosts.trouble for h in pool.hosts))
         yield from (total, used, down)
+        yield from self._gpus()
+
+    def _gpus(self) -> Iterator[Metric]:
+        """GPUs per pool ("local": the daemon's host) and model: all, and held by clusters."""
+        counts: collections.Counter[tuple[str, str, bool]] = collections.Counter()
+        for host in self.d.services.state.placements.ledger.hosts.values():
+            for i, g in host.gpus.items():
+                for pool in host.pools:
+                    counts[(pool, g.model, i in host.used_gpus)] += 1
+        total = GaugeMetricFamily("skyd_gpus", "GPUs detected, per pool and model.",
+                                  labels=["pool", "model"])
+        used = GaugeMetricFamily("skyd_gpus_in_use", "GPUs held by clusters (or placed for "
+                                 "a launch), per pool and model.", labels=["pool", "model"])
+        for pool, model in sorted({(p, m) for p, m, _ in counts}):
+            total.add_metric([pool, model], counts[(pool, model, True)] + counts[(pool, model, False)])
+            used.add_metric([pool, model], counts[(pool, model, True)])
+        yield from (total, used)
 
 
 class CountsCollector(Collector):
