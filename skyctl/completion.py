@@ -47,11 +47,11 @@ def _takes_value(action: argparse.Action) -> bool:
 
 
 class ShellCompleter(Completer):
-    """`values(kind, words)` gives the live values of a kind (cluster, request, ...), the
-    words typed so far as context (a job id's cluster)."""
+    """`values(kind, words)` gives the live values of a kind (cluster, request, ...), each
+    a word or a (word, meta) pair, the words typed so far as context (a job id's cluster)."""
 
     def __init__(self, parser: argparse.ArgumentParser,
-                 values: Callable[[str, list[str]], Iterable[str]]):
+                 values: Callable[[str, list[str]], Iterable[str | tuple[str, str]]]):
         self.top = Spec(parser)
         self.values = values
         self.paths = PathCompleter(expanduser=True)
@@ -105,7 +105,9 @@ class ShellCompleter(Completer):
         return getattr(positional, "complete", None)
 
 
-def _matching(options: Iterable[str], word: str):
+def _matching(options: Iterable[str | tuple[str, str]], word: str):
+    """Completions of `word`: plain words, or (word, meta) pairs (a request's status)."""
     for opt in options:
-        if opt.startswith(word):
-            yield Completion(opt, start_position=-len(word))
+        text, meta = (opt, "") if isinstance(opt, str) else opt
+        if text.startswith(word):
+            yield Completion(text, start_position=-len(word), display_meta=meta or None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from skyctl.connection import Connection
+from skyctl.connection import Connection, retry_window
 from skyctl.endpoint import resolve
 from skyd import protocol
 
@@ -14,6 +14,7 @@ from skyd import protocol
 class Ctx:
     def __init__(self, args: argparse.Namespace):
         self.args = args
+        # `path`: a Unix socket path, or an ssh:// or tcp:// address (skyctl.endpoint)
         self.path, self.source = resolve(getattr(args, "host", None))
         self.json: bool = getattr(args, "json", False)
         self._conn: Connection | None = None
@@ -21,7 +22,8 @@ class Ctx:
     @property
     def conn(self) -> Connection:
         if self._conn is None:
-            self._conn = Connection(self.path, self.source).connect()
+            # A daemon that is restarting is waited for (bounded; said on stderr after 2 s).
+            self._conn = Connection(self.path, self.source).connect(retry_for=retry_window())
         return self._conn
 
     @conn.setter

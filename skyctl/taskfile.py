@@ -18,13 +18,13 @@ def looks_like_file(arg: str) -> bool:
 
 
 # Overrides that replace a field of `resources`, and those that replace a top-level one.
-_RESOURCE_OVERRIDES = ("cpus", "memory", "infra")
+_RESOURCE_OVERRIDES = ("cpus", "memory", "accelerators", "infra")
 _TOP_OVERRIDES = ("num_nodes", "workdir", "name")
 
 
 def load(arg: str | None, overrides: dict) -> Task:
     """`arg` is a YAML path or an inline `run` command (like `sky launch 'echo hi'`).
-    `overrides` (from the command line) win over the file: cpus, memory, infra, num_nodes,
+    `overrides` (from the command line) win over the file: cpus, memory, accelerators, infra, num_nodes,
     workdir, name, and envs and secrets (merged into the file's)."""
     path = Path(arg) if arg is not None and looks_like_file(arg) else None
     source = b""

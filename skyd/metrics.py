@@ -1,7 +1,7 @@
 """What the daemon counts as it runs: the events behind its metrics and its dashboard.
 
 Modules anywhere in the daemon report an event with one call (`request_finished`,
-`protocol_error`, `limit_hit`, `managed_job_finished`). Nothing is kept until the HTTP side
+`status_changed`, `protocol_error`, `limit_hit`, `managed_job_finished`). Nothing is kept until the HTTP side
 (skyd.server.http) calls `enable()`: with it off the calls cost a global lookup, and the
 daemon imports neither prometheus-client nor aiohttp (14 MiB of its RSS together). While
 on, the counts are plain integers and fixed-bucket histograms: a short request costs
@@ -63,9 +63,6 @@ class Counts:
         self.protocol_errors: collections.Counter[str] = collections.Counter()      # per kind
         self.limits_hit: collections.Counter[str] = collections.Counter()           # per limit
         self.managed_finished: collections.Counter[str] = collections.Counter()     # per status
-        # Told of every finished request and managed job (the dashboard's recent lists).
-        self.on_request: list[Callable[[RequestRecord], None]] = []
-        self.on_managed_job: list[Callable[[ManagedJobRecord], None]] = []
 
     def duration_of(self, queue: Any) -> Histogram:
         h = self.duration.get(queue)
@@ -81,6 +78,10 @@ class Counts:
 
 
 counts: Counts | None = None
+
+# Told of every new status of a request or a managed job, counts kept or not (the
+# dashboard's recent lists, the watch op's feeds). Called in the loop; must not block.
+listeners: list[Callable[[RequestRecord | ManagedJobRecord], None]] = []
 
 
 def enable() -> Counts:
@@ -103,6 +104,7 @@ def label(v: object) -> str:
 def request_finished(rec: RequestRecord) -> None:
     """A request reached its final status (its record has its times). Kept by the queue
     and status as they are (enum members): made label strings only when scraped."""
+    status_changed(rec)
     c = counts
     if c is None:
         return
@@ -113,7 +115,11 @@ def request_finished(rec: RequestRecord) -> None:
         c.wait_of(queue).observe(started - rec.created_at)
         if rec.finished_at is not None:
             c.duration_of(queue).observe(rec.finished_at - started)
-    for listener in c.on_request:
+
+
+def status_changed(rec: RequestRecord | ManagedJobRecord) -> None:
+    """A request or a managed job has a new status (its record already says which)."""
+    for listener in listeners:
         listener(rec)
 
 
@@ -122,8 +128,6 @@ def managed_job_finished(rec: ManagedJobRecord) -> None:
     if c is None:
         return
     c.managed_finished[rec.status] += 1
-    for listener in c.on_managed_job:
-        listener(rec)
 
 
 def protocol_error(kind: str) -> None:

@@ -142,14 +142,21 @@ def test_stop_is_refused_and_an_allocation_slurm_ended_shows_why(on_slurm, workd
     p = on_slurm.skyctl("exec", "s2", "true")
     assert p.returncode != 0 and "STOPPED" in p.stderr
 
-    # start asks Slurm for a new allocation, shaped as the launch asked
+    # start asks Slurm for a new allocation, shaped as the launch asked; one that Slurm
+    # then preempts and requeues has lost its nodes: the cluster is STOPPED again
     s = on_slurm.skyctl("start", "s2", "-y")
     assert s.returncode == 0, s.stderr
     c = cluster(on_slurm, "s2")
     assert c.status == "UP" and c.nodes[0].allocation not in ("", alloc)
     e = on_slurm.skyctl("exec", "s2", "echo again on $SLURM_JOB_ID with $SLURM_CPUS_ON_NODE")
     assert f"again on {c.nodes[0].allocation} with 1" in e.stdout
+    on_slurm.slurm.run(["scontrol", "requeuehold", c.nodes[0].allocation])
+    assert wait_until(lambda: cluster(on_slurm, "s2").status_reason.startswith(
+        "Slurm requeued its allocation"), 10), cluster(on_slurm, "s2")
+    assert cluster(on_slurm, "s2").status == "STOPPED"
     assert on_slurm.skyctl("down", "s2", "-y").returncode == 0
+    assert not [j for j in on_slurm.slurm.jobs() if j["name"] == "skyd-s2"
+                and j["state"] not in ("CANCELLED", "COMPLETED")]
 
 
 def test_a_pending_allocation_shows_slurms_reason_and_its_launch_can_be_cancelled(on_slurm, workdir):
@@ -191,8 +198,8 @@ def test_waiting_launches_ask_slurm_nothing_the_daemon_asks_once_per_interval(
         seen = len(calls.read_text().splitlines())
         time.sleep(6)
         window = [line.split() for line in calls.read_text().splitlines()[seen:]]
-        from_daemon = [cmd for ppid, cmd in window if ppid == str(d.proc.pid)]
-        assert [cmd for ppid, cmd in window if ppid != str(d.proc.pid)] == []
+        from_daemon = [cmd for ppid, cmd, _ in window if ppid == str(d.proc.pid)]
+        assert [cmd for ppid, cmd, _ in window if ppid != str(d.proc.pid)] == []
         assert set(from_daemon) == {"squeue"} and 3 <= len(from_daemon) <= 8, from_daemon
         for rid in rids:
             d.skyctl("api", "cancel", rid, "-y")

@@ -77,12 +77,12 @@ run: echo "I am $SKYPILOT_NODE_RANK of $SKYPILOT_NUM_NODES; ips=$(echo $SKYPILOT
 def test_a_host_belongs_to_one_cluster_at_a_time(pooled, workdir):
     two = write_task(workdir, "two.yaml", "num_nodes: 2\nresources:\n  infra: ssh/p\nrun: 'true'\n")
     pooled.skyctl("launch", "-c", "a", "-d", str(two), check=True)
-    p = pooled.skyctl("launch", "-c", "b", str(two))
-    assert p.returncode == 1
-    assert "1 free host(s) of 3" in p.stderr
+    # It waits (holding no slot), saying why, and starts once the hosts are free.
+    rid = pooled.skyctl("launch", "--async", "-c", "b", str(two), check=True).stdout.split()[-1]
+    assert wait_until(lambda: pooled.request(rid).waiting ==
+                      "waiting for 2 whole hosts: 1 of 3 hosts free"), pooled.request(rid)
     pooled.skyctl("down", "a", check=True)
-    p = pooled.skyctl("launch", "-c", "b", str(two))
-    assert p.returncode == 0, p.stderr
+    assert pooled.wait_request(rid).status == "succeeded"
 
 
 def test_cancel_and_job_surviving_a_daemon_restart(pooled, workdir):
@@ -192,8 +192,10 @@ def test_stop_kills_jobs_keeps_hosts_and_start_brings_it_back(pooled, workdir):
     assert pooled.wait_job("st", 1, 20).status == "CANCELLED"
     # a stopped cluster keeps its host: the pool has one less free host
     two = write_task(workdir, "two.yaml", "num_nodes: 3\nresources:\n  infra: ssh/p\nrun: 'true'\n")
-    p = pooled.skyctl("launch", "-c", "other", str(two))
-    assert p.returncode == 1 and "2 free host(s) of 3" in p.stderr
+    rid = pooled.skyctl("launch", "--async", "-c", "other", str(two), check=True).stdout.split()[-1]
+    assert wait_until(lambda: pooled.request(rid).waiting ==
+                      "waiting for 3 whole hosts: 2 of 3 hosts free"), pooled.request(rid)
+    pooled.skyctl("api", "cancel", rid, check=True)
     assert [c.name for c in pooled.call(protocol.ClusterStatus())] == ["st"]   # none created
     assert pooled.skyctl("exec", "-c", "st", "true").returncode == 1     # not UP
     pooled.skyctl("start", "st", check=True)

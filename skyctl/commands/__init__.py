@@ -48,12 +48,16 @@ TABLE = [
     Command("cancel", JOBS, "cancel jobs on a cluster", "skyctl.commands.jobs"),
     Command("jobs", MANAGED, "managed jobs: their own cluster, recovered, torn down",
             "skyctl.commands.managed", subcommands=("launch", "queue", "logs", "cancel")),
-    Command("check", INFRA, "ssh node pools: hosts, reachability, CPUs, memory",
+    Command("check", INFRA, "ssh node pools: hosts, reachability, CPUs, memory, GPUs",
             "skyctl.commands.infra", aliases=("infra",)),
+    Command("gpus", INFRA, "GPUs of every host: model, free, held by whom", "skyctl.commands.gpus",
+            aliases=("show-gpus",)),
     Command("api", API, "the daemon's requests, and the daemon itself", "skyctl.commands.api",
             subcommands=("status", "logs", "cancel", "info")),
     Command("shell", OTHER, "an interactive shell: these commands, with completion",
             "skyctl.commands.shell"),
+    Command("dial-stdio", OTHER, "bridge stdin/stdout to the daemon's socket (what ssh:// runs "
+            "on the VM)", "skyctl.commands.dial"),
 ]
 
 

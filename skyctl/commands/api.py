@@ -1,22 +1,29 @@
-"""The daemon's requests, and the daemon itself: `api status|logs|cancel|info`.
+"""The daemon's requests, and the daemon itself: `api status|logs|cancel|watch|info`.
 
 JSON (--json): status: [request record]; logs: the request's record (its log then goes to
-stderr); cancel: [request id] of the requests cancelled; info: the server's info record.
+stderr); cancel: [request id] of the requests cancelled; info: the server's info record. watch
+always prints JSON lines, one event each (skyd.protocol.Event's fields).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, Iterator
+
+import msgspec
 
 from skyctl import output
 from skyctl.commands import add_parser
 from skyctl.commands.common import common, completes, yes
 from skyctl.context import Ctx
-from skyctl.exits import OK, UsageError
+from skyctl.connection import Connection, ServerError
+from skyctl.exits import OK, UNREACHABLE, UsageError, exit_code
 from skyctl.follow import follow_request
 from skyctl.output import LogWriter
 from skyd import protocol
+
+_json = msgspec.json.Encoder()
 
 
 def add_api(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +54,12 @@ def add_api(parser: argparse.ArgumentParser) -> None:
     common(p)
     p.set_defaults(func=run_cancel)
 
+    p = add_parser(api, "watch", "print your requests', managed jobs' and clusters' changes "
+                                 "as they happen: one JSON line each, until Ctrl-C")
+    p.add_argument("-u", "--all-users", action="store_true", help="everyone's (admins only)")
+    common(p, json_help="accepted: the events are always JSON lines")
+    p.set_defaults(func=run_watch)
+
     p = add_parser(api, "info", "server and client versions, endpoint, queues, limits")
     common(p)
     p.set_defaults(func=run_info)
@@ -67,7 +80,8 @@ def run_status(ctx: Ctx, args: argparse.Namespace) -> int:
         return OK
     output.table(["ID", "USER", "NAME", "CLUSTER", "CREATED", "STATUS"],
                  [[r.id, r.user, r.name, r.cluster or "-", output.age(r.created_at),
-                   output.status_text(r.status.value)] for r in reqs])
+                   output.status_text(r.status.value) + (f" ({r.waiting})" if r.waiting else "")]
+                  for r in reqs])
     return OK
 
 
@@ -104,6 +118,39 @@ def run_cancel(ctx: Ctx, args: argparse.Namespace) -> int:
         output.info("\n".join(f"Cancelled {rid}" for rid in done))
     elif args.all or args.all_users:
         output.info("Nothing to cancel.")
+    return OK
+
+
+def events(conn: Connection, all_users: bool = False,
+           on_notice: Callable[[str], None] = output.info) -> Iterator[protocol.Event]:
+    """The watch op's events, as they come (its notice first: the watch is on); ServerError
+    when the daemon refuses or drops the watch, ConnectionError when it ends the stream."""
+    for msg in conn.submit(protocol.Watch(all_users=all_users)):
+        if isinstance(msg, protocol.Event):
+            yield msg
+        elif isinstance(msg, protocol.Notice):
+            on_notice(msg.message)
+        elif isinstance(msg, protocol.Error):
+            raise ServerError(msg)
+    raise ConnectionError("the daemon ended the stream")
+
+
+def run_watch(ctx: Ctx, args: argparse.Namespace) -> int:
+    try:
+        for event in events(ctx.conn, args.all_users):
+            line = msgspec.structs.asdict(event)
+            line["status"] = event.status.upper()       # as every listing shows it
+            sys.stdout.write(_json.encode(line).decode() + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return OK
+    except ServerError as e:
+        output.error(e.error.message, e.error.hint)
+        return exit_code(e.error.code)
+    except (ConnectionError, OSError):
+        output.error("skyd ended the stream (it stopped or is restarting)",
+                     "watch again once it is back: skyctl api watch")
+        return UNREACHABLE
     return OK
 
 

@@ -15,7 +15,7 @@ from skyctl import output
 from skyctl.commands.common import async_, common, completes, yes
 from skyctl.context import Ctx
 from skyctl.exits import OK, UsageError
-from skyctl.follow import follow_job, follow_request
+from skyctl.follow import finish_job, follow_request
 from skyctl.output import LogWriter
 from skyctl.commands.taskargs import add_task_options, task_from_args
 from skyd import protocol
@@ -82,7 +82,8 @@ def run_launch(ctx: Ctx, args: argparse.Namespace) -> int:
             raise UsageError(f"name the task to run on {args.cluster}: a YAML file or a command")
         op = protocol.Exec(task=task_from_args(args), cluster=args.cluster, timeout=args.timeout)
     log = LogWriter(sys.stderr.buffer if ctx.json else None)
-    sub = follow_request(ctx, op, wait=not args.async_, log=log)
+    sub = follow_request(ctx, op, wait=not args.async_, log=log,
+                         follow_job=not args.detach_run)
     if args.async_ and sub.code == OK:
         return _print_id(ctx, sub.request_id)
     if sub.result is None or sub.code != OK:
@@ -98,7 +99,7 @@ def run_launch(ctx: Ctx, args: argparse.Namespace) -> int:
         output.info(f"Job {launched.job_id} submitted to {launched.cluster}.\n"
                     f"  follow it:  skyctl logs {launched.cluster} {launched.job_id}")
     else:
-        code, job, _ = follow_job(ctx, launched.cluster, launched.job_id, log=log)
+        code, job = finish_job(ctx, sub, launched, log)
     if ctx.json:
         output.print_json({"request_id": sub.request_id, "cluster": launched.cluster,
                            "job_id": launched.job_id, "job": job})

@@ -37,6 +37,8 @@ def add_jobs(parser: argparse.ArgumentParser) -> None:
         "outcome."))
     p.usage = "skyctl jobs launch [OPTIONS] TASK.yaml | COMMAND..."
     add_task_options(p, "a task YAML file, or a command to run: the rest of the line")
+    p.add_argument("--priority", type=int, default=500, metavar="0-1000",
+                   help="among your own waiting jobs, higher gets freed GPUs first (default 500)")
     async_(p)
     yes(p)
     common(p)
@@ -80,7 +82,9 @@ ARGUMENTS = {"jobs": add_jobs}
 def run_launch(ctx: Ctx, args: argparse.Namespace) -> int:
     if not args.words:
         raise UsageError("name the task: a YAML file or a command")
-    op = protocol.JobsLaunch(task=task_from_args(args), name=args.name)
+    if not 0 <= args.priority <= 1000:
+        raise UsageError(f"--priority must be between 0 and 1000, got {args.priority}")
+    op = protocol.JobsLaunch(task=task_from_args(args), name=args.name, priority=args.priority)
     job = None
     for msg in ctx.conn.submit(op, wait=not args.async_):
         if isinstance(msg, Error):

@@ -24,6 +24,9 @@ def add_task_options(p: argparse.ArgumentParser, words_help: str) -> argparse.Ac
                    help="number of nodes (overrides the YAML's)")
     p.add_argument("--cpus", help="CPUs per node: 4 (exactly) or 4+ (at least); overrides the YAML's")
     p.add_argument("--memory", help="memory per node in GiB: 16 or 16+; overrides the YAML's")
+    p.add_argument("--gpus", metavar="MODEL[:COUNT]",
+                   help="GPUs per node, e.g. H100:8 or A100 (one); overrides the YAML's "
+                        "resources.accelerators")
     p.add_argument("--infra", help="where to run: local (default), ssh/POOL, slurm or "
                                    "slurm/PARTITION; overrides the YAML's")
     p.add_argument("--env", action="append", metavar="KEY[=VALUE]",
@@ -53,6 +56,7 @@ def task_from_args(args: argparse.Namespace) -> Task:
     envs = taskfile.parse_env_file(args.env_file) if args.env_file else {}
     envs.update(taskfile.parse_env(args.env))
     overrides = {"cpus": args.cpus, "memory": args.memory, "infra": args.infra,
+                 "accelerators": args.gpus,
                  "num_nodes": args.num_nodes, "workdir": args.workdir, "name": args.name,
                  "envs": envs, "secrets": taskfile.parse_env(args.secret, "--secret")}
     return taskfile.load(entrypoint(args.words), overrides)

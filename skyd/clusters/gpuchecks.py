@@ -34,7 +34,7 @@ def matching(asks: tuple[GpuAsk, ...], model: str) -> GpuAsk | None:
 def check_job_gpus(record: ClusterRecord, task: Task) -> None:
     """A job on an existing cluster asks at most the GPUs each node of it holds."""
     asks = parse_accelerators(task.resources.accelerators)
-    if not asks:
+    if not asks or record.infra.startswith("slurm"):     # Slurm's GRES: Slurm's to check
         return
     wanted = " or ".join(f"{a.count}× {a.model}" for a in asks)
     model, count = per_node(record)
@@ -52,7 +52,10 @@ def check_job_gpus(record: ClusterRecord, task: Task) -> None:
 
 
 def job_gpus(record: ClusterRecord, task: Task) -> int:
-    """GPUs per node a job of `task` takes on its cluster (0: none)."""
+    """GPUs per node a job of `task` takes on its cluster (0: none; on Slurm, whose steps
+    Slurm gives the allocation's GPUs, none that skyd counts)."""
+    if record.infra.startswith("slurm"):
+        return 0
     ask = matching(parse_accelerators(task.resources.accelerators), per_node(record)[0])
     return ask.count if ask is not None else 0
 

@@ -147,8 +147,10 @@ class Ledger:
         host.probed_at = now
         if found.error:
             host.error = found.error
+            self._reindex(host)          # nothing more is given out there
             self.version += 1
             return []
+        recovered = bool(host.error) or not host.probed
         host.error = ""
         host.probed = True
         before = set(host.gpus)
@@ -157,7 +159,7 @@ class Ledger:
             self.set_size(key, found.cpus, found.memory_bytes)
         self._reindex(host)
         self.version += 1
-        if set(host.gpus) - before:
+        if recovered or set(host.gpus) - before:
             self.freed += 1
         return self.lost(host)
 

@@ -45,6 +45,8 @@ class Demand:
         return not (self.cpus or self.memory_bytes or self.options or self.exclusive)
 
     def describe(self) -> str:
+        if self.exclusive:
+            return "a whole host" if self.num_nodes == 1 else f"{self.num_nodes} whole hosts"
         what = " or ".join(f"{o.count}× {o.model}" for o in self.options)
         if not what:
             parts = ([f"{self.cpus:g} CPUs"] if self.cpus else []) + \
@@ -161,6 +163,8 @@ def _place_each(ledger: Ledger, d: Demand, model: str | None, count: int,
             return None
         gpus: list[int] = []
         if model is not None:
+            if host.error:
+                return None      # its GPUs could not be detected: none is given out there
             free = [i for i in host.free_gpus(model) if i not in taken.get(key, [])]
             if len(free) < count:
                 return None
@@ -188,7 +192,7 @@ def never_fits(ledger: Ledger, d: Demand) -> str:
     """Why no host could ever hold it, even with nothing else placed ("" when some could,
     or when a candidate host's GPUs are not known yet). Names what exists."""
     hosts = candidates(ledger, d)
-    where = "this host" if d.pool == LOCAL else f"pool {d.pool!r}"
+    where = "local (the daemon's host)" if d.pool == LOCAL else f"pool {d.pool!r}"
     if not hosts:
         return f"{where} has no hosts"
     if not d.options:
@@ -202,7 +206,7 @@ def never_fits(ledger: Ledger, d: Demand) -> str:
             return ""
         if not d.same_host and len([n for n in sizes if n >= option.count]) >= d.num_nodes:
             return ""
-    return f"{where}: no {_nodes(d)} could ever have {_asked(d)}: {what_exists(hosts)}"
+    return f"{where} can never give {_asked(d)}{_per(d)}: {what_exists(hosts)}"
 
 
 def what_exists(hosts: list[Host]) -> str:
@@ -221,10 +225,11 @@ def what_exists(hosts: list[Host]) -> str:
     return f"it has {shown}{more}"
 
 
-def _nodes(d: Demand) -> str:
-    if d.same_host:
-        return "host" if d.num_nodes == 1 else f"host (its {d.num_nodes} nodes together)"
-    return "host" if d.num_nodes == 1 else f"{d.num_nodes} hosts"
+def _per(d: Demand) -> str:
+    if d.num_nodes == 1:
+        return ""
+    return f" to each of {d.num_nodes} nodes" + (" on one host" if d.same_host else
+                                                  " on distinct hosts")
 
 
 def _asked(d: Demand) -> str:

@@ -104,7 +104,7 @@ def parse_remote(out: str) -> Detected:
     lines = gpu_text.splitlines()
     if lines and lines[-1].startswith("#failed"):
         detail = "\n".join(lines[:-1]).strip().splitlines()
-        found.error = (f"nvidia-smi failed ({lines[-1][1:]}): "
+        found.error = (f"nvidia-smi failed (exit status {lines[-1].split()[-1]}): "
                        f"{detail[-1] if detail else 'no output'}")
         return found
     try:

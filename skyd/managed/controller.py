@@ -127,6 +127,7 @@ class JobsController:
         self.journal.note(job, f"submitted by {caller.user} (request {rid})")
         self.scheduler.counters["jobs_accepted"] += 1
         metrics.request_finished(request)
+        metrics.status_changed(record)      # queued
         self.admission.admit()
         # Started at once: nothing ahead; still queued: every job queued before it.
         pending = self.admission.pending

@@ -55,6 +55,7 @@ class Journal:
         if status is not None and status != before:
             reason = f": {job.record.reason}" if job.record.reason else ""
             self.note(job, f"{before} -> {status}{reason}")
+            metrics.status_changed(job.record)
             if status in MANAGED_FINISHED:
                 metrics.managed_job_finished(job.record)
         job.topic.notify()

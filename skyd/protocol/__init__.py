@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import socket
 import struct
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -24,7 +24,7 @@ from skyd.protocol.ops import (MAX_WIRE_INT, OPS, AnyOp, ApiCancel, ApiInfo, Api
                                Autostop, ByteOffset, CancelJobs, ClusterStatus, Count, Down, Exec,
                                GpuStatus, InfraStatus, JobId, JobLogs, JobQueue, JobsCancel, JobsLaunch,
                                JobsLogs, JobsQueue, Launch, Op, Start, Stop, TimeLimit,
-                               TokenCreate, TokenList, TokenName, TokenRevoke)
+                               TokenCreate, TokenList, TokenName, TokenRevoke, Watch)
 from skyd.protocol.records import (CLUSTER_RUNNABLE, FINISHED, JOB_FINISHED, MANAGED_ACTIVE,
                                    MANAGED_FINISHED, MANAGED_STEPS, ClusterRecord, ClusterState,
                                    GpuHost, GpuSlot, HeldSlice, HostRecord, JobRecord, JobStatus, LaunchResult, Limits,
@@ -42,12 +42,13 @@ __all__ = [
     "Op", "TimeLimit", "MAX_WIRE_INT", "JobId", "ByteOffset", "Count", "Launch", "Exec", "Stop",
     "Start", "Down", "Autostop", "ClusterStatus", "JobQueue", "JobLogs", "CancelJobs",
     "InfraStatus", "GpuStatus", "JobsLaunch", "JobsQueue", "JobsLogs", "JobsCancel", "ApiStatus", "ApiLogs",
-    "ApiCancel", "ApiInfo", "TokenName", "TokenCreate", "TokenList", "TokenRevoke", "AnyOp", "OPS",
+    "ApiCancel", "ApiInfo", "TokenName", "TokenCreate", "TokenList", "TokenRevoke", "Watch", "AnyOp", "OPS",
     # errors and frames (here)
     "ErrorCode", "Error", "SkydError",
     "PROTOCOL_VERSION", "MIN_PROTOCOL_VERSION", "DEFAULT_MAX_FRAME", "HEADER", "Token",
     "IdempotencyKey", "Hello", "Submit",
-    "Welcome", "Accepted", "Chunk", "Notice", "End", "Result", "ClientMsg", "ServerMsg",
+    "Welcome", "Accepted", "Chunk", "Notice", "End", "Following", "Result", "Event", "ClientMsg",
+    "ServerMsg",
     "FrameTooLarge", "encode_frame", "recv_exact", "recv_frame", "send_msg",
 ]
 
@@ -116,6 +117,9 @@ class Submit(msgspec.Struct, tag="submit", tag_field="t", omit_defaults=True):
     # Client-made, unique per submission: a retry with the same key (after a lost
     # connection or a restart) answers the first attempt's request instead of a new one.
     idempotency_key: IdempotencyKey = ""
+    # launch/exec with `wait`: once the request has queued its job, stream on into the
+    # job's log (a `Following` frame between the two), and end with the job's record.
+    follow_job: bool = False
 
 
 class Welcome(msgspec.Struct, tag="welcome", tag_field="t"):
@@ -145,6 +149,12 @@ class End(msgspec.Struct, tag="end", tag_field="t"):
     offset: int          # bytes of log delivered so far: resume from here
 
 
+class Following(msgspec.Struct, tag="following", tag_field="t"):
+    """The request's log has ended (its End came before); the job's log follows."""
+    cluster: str
+    job_id: int
+
+
 class Result(msgspec.Struct, tag="result", tag_field="t", omit_defaults=True):
     request_id: str
     status: Status
@@ -152,8 +162,22 @@ class Result(msgspec.Struct, tag="result", tag_field="t", omit_defaults=True):
     error: Error | None = None
 
 
+class Event(msgspec.Struct, tag="event", tag_field="t", omit_defaults=True):
+    """One change the watch op streams: a long request's or a managed job's new status, a
+    cluster's (a torn-down cluster's is "terminated")."""
+    kind: Literal["request", "managed_job", "cluster"]
+    id: str              # the request id, the managed job id (as text), the cluster name
+    status: str          # as `api status`, `jobs queue` and `status` show it
+    name: str = ""       # the request's op, the managed job's name
+    cluster: str = ""    # the cluster it acts on, where it has one
+    user: str = ""
+    uid: int = 0
+    at: float = 0.0      # when the daemon saw the change (epoch seconds)
+    detail: str = ""     # why: a request's error, a managed job's reason, a cluster's
+
+
 ClientMsg = Hello | Submit
-ServerMsg = Welcome | Accepted | Chunk | Notice | End | Result | Error
+ServerMsg = Welcome | Accepted | Chunk | Notice | End | Following | Result | Event | Error
 
 
 class FrameTooLarge(Exception):

@@ -224,7 +224,15 @@ class TokenRevoke(Op, tag="token_revoke"):
     name: str                       # its name or id
 
 
+class Watch(Op, tag="watch", omit_defaults=True):
+    """The caller's events as they happen (Event frames), until the client hangs up: its
+    long requests' and managed jobs' status changes, its clusters'. A watcher that falls
+    too far behind is dropped with a BUSY error."""
+    schedule = Queue.INLINE
+    all_users: bool = False       # everyone's (admins only)
+
+
 AnyOp = (Launch | Exec | Stop | Start | Down | Autostop | ClusterStatus | JobQueue | JobLogs
          | CancelJobs | InfraStatus | GpuStatus | JobsLaunch | JobsQueue | JobsLogs | JobsCancel
-         | ApiStatus | ApiLogs | ApiCancel | ApiInfo | TokenCreate | TokenList | TokenRevoke)
+         | ApiStatus | ApiLogs | ApiCancel | ApiInfo | TokenCreate | TokenList | TokenRevoke | Watch)
 OPS: dict[str, type[Op]] = {c.__struct_config__.tag: c for c in AnyOp.__args__}

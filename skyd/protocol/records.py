@@ -243,9 +243,10 @@ class GpuHost(msgspec.Struct, omit_defaults=True):
     unhealthy: list[str] = []        # clusters holding GPUs the host no longer reports
 
 
-class LaunchResult(msgspec.Struct):
+class LaunchResult(msgspec.Struct, omit_defaults=True):
     cluster: str
     job_id: int | None
+    job: JobRecord | None = None     # streamed into the job (Submit.follow_job): how it ended
 
 
 class ServerInfo(msgspec.Struct):

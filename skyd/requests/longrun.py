@@ -50,6 +50,7 @@ class LongRunner:
         started = time.time()
         await self.store.mark_running(rec.id, started)   # durable before any work starts
         rec.started_at, rec.status = started, Status.RUNNING
+        metrics.status_changed(rec)
         req.topic.notify()
         limit = getattr(req.op, "timeout", None) or self.long_timeout
         if 0 < limit < float("inf"):

@@ -138,6 +138,7 @@ class Scheduler:
                 self.long_queue.uncount(caller.uid)
             raise
         req.counted = counted
+        metrics.status_changed(record)      # accepted
         ahead = self.long_queue.ahead(self.long_slots)
         self.counters["long_accepted"] += 1
         free = record.cluster is None or not self.long_queue.busy(record.cluster)

@@ -71,6 +71,13 @@ def _serve_parser(sub) -> None:
                    help="also serve /metrics (Prometheus), /healthz, /readyz and a live "
                         "dashboard over HTTP on this loopback address, e.g. 127.0.0.1:9090 "
                         "(default: off)")
+    t = p.add_argument_group("remote access over TCP", "a bearer token on every connection "
+                             "(skyd token create); TLS required off loopback")
+    t.add_argument("--tcp", metavar="HOST:PORT",
+                   help="also listen on TCP, e.g. 127.0.0.1:46590, or 0.0.0.0:46590 with "
+                        "--tls-cert/--tls-key (default: off; port 46590 when omitted)")
+    t.add_argument("--tls-cert", metavar="PEM", help="certificate (chain) for TCP connections")
+    t.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--skip-resources-check", action="store_true", default=None,
                    help="start even below the minimum for team use")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
@@ -94,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _capacity_parser(sub)
+    from skyd.server import install, token_cli
+    token_cli.add_parser(sub)
+    install.add_parser(sub)
     return parser
 
 
@@ -101,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "capacity":
         return _capacity(args)
+    if args.command == "token":
+        from skyd.server import token_cli
+        return token_cli.run(args)
+    if args.command == "install":
+        from skyd.server import install
+        return install.run(args)
     return serve(args)
 
 
@@ -124,26 +140,38 @@ def serve(args: argparse.Namespace) -> int:
     except config.ConfigError as e:
         print(f"skyd: error: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from skyd.server import journal
+    journal.setup(cfg.log_level)      # `<N>` priorities when stderr is the journal
     logging.getLogger("aiosqlite").setLevel(logging.WARNING)   # it logs every statement
     import uvloop
     try:
-        return uvloop.run(_run(cfg))
+        return uvloop.run(_run(cfg, lambda: config.load(flags, config_file=args.config)))
     except KeyboardInterrupt:
         return 0
 
 
-async def _run(cfg) -> int:
+async def _run(cfg, load_config) -> int:
     from skyd.server.daemon import Daemon, StartupError
     from skyd.server.listeners import ListenError
     daemon: Daemon | None = None
     try:
         daemon = Daemon(cfg)
+        daemon.load_config = load_config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, daemon.stopping.set)
+        reloads: set[asyncio.Task] = set()
+        started = False
+
+        def on_hup() -> None:
+            """`systemctl reload skyd`: read the config again; nothing is dropped."""
+            if started and daemon is not None:
+                task = loop.create_task(daemon.reload())
+                reloads.add(task)
+                task.add_done_callback(reloads.discard)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         await daemon.startup()
+        started = True
     except (StartupError, ListenError, ValueError) as e:
         print(f"skyd: error: {e}", file=sys.stderr)
         # Only a daemon that took the state directory has anything to give back: one

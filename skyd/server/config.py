@@ -57,6 +57,7 @@ class Config:
     job_log_bytes: int = 1024 * 1024 * 1024    # bytes kept of a job's output per node (0: no cap)
     max_gpus_per_user: int = 0            # GPUs one user may hold at once (0: no cap)
     max_clusters_per_user: int = 0        # clusters one user may have at once (0: no cap)
+    watch_buffer: int = 1000              # events a watcher may fall behind before it is dropped
     log_level: str = "INFO"
     # HOST:PORT of the HTTP side (/metrics, /healthz, /readyz, the dashboard); None: off.
     # Loopback only until HTTP has tokens: its users are told apart by their socket's owner.

@@ -19,6 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from skyd import __version__, metrics, protocol
 from skyd.server import systemd
@@ -35,8 +36,13 @@ from skyd.infra.ssh import SshClient, SshRunner, control_dir as ssh_control_dir
 from skyd.managed.controller import JobsController
 from skyd.infra.nodepools import NodePools, PoolError
 from skyd.identity import Caller, caller_for, group_id, is_admin, peer_caller
-from skyd.server.listeners import bind_unix
+from skyd.server.idempotency import Submissions
+from skyd.server.listeners import (bind_tcp, bind_unix, format_address,
+                                   require_tls_off_loopback, tls_context)
+from skyd.server.remote import FrontDoor
+from skyd.server.tokens import Tokens
 from skyd.server.services import Services
+from skyd.server.watchers import Hub
 from skyd.server.statelock import AlreadyRunning, lock_state_dir
 from skyd.requests.scheduler import Scheduler
 from skyd.server.session import FrameBudget, Session
@@ -77,6 +83,8 @@ class Daemon:
     scheduler: Scheduler
     jobs: JobsController
     services: Services
+    tokens: Tokens            # bearer tokens for TCP
+    submissions: Submissions  # idempotency keys of submissions
 
     def __init__(self, config: Config):
         """Only the config: no I/O. startup() detects, reads, builds and starts."""
@@ -85,6 +93,11 @@ class Daemon:
         self.started_at = time.time()
         self._admin_gid: int | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._tcp_server: asyncio.AbstractServer | None = None
+        self.front: FrontDoor | None = None     # TCP's authentication, when TCP is on
+        self.tcp_listening = ""                 # HOST:PORT of the TCP listener ("": none)
+        # Reads the configuration again on SIGHUP (set by `skyd serve`: flags, file, env).
+        self.load_config: Callable[[], Config] = lambda: config
         self._sessions: set[asyncio.Task] = set()
         self.connections: collections.Counter[int] = collections.Counter()   # open, per uid
         self.frame_budget = FrameBudget(config.inflight_bytes)
@@ -170,6 +183,7 @@ class Daemon:
             stack.callback(_unlink_quietly, cfg.socket_path)
         self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
         stack.callback(self._stop_listening)
+        await self._listen_tcp()
         loop = asyncio.get_running_loop()
         for task in (loop.create_task(self._gc_loop(), name="retention-gc"),
                      loop.create_task(self._autostop_loop(), name="autostop"),
@@ -177,9 +191,12 @@ class Daemon:
                                                                self._slurm_report),
                                       name="slurm-watch")):
             stack.callback(task.cancel)
+        where = str(cfg.socket_path) + (f" and tcp {self.tcp_listening}"
+                                        f"{' (TLS)' if self.front and self.front.tls else ''}"
+                                        if self.tcp_listening else "")
         log.info("skyd %s listening on %s: %d long slots, %d short slots (%s)", self.version,
-                 cfg.socket_path, self.long_slots, self.short_slots, self.slots_source)
-        systemd.notify(f"READY=1\nSTATUS=listening on {cfg.socket_path}")
+                 where, self.long_slots, self.short_slots, self.slots_source)
+        systemd.notify(f"READY=1\nSTATUS=listening on {where}")
         watchdog = systemd.start_watchdog()
         if watchdog is not None:
             stack.callback(watchdog.cancel)
@@ -203,6 +220,8 @@ class Daemon:
         startup()'s order."""
         cfg, hw = self.config, self.hardware
         self.store = Store(cfg.db_path)
+        self.tokens = Tokens(cfg.tokens_path)
+        self.submissions = Submissions(self.store)
         self.pools = NodePools(cfg.node_pools_path)
         self.ssh = SshClient(ssh_control_dir(cfg.state_dir, "daemon"),
                              str(cfg.ssh_known_hosts or ""))
@@ -229,7 +248,8 @@ class Daemon:
                                    cfg.jobs_recover_after)
         self.services = Services(config=cfg, store=self.store, scheduler=self.scheduler,
                                  state=self.state, jobs=self.jobs, ssh=self.ssh, info=self.info,
-                                 version=self.version)
+                                 version=self.version, tokens=self.tokens,
+                                 submissions=self.submissions, watchers=Hub(self.state.registry))
 
     def _node_health(self, host: str, ok: bool, reason: str) -> None:
         """What the ssh runner learns of a node, for the registry (built after the runner)."""
@@ -257,18 +277,58 @@ class Daemon:
         await self._stack.aclose()
         log.info("stopped")
 
+    async def _listen_tcp(self) -> None:
+        """TCP beside the Unix socket: adopted from skyd.socket or bound as `tcp` says; a
+        token on every connection (skyd.server.remote), TLS when configured — required
+        off loopback, checked here too for an adopted socket."""
+        cfg = self.config
+        sock = systemd.adopted_tcp()
+        if sock is None:
+            if cfg.tcp_address is None:
+                return
+            sock = bind_tcp(*cfg.tcp_address)
+        try:
+            host, port = sock.getsockname()[:2]
+            require_tls_off_loopback(host, port, cfg.tls)
+            tls = None
+            if cfg.tls:
+                assert cfg.tls_cert is not None and cfg.tls_key is not None
+                tls = tls_context(cfg.tls_cert, cfg.tls_key)
+        except BaseException:
+            sock.close()
+            raise
+        self.front = FrontDoor(cfg, self.tokens, lambda: self._admin_gid, tls)
+        # TLS by the listener, from the first byte (a handshake started later can lose the
+        # bytes the plain stream already read). An explicit handshake timeout: uvloop 0.23
+        # aborts handshakes at once without one.
+        self._tcp_server = await asyncio.start_server(
+            self._on_tcp_connect, sock=sock, ssl=tls,
+            ssl_handshake_timeout=(cfg.tcp_handshake_timeout if cfg.tcp_handshake_timeout > 0
+                                   else 60.0) if tls else None)
+        self.tcp_listening = format_address(host, port)
+
     def _stop_listening(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tcp_server):
+            if server is not None:
+                server.close()
         self.scheduler.accepting = False
 
     async def _end_sessions(self) -> None:
         for task in list(self._sessions):
             task.cancel()
         await asyncio.gather(*self._sessions, return_exceptions=True)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        for server in (self._server, self._tcp_server):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    async def reload(self) -> list[str]:
+        """SIGHUP: apply the configuration as it reads now (skyd.server.reload)."""
+        from skyd.server.reload import reload
+        return reload(self, self.load_config)
+
+    def set_admin_gid(self, gid: int | None) -> None:
+        self._admin_gid = gid
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
@@ -278,17 +338,33 @@ class Daemon:
     # ---- connections ---------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, None)
+
+    async def _on_tcp_connect(self, reader: asyncio.StreamReader,
+                              writer: asyncio.StreamWriter) -> None:
+        await self._serve(reader, writer, self.front)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     front: FrontDoor | None) -> None:
+        """One connection: who calls (the kernel says, or a TCP token), its cap, its session."""
         task = asyncio.current_task()
         assert task is not None
         self._sessions.add(task)
         uid: int | None = None
         try:
-            caller = peer_caller(writer.get_extra_info("socket"), self._admin_gid)
+            hello = None
+            if front is None:
+                caller = peer_caller(writer.get_extra_info("socket"), self._admin_gid)
+            elif (got := await front.authenticate(reader, writer)) is not None:
+                caller, hello = got
+            else:
+                writer.close()
+                return
             if self._admit(caller.uid, writer):
                 uid = caller.uid
-                await Session(self.services, self.frame_budget, reader, writer, caller).run()
+                await Session(self.services, self.frame_budget, reader, writer, caller).run(hello)
         except asyncio.CancelledError:
-            pass
+            writer.close()
         finally:
             self._sessions.discard(task)
             if uid is not None:
@@ -323,7 +399,8 @@ class Daemon:
             long_running=len(s.long_running), long_pending=len(s.long_pending),
             short_running=s.short.in_use, short_pending=s.short.waiting,
             slots_source=self.slots_source, short_peak=s.short.peak, long_peak=s.long_peak,
-            limits=self.limits(), node_pools=str(self.config.node_pools_path))
+            limits=self.limits(), node_pools=str(self.config.node_pools_path),
+            tcp=self.tcp_listening, tls=self.front is not None and self.front.tls is not None)
 
     def limits(self) -> protocol.Limits:
         cfg, s = self.config, self.scheduler
@@ -334,6 +411,8 @@ class Daemon:
             inflight_bytes=cfg.inflight_bytes, user_long_slots=s.user_long_slots,
             user_pending=s.user_pending, long_timeout=s.long_timeout,
             request_log_bytes=s.log_limit, job_log_bytes=max(0, cfg.job_log_bytes),
+            tcp_handshake_timeout=cfg.tcp_handshake_timeout,
+            tcp_auth_failures=cfg.tcp_auth_failures,
             max_gpus_per_user=cfg.max_gpus_per_user,
             max_clusters_per_user=cfg.max_clusters_per_user)
 

@@ -94,12 +94,17 @@ def is_loopback(host: str) -> bool:
     return ipaddress.ip_address(host).is_loopback
 
 
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def require_tls_off_loopback(host: str, port: int, tls: bool) -> None:
     """Tokens never cross a network in clear text: refuse such a bind at start."""
     if not tls and not is_loopback(host):
         raise ListenError(
-            f"tcp: refusing to listen on {host}:{port} without TLS: {host} is not a loopback "
-            "address, and bearer tokens would cross the network in clear text. Set tls_cert "
+            f"tcp: refusing to listen on {format_address(host, port)} without TLS: {host} is "
+            "not a loopback address, and bearer tokens would cross the network in clear text. "
+            "Set tls_cert "
             "and tls_key (a certificate and its key) in the config, or listen on 127.0.0.1, "
             "or let people reach the daemon over ssh:// (no port at all)")
 
@@ -114,7 +119,8 @@ def bind_tcp(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ListenError(f"tcp: cannot listen on {host}:{port}: {e.strerror or e}") from None
+        raise ListenError(f"tcp: cannot listen on {format_address(host, port)}: "
+                          f"{e.strerror or e}") from None
     sock.listen(1024)
     sock.setblocking(False)
     return sock

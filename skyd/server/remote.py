@@ -1,8 +1,9 @@
 """TCP's front door: what a connection must get through before it is a session.
 
-In order, all within `tcp_handshake_timeout`: the address is not blocked and has not too
-many connections still at the door; TLS (when configured); one small hello frame
-carrying a bearer token that is valid, unexpired and names a user of this host. A bad
+In order, each within `tcp_handshake_timeout`: TLS (when configured: the listener's own,
+see Daemon._listen_tcp); the address is not blocked and has not too many connections
+still at the door; one small hello frame carrying a bearer token that is valid,
+unexpired and names a user of this host. A bad
 token is answered only after a fixed delay, counts against its address (blocked for the
 rest of the minute past `tcp_auth_failures`), and is logged without any of what was
 sent. The session that follows is the Unix socket's, with the token's user as caller.
@@ -41,9 +42,11 @@ def address_key(host: str) -> str:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return host
-    if ip.version == 6 and ip.ipv4_mapped is None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip)
+    return str(ip)
 
 
 class AddressGuard:
@@ -110,12 +113,11 @@ class FrontDoor:
         key = address_key(host)
         wait = self.guard.blocked_for(key)
         if wait or not self.guard.enter(key):
-            # Refused before any TLS work: the cheapest answer to a flood.
+            # Refused before anything is read: the cheapest answer to a flood.
             metrics.limit_hit("tcp_auth_failures" if wait else "tcp_preauth_per_address")
-            if self.tls is None:
-                writer.write(protocol.encode_frame(Error(
-                    ErrorCode.BUSY, "too many failed or unfinished logins from your address",
-                    f"retry in {max(1, round(wait))} s" if wait else "retry in a moment")))
+            writer.write(protocol.encode_frame(Error(
+                ErrorCode.BUSY, "too many failed or unfinished logins from your address",
+                f"retry in {max(1, round(wait))} s" if wait else "retry in a moment")))
             return None
         try:
             hello = await self._hello(reader, writer)
@@ -141,8 +143,6 @@ class FrontDoor:
         timeout = self.config.tcp_handshake_timeout
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
-                if self.tls is not None:
-                    await writer.start_tls(self.tls)
                 (size,) = protocol.HEADER.unpack(await reader.readexactly(4))
                 if size > HELLO_MAX_FRAME:
                     metrics.limit_hit("handshake_max_frame")
@@ -154,7 +154,7 @@ class FrontDoor:
         except TimeoutError:
             metrics.limit_hit("tcp_handshake_timeout")
             raise Refused from None
-        except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError, OSError):
+        except (ConnectionError, asyncio.IncompleteReadError, OSError):
             metrics.protocol_error("tcp_handshake")
             raise Refused from None
         try:

@@ -18,6 +18,7 @@ from skyd.requests.scheduler import Scheduler
 from skyd.server.config import Config
 from skyd.server.idempotency import Submissions
 from skyd.server.tokens import Tokens
+from skyd.server.watchers import Hub
 from skyd.store import Store
 
 
@@ -33,3 +34,4 @@ class Services:
     version: str
     tokens: Tokens                # bearer tokens for TCP (skyd token)
     submissions: Submissions      # idempotency keys: a retried submission answers the first
+    watchers: Hub                 # the watch op's feeds

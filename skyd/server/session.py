@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any, Awaitable, Callable, TypeVar
 
 import msgspec
 
 from skyd import metrics, protocol
-from skyd.streams import FileLog, LogSource, follow
+from skyd.streams import FileLog, LogSource, follow, wait_any
 from skyd.server import handlers  # noqa: F401 - registers every handler
 from skyd.server.dispatch import handler_for
-from skyd.server.handlers.clusters import LogStream
+from skyd.server.handlers.clusters import JobLogStream, LogStream
 from skyd.server.idempotency import Earlier, WithInsert
 from skyd.server.services import Services
-from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Hello, Notice, Queue, Result,
-                           SkydError, Status, Submit, Welcome)
+from skyd.server.watchers import Feed
+from skyd.protocol import (Accepted, Chunk, End, Error, ErrorCode, Following, Hello, Notice,
+                           Queue, Result, SkydError, Status, Submit, Welcome)
 from skyd.identity import Caller
 from skyd.requests.scheduler import stored_error
 
@@ -35,6 +37,11 @@ _dec = msgspec.msgpack.Decoder(protocol.ClientMsg)
 # connection anyway. Larger ones are reserved against the daemon's FrameBudget first.
 SMALL_FRAME = 64 * 1024
 BODY_CHUNK = 256 * 1024
+# A watch connection's send buffers (the kernel's, then asyncio's): small, so that a client
+# that stops reading leaves its events in its bounded feed. A dropped one is closed once
+# its last frames are read, or after this many seconds.
+WATCH_BUFFER_BYTES = 4096
+WATCH_DROP_GRACE = 5.0
 
 
 class FrameBudget:
@@ -202,6 +209,9 @@ class Session:
         try:
             if op.schedule is Queue.INLINE:
                 value = await handler_for(type(op))(self.s, self.caller, op)
+                if isinstance(value, Feed):
+                    await self._watch(value)
+                    return
                 await self._send(Result("", Status.SUCCEEDED, value))
             elif op.schedule is Queue.SHORT:
                 await self._short(op, sub.wait)
@@ -223,7 +233,8 @@ class Session:
                               else (long[0].record.id, long[1]))
                 await self._send(Accepted(rid, Queue.LONG, ahead))
                 if sub.wait:
-                    await self.stream_request(rid, 0, True)
+                    await self.stream_request(rid, 0, True, into_job=sub.follow_job and
+                                              isinstance(op, (protocol.Launch, protocol.Exec)))
         except SkydError as e:
             await self._send(e.to_wire())
         except (ConnectionError, asyncio.IncompleteReadError, _Hangup, asyncio.CancelledError):
@@ -239,7 +250,7 @@ class Session:
         if not sub.idempotency_key:
             return await submit(None)
         return await self.s.submissions.once(self.caller.uid, sub.idempotency_key,
-                                             type(sub.op).__struct_config__.tag, submit)
+                                             str(type(sub.op).__struct_config__.tag), submit)
 
     async def _replay_job(self, rid: str, wait: bool) -> None:
         """A retried jobs launch: the job its first attempt queued."""
@@ -272,8 +283,11 @@ class Session:
             await self._send(Result(req.record.id, Status.SUCCEEDED, value))
         await s.run_short(req, call, send)
 
-    async def stream_request(self, rid: str, offset: int, follow_log: bool) -> None:
-        """A request's log from `offset` (following it while it runs), then its result."""
+    async def stream_request(self, rid: str, offset: int, follow_log: bool,
+                             into_job: bool = False) -> None:
+        """A request's log from `offset` (following it while it runs), then its result;
+        `into_job` (a launch or exec): once it has queued its job, that job's log and
+        record instead of the request's result, all in this one stream."""
         s = self.s.scheduler
         req = s.active(rid) if follow_log else None
         source = FileLog(s.log_path(rid), req.topic if req is not None else None,
@@ -281,7 +295,50 @@ class Session:
         await self._send(End(await self._follow(source, offset)))
         if req is not None:
             await req.done
-        await self._send(await self._result(rid))
+        result = await self._result(rid)
+        launched = _launched(result) if into_job else None
+        if launched is None or launched.job_id is None:
+            await self._send(result)
+            return
+        await self._send(Following(launched.cluster, launched.job_id))
+        job = JobLogStream(self.s, launched.cluster, launched.job_id, follow=True, offset=0)
+        await self._send(End(await self._follow(job.source, 0)))
+        launched.job = await job.final()
+        await self._send(Result(rid, result.status, launched))
+
+    async def _watch(self, feed: Feed) -> None:
+        """Send the feed's events until the client hangs up (or sends anything: a watch is
+        a connection's last request). Its buffers are small; a client that does not read
+        leaves its events in the feed, which drops it past its bound."""
+        transport = self.writer.transport
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WATCH_BUFFER_BYTES)
+        transport.set_write_buffer_limits(high=WATCH_BUFFER_BYTES)
+        whose = "every user's" if feed.uid is None else "your"
+        await self._send(Notice(f"watching {whose} requests, managed jobs and clusters"))
+        hangup = asyncio.ensure_future(self.reader.read(1))
+        try:
+            while not hangup.done():
+                if feed.dropped:
+                    metrics.limit_hit("watch_buffer")
+                    self.writer.write(protocol.encode_frame(Error(
+                        ErrorCode.BUSY, f"watch dropped: more than {feed.size} events were "
+                                        "waiting to be read", "read the events as they come, "
+                                        "then watch again")))
+                    asyncio.get_running_loop().call_later(WATCH_DROP_GRACE, transport.abort)
+                    raise _Hangup
+                full = transport.get_write_buffer_size() > WATCH_BUFFER_BYTES
+                if feed.events and not full:
+                    self.writer.write(b"".join(map(protocol.encode_frame, feed.events)))
+                    feed.events.clear()
+                    continue
+                waits = [feed.topic.wait(feed.topic.version), asyncio.shield(hangup)]
+                await wait_any(*waits, self.writer.drain()) if full else await wait_any(*waits)
+            raise _Hangup
+        finally:
+            hangup.cancel()
+            self.s.watchers.unsubscribe(feed)
 
     async def _follow(self, source: LogSource, offset: int) -> int:
         """Send a log source's chunks and notices from `offset`; the offset reached."""
@@ -312,6 +369,13 @@ class Session:
         if not rec.status.finished:
             return Result(rid, rec.status)
         return _result_of(rid, rec.status, blob)
+
+
+def _launched(result: Result) -> protocol.LaunchResult | None:
+    """A launch's or exec's result, when it succeeded."""
+    if result.status is not Status.SUCCEEDED or not isinstance(result.value, msgspec.Raw):
+        return None
+    return msgspec.msgpack.decode(result.value, type=protocol.LaunchResult)
 
 
 def _result_of(rid: str, status: Status, stored: Any) -> Result:

@@ -59,10 +59,26 @@ def publish(state_dir: str | Path, boards: dict[int, Board]) -> None:
         os.replace(tmp, final)
 
 
-def read(state_dir: str | Path, uid: int, max_age: float) -> Board | None:
-    """The user's board if the daemon wrote it within `max_age` seconds (worker side)."""
-    try:
-        board = _dec.decode(board_path(state_dir, uid).read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return None
-    return board if time.time() - board.time <= max_age else None
+class Reader:
+    """A user's board as a waiting launch reads it (worker side): decoded again only when
+    the daemon has put a new one in place (a stat per look)."""
+
+    def __init__(self, state_dir: str | Path, uid: int):
+        self.path = board_path(state_dir, uid)
+        self.stamp: tuple[int, int] | None = None
+        self.board: Board | None = None
+
+    def get(self, max_age: float) -> Board | None:
+        """The board, if the daemon wrote it within `max_age` seconds."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if (st.st_ino, st.st_mtime_ns) != self.stamp:
+            self.stamp = (st.st_ino, st.st_mtime_ns)
+            try:
+                self.board = _dec.decode(self.path.read_bytes())
+            except (OSError, msgspec.DecodeError):
+                self.board = None
+        b = self.board
+        return b if b is not None and time.time() - b.time <= max_age else None

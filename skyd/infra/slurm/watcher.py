@@ -50,6 +50,8 @@ def cluster_view(record: ClusterRecord, alloc: Allocation | None) -> tuple[Clust
             return ClusterState.UNHEALTHY, f"Slurm suspended its allocation (job {job})"
         if alloc.holding:
             return ClusterState.UP, ""
+        if alloc.waiting:          # preempted and requeued: its nodes (and jobs) are gone
+            return ClusterState.STOPPED, f"Slurm requeued its allocation: {alloc.describe()}"
         return ClusterState.STOPPED, f"its allocation ended: {alloc.describe()}"
     if status == ClusterState.STOPPED and alloc is not None and alloc.ended:
         # how it ended, as it settles (COMPLETING, then CANCELLED)
@@ -174,7 +176,10 @@ class AllocationWatcher:
         alloc = next(iter(parse_lines(out)), None)
         if alloc is None:
             return f"Slurm no longer knows its allocation (job {job_id})"
-        return "" if alloc.holding else f"its allocation ended: {alloc.describe()}"
+        if alloc.holding:
+            return ""
+        return f"Slurm requeued its allocation: {alloc.describe()}" if alloc.waiting else \
+            f"its allocation ended: {alloc.describe()}"
 
 
 def _chunks(names: list[str]) -> list[list[str]]:

@@ -19,7 +19,7 @@ import msgspec
 
 from skyd import metrics
 from skyd.identity import Caller
-from skyd.protocol import ManagedJobRecord, Queue, RequestRecord, SkydError
+from skyd.protocol import MANAGED_FINISHED, ManagedJobRecord, Queue, RequestRecord, SkydError
 from skyd.server.services import Services
 from skyd.streams import Topic
 
@@ -65,8 +65,14 @@ class Board:
     # ---- events -----------------------------------------------------------------------
 
     def listen(self, counts: metrics.Counts) -> None:
-        counts.on_request.append(self._request_finished)
-        counts.on_managed_job.append(self._managed_job_finished)
+        metrics.listeners.append(self._status_changed)
+
+    def _status_changed(self, rec: RequestRecord | ManagedJobRecord) -> None:
+        if isinstance(rec, RequestRecord):
+            if rec.status.finished:
+                self._request_finished(rec)
+        elif rec.status in MANAGED_FINISHED:
+            self._managed_job_finished(rec)
 
     def _request_finished(self, rec: RequestRecord) -> None:
         if rec.queue is Queue.SHORT:    # milliseconds each: counted, not listed
@@ -128,6 +134,8 @@ class Board:
             self.tick.notify()
 
     def close(self) -> None:
+        if self._status_changed in metrics.listeners:
+            metrics.listeners.remove(self._status_changed)
         self.closing = True
         self.tick.notify()
         if self._ticker is not None:
