@@ -112,13 +112,12 @@ def _gpu_ask(text: str, count: int | None = None) -> GpuAsk:
     if sep:
         if count is not None:
             raise TaskError(f"{where}: {text!r}: give the count once (MODEL: COUNT)")
-        try:
-            value = float(raw)
-        except ValueError:
-            raise TaskError(f"{where}: {text!r}: the count after ':' must be a number") from None
-        if value != int(value):
+        m = re.fullmatch(r"\s*(\d{1,6})(\.\d*)?\s*", raw, re.ASCII)
+        if m is None:
+            raise TaskError(f"{where}: {text!r}: the count after ':' must be a number")
+        if m.group(2) and m.group(2).strip(".0"):
             raise TaskError(f"{where}: {text!r}: whole GPUs only (fractions are not supported)")
-        count = int(value)
+        count = int(m.group(1))
     if count is None:
         count = 1
     if isinstance(count, bool) or not isinstance(count, int):

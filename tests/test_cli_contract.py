@@ -69,6 +69,7 @@ ROWS = [
     ("jobs logs", lambda d, s: ["jobs", "logs", "1"], TASK_OUT),
     ("jobs cancel", lambda d, s: ["jobs", "cancel", "1"], ""),
     ("check", lambda d, s: ["check"], ""),
+    ("gpus", lambda d, s: ["gpus"], None),
     ("api status", lambda d, s: ["api", "status", "-a"], None),
     ("api logs", lambda d, s: ["api", "logs", _request_of(d, "c")], SETUP_OUT),
     ("api cancel", lambda d, s: ["api", "cancel", _request_of(d, "c")], ""),

@@ -242,3 +242,14 @@ def test_managed_jobs_wait_for_gpus_by_priority_within_their_owner(box):
     assert jobs[3].started_at < jobs[2].started_at, jobs
     p = box.skyctl("jobs", "launch", "--priority", "2000", "true")
     assert p.returncode == 2 and "--priority must be between 0 and 1000" in p.stderr
+
+
+def test_gpus_total_and_in_use_per_pool_in_metrics(make_daemon, workdir, monkeypatch):
+    from http_side import free_port, scrape, value
+    port = free_port()
+    d = start_with_gpus(make_daemon, workdir, monkeypatch, [("H100", 4)], "--http",
+                        f"127.0.0.1:{port}")
+    launch(d, "c1", "H100:3")
+    m = scrape(f"http://127.0.0.1:{port}")
+    assert value(m, "skyd_gpus", pool="local", model="H100") == 4
+    assert value(m, "skyd_gpus_in_use", pool="local", model="H100") == 3

@@ -129,3 +129,15 @@ def test_two_nodes_on_two_hosts_and_a_failing_nvidia_smi(gpu_pool):
     d.skyctl("infra", "--refresh", check=True)
     assert d.wait_request(rid).status == "succeeded"
     assert hosts_of(d, "a") == [key[1]]
+
+
+def test_gpus_are_detected_again_when_the_pool_file_changes(gpu_pool, workdir):
+    d, key = gpu_pool, gpu_pool.key
+
+    def pool_hosts() -> dict[str, int]:
+        return {h.host: len(h.gpus) for h in d.call(protocol.GpuStatus(pools=["p"]))}
+    (workdir / "pools.yaml").write_text(d.hosts.pool_yaml("p", d.hosts.hosts[:1]))
+    assert wait_until(lambda: pool_hosts() == {key[0]: 8}, 15), pool_hosts()
+    d.fakes[1].set([("A100", 4)])              # changed while out of the pool
+    (workdir / "pools.yaml").write_text(d.hosts.pool_yaml("p", d.hosts.hosts[:2]))
+    assert wait_until(lambda: pool_hosts() == {key[0]: 8, key[1]: 4}, 15), pool_hosts()

@@ -6,6 +6,7 @@ a durable row each and nothing else."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -131,3 +132,30 @@ def test_submissions_through_kill_9_restarts_are_accepted_exactly_once(make_daem
     assert sorted(r.id for r in execs) == sorted(accepted)      # no duplicate, none lost
     assert all(r.status is Status.PENDING for r in execs)
     _clean(d)
+
+
+async def test_keys_are_each_users_own_and_go_with_their_request(tmp_path):
+    """The store's rows: one key of two users are two keys; retention removing a request
+    removes its key with it (ON DELETE CASCADE), so the key names nothing afterwards."""
+    import time as clock
+
+    from skyd.store import Store
+    store = Store(tmp_path / "s.db")
+    await store.open()
+    try:
+        recs = [protocol.RequestRecord(id=f"r{uid}", name="exec", queue=protocol.Queue.LONG,
+                                       status=Status.PENDING, user=f"u{uid}", uid=uid,
+                                       created_at=clock.time()) for uid in (1001, 1002)]
+        for rec in recs:
+            await asyncio.gather(store.add_request(rec, b"\x80"),
+                                 store.add_submission_key(rec.uid, "same", rec.id, "exec",
+                                                          rec.created_at))
+        assert await store.submission(1001, "same") == ("r1001", "exec")
+        assert await store.submission(1002, "same") == ("r1002", "exec")
+        with pytest.raises(Exception, match="FOREIGN KEY"):     # no key without its request
+            await store.add_submission_key(1001, "orphan", "no-such-request", "exec", 0.0)
+        await store.delete_requests(["r1001"])
+        assert await store.submission(1001, "same") is None
+        assert await store.submission(1002, "same") == ("r1002", "exec")
+    finally:
+        await store.close()

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import msgspec
 import pytest
@@ -144,6 +145,12 @@ def test_a_bind_off_loopback_without_tls_is_refused_at_start(workdir):
     assert not (workdir / "a").exists()              # refused before anything was touched
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _first_frame(s: socket.socket):
     return _dec.decode(protocol.recv_frame(s))
 
@@ -165,7 +172,8 @@ def test_limits_before_authentication(make_daemon, workdir):
     cfg = workdir / "limits.yaml"
     cfg.write_text("tcp: 127.0.0.1:0\ntcp_preauth_per_address: 2\ntcp_handshake_timeout: 1\n"
                    "tcp_auth_failures: 0\n")
-    d = make_daemon("--config", str(cfg))
+    http = _free_port()
+    d = make_daemon("--config", str(cfg), "--http", f"127.0.0.1:{http}")
     port = tcp_port(d)
     silent = [raw_tcp(port), raw_tcp(port)]           # say nothing: they hold the door
     third = raw_tcp(port)
@@ -192,6 +200,14 @@ def test_limits_before_authentication(make_daemon, workdir):
     # The door is free again: a good token gets in.
     with connect(d, new_token(d, "after")) as c:
         assert c.welcome is not None
+        # The daemon's counts cover TCP: its connections, what the door refused.
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=10) as r:
+            scraped = r.read().decode()
+    for line in ('skyd_limits_hit_total{limit="tcp_preauth_per_address"} 1.0',
+                 'skyd_limits_hit_total{limit="tcp_handshake_timeout"} 2.0',
+                 'skyd_limits_hit_total{limit="handshake_max_frame"} 1.0',
+                 'skyd_protocol_errors_total{kind="no_hello"} 1.0', "skyd_connections 1.0"):
+        assert line in scraped, line
 
 
 def test_tokens_are_for_admins_and_another_users_token_needs_root(make_daemon, workdir, people):

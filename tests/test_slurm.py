@@ -25,15 +25,15 @@ resources:
 """
 
 
-def slurm_config(workdir: Path, cluster, name: str = "config.yaml", **settings) -> Path:
-    """A daemon config whose `slurm:` section points at the test cluster; each test's
-    cluster files in a directory of their own under each user's home."""
-    files_dir = settings.pop("files_dir", f".skyd/slurm-test-{secrets.token_hex(3)}")
+def slurm_config(workdir: Path, cluster, name: str = "config.yaml", **settings) -> tuple[Path, str]:
+    """A daemon config whose `slurm:` section points at the test cluster, and the directory
+    (under each user's home) of its clusters' files: one of its own per config."""
+    files_dir = f".skyd/slurm-test-{secrets.token_hex(3)}"
     body = {"slurm_conf": str(cluster.conf), "files_dir": files_dir, "watch_interval": 0.5,
             **settings}
     path = workdir / name
     path.write_text("slurm:\n" + "".join(f"  {k}: {v}\n" for k, v in body.items()))
-    return path
+    return path, files_dir
 
 
 def _forget_files(files_dir: str) -> None:
@@ -44,10 +44,10 @@ def _forget_files(files_dir: str) -> None:
 @pytest.fixture
 def on_slurm(make_daemon, slurm_cluster, workdir):  # noqa: F811
     """A daemon (root) with the slurm infra on the test cluster."""
-    config = slurm_config(workdir, slurm_cluster)
+    config, files_dir = slurm_config(workdir, slurm_cluster)
     d = make_daemon("--config", str(config))
     d.slurm = slurm_cluster
-    d.files_dir = config.read_text().split("files_dir: ")[1].split()[0]
+    d.files_dir = files_dir
     yield d
     slurm_cluster.cancel_all()
     _forget_files(d.files_dir)
@@ -159,6 +159,15 @@ def test_stop_is_refused_and_an_allocation_slurm_ended_shows_why(on_slurm, workd
                 and j["state"] not in ("CANCELLED", "COMPLETED")]
 
 
+def test_autostop_tears_a_slurm_cluster_down(on_slurm, workdir):
+    task = write_task(workdir, "t.yaml", TASK + "run: echo up\n")
+    assert on_slurm.skyctl("launch", "-c", "a1", str(task)).returncode == 0
+    alloc = cluster(on_slurm, "a1").nodes[0].allocation
+    assert on_slurm.skyctl("autostop", "a1", "-i", "0.02", "-y").returncode == 0   # stop, not down
+    assert wait_until(lambda: on_slurm.call(protocol.ClusterStatus()) == [], 30)
+    assert wait_until(lambda: allocation_state(on_slurm.slurm, alloc) == "CANCELLED", 10)
+
+
 def test_a_pending_allocation_shows_slurms_reason_and_its_launch_can_be_cancelled(on_slurm, workdir):
     slurm = on_slurm.slurm
     hog = slurm.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}", "--mem=100",
@@ -184,7 +193,7 @@ def test_a_pending_allocation_shows_slurms_reason_and_its_launch_can_be_cancelle
 def test_waiting_launches_ask_slurm_nothing_the_daemon_asks_once_per_interval(
         make_daemon, slurm_cluster, workdir):  # noqa: F811
     bin_dir, calls = counting_bin(workdir / "bin")
-    config = slurm_config(workdir, slurm_cluster, bin_dir=bin_dir, watch_interval=1.0)
+    config, files_dir = slurm_config(workdir, slurm_cluster, bin_dir=bin_dir, watch_interval=1.0)
     d = make_daemon("--config", str(config))
     try:
         hog = slurm_cluster.run(["sbatch", "--parsable", f"--cpus-per-task={slurm_cluster.cpus}",
@@ -209,7 +218,7 @@ def test_waiting_launches_ask_slurm_nothing_the_daemon_asks_once_per_interval(
                     and j["state"] == "PENDING"]
     finally:
         slurm_cluster.cancel_all()
-        _forget_files(config.read_text().split("files_dir: ")[1].split()[0])
+        _forget_files(files_dir)
 
 
 def test_gpus_are_slurm_gres_and_cuda_visible_devices_is_slurms(on_slurm, workdir):
@@ -249,8 +258,7 @@ run: echo "gpus=$SKYPILOT_NUM_GPUS_PER_NODE cuda=$CUDA_VISIBLE_DEVICES"
 def test_two_users_each_submit_as_themselves(make_daemon, workdir, people, slurm_cluster):  # noqa: F811
     import users
     os.chmod(workdir, 0o755)
-    config = slurm_config(workdir, slurm_cluster)
-    files_dir = config.read_text().split("files_dir: ")[1].split()[0]
+    config, files_dir = slurm_config(workdir, slurm_cluster)
     d = make_daemon("--socket-group", users.GROUP, "--config", str(config))
     try:
         task = write_task(workdir, "t.yaml", TASK + "run: echo \"I am $(id -un) in $HOME\"\n")
@@ -366,7 +374,7 @@ def test_no_slurm_config_or_commands_or_munge_is_a_clear_error(make_daemon, work
     assert p.returncode != 0 and "this server has no Slurm configured" in p.stderr
 
     nobin = make_daemon("--config", str(slurm_config(workdir, slurm_cluster, "nobin.yaml",
-                                                      bin_dir="/nonexistent/bin")), name="nobin")
+                                                      bin_dir="/nonexistent/bin")[0]), name="nobin")
     p = nobin.skyctl("launch", "-c", "x", str(task), "-y")
     assert p.returncode != 0 and "Slurm's commands are not installed on the server" in p.stderr
 
@@ -374,14 +382,15 @@ def test_no_slurm_config_or_commands_or_munge_is_a_clear_error(make_daemon, work
     conf = workdir / "nomunge.conf"
     conf.write_text(slurm_cluster.conf.read_text().replace(
         f"AuthInfo=socket={slurm_cluster.munge_socket}", f"AuthInfo=socket={workdir}/none.sock"))
-    nomunge = make_daemon("--config", str(slurm_config(workdir, slurm_cluster, "nomunge.yaml",
-                                                        slurm_conf=conf)), name="nomunge")
+    config, files_dir = slurm_config(workdir, slurm_cluster, "nomunge.yaml", slurm_conf=conf)
+    nomunge = make_daemon("--config", str(config), name="nomunge")
     started = time.monotonic()
     p = nomunge.skyctl("launch", "-c", "x", str(task), "-y", timeout=60)
     assert p.returncode != 0 and "Slurm cannot authenticate this server" in p.stderr
     assert "munged" in p.stderr and time.monotonic() - started < 45
     assert nomunge.skyctl("down", "x", "-y").returncode != 0      # Slurm unreachable: kept
     assert [c.name for c in nomunge.call(protocol.ClusterStatus())] == ["x"]
+    _forget_files(files_dir)
 
 
 def test_a_launch_rides_out_a_controller_restart_and_down_waits_for_it(on_slurm, workdir):

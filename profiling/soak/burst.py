@@ -302,7 +302,7 @@ class Burst:
         left = list(ids)
         while left and time.monotonic() < deadline:
             recs = self._records(left)
-            left = [rid for rid in left if recs.get(rid) is not None and not recs[rid].status.finished]
+            left = [rid for rid in left if (rec := recs.get(rid)) is not None and not rec.status.finished]
             if left:
                 time.sleep(0.2)
         return left
@@ -459,7 +459,8 @@ def stop_schedule(rnd: random.Random, duration: float, kills: int, sigterm: bool
     never bunch up), then a SIGTERM in the last slice."""
     n = kills + (1 if sigterm else 0)
     width = duration / (n + 1)
-    out = [(width * (k + rnd.uniform(0.6, 1.4)), signal.SIGKILL) for k in range(kills)]
+    out: list[tuple[float, int]] = [(width * (k + rnd.uniform(0.6, 1.4)), signal.SIGKILL)
+                                    for k in range(kills)]
     if sigterm:
         out.append((width * (kills + rnd.uniform(0.6, 1.2)), signal.SIGTERM))
     return out

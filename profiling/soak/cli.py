@@ -6,14 +6,32 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import profiling.soak as package
 from profiling.soak import fuzz_files, runs
 
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big `all` runs each part."""
+    requests: int
+    clients: int
+    kills: int
+    duration: float
+    wire: int
+    tasks: int
+    pools: int
+    launches: int
+    seconds: float
+
+
+FULL = Sizes(requests=10_000, clients=8, kills=20, duration=400.0, wire=100_000, tasks=20_000,
+             pools=20_000, launches=50, seconds=600.0)
 # CI-sized runs of everything, to check the soak itself works (tests/reliability).
-SMOKE = {"requests": 24, "kills": 1, "duration": 3.0, "wire": 30, "tasks": 20, "pools": 20,
-         "launches": 1, "seconds": 4.0}
+SMOKE = Sizes(requests=24, clients=4, kills=1, duration=3.0, wire=30, tasks=20, pools=20, launches=1,
+              seconds=4.0)
 
 
 def _table(rows: list[runs.Row]) -> str:
@@ -51,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     steady.add_argument("--csv", type=Path, help="every second's sample as CSV")
     every = sub.add_parser("all", help="crash, fuzz and steady at their default sizes")
     every.add_argument("--smoke", action="store_true", help="tiny sizes: check the soak itself works")
-    for p in (crash, fuzz, steady, every):
-        p.add_argument("--json", type=Path, help="write every figure as JSON to this file")
-        p.add_argument("--keep", action="store_true", help="keep the state directories (under /tmp)")
+    for parser in (crash, fuzz, steady, every):
+        parser.add_argument("--json", type=Path, help="write every figure as JSON to this file")
+        parser.add_argument("--keep", action="store_true", help="keep the state directories (under /tmp)")
     args = ap.parse_args(argv)
 
     def log(text: str) -> None:
@@ -77,18 +95,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(runs.steady(args.minutes * 60, args.short_rate, args.long_rate, args.managed_rate,
                                 args.csv, args.keep, log))
     else:
-        size = SMOKE if args.smoke else {"requests": 10_000, "kills": 20, "duration": 400.0, "wire": 100_000,
-                                         "tasks": 20_000, "pools": 20_000, "launches": 50, "seconds": 600.0}
-        rows.append(runs.crash(size["requests"], 4 if args.smoke else 8, size["kills"], size["duration"],
-                               4 if args.smoke else 8, None, args.keep, log))
-        rows.append(runs.fuzz_wire(size["wire"], args.keep, log))
-        rows.append(runs.fuzz_tasks(size["tasks"], size["launches"], args.keep, log))
-        rows.append(runs.fuzz_pools(size["pools"], args.keep, log))
-        rows.append(runs.steady(size["seconds"], 40.0, 1.0, 0.3, None, args.keep, log))
+        size = SMOKE if args.smoke else FULL
+        rows.append(runs.crash(size.requests, size.clients, size.kills, size.duration, size.clients, None,
+                               args.keep, log))
+        rows.append(runs.fuzz_wire(size.wire, args.keep, log))
+        rows.append(runs.fuzz_tasks(size.tasks, size.launches, args.keep, log))
+        rows.append(runs.fuzz_pools(size.pools, args.keep, log))
+        rows.append(runs.steady(size.seconds, 40.0, 1.0, 0.3, None, args.keep, log))
     print(_table(rows))
     for r in rows:
-        for p in r.problems:
-            print(f"- {r.test}: {p}")
+        for problem in r.problems:
+            print(f"- {r.test}: {problem}")
         if r.details:
             print(f"- {r.test}: {json.dumps(r.details, default=str)[:1500]}")
     if args.json:

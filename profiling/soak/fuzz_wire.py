@@ -206,10 +206,18 @@ def wire_cases() -> st.SearchStrategy[WireCase]:
 # ---- what the daemon must answer ---------------------------------------------------------
 
 ERROR, WELCOME, ANSWER, ERROR_OR_CLOSE = "error", "welcome", "answer", "error or close"
+STREAM = "a stream until the client hangs up"
+# Ops whose answer is open-ended (events until the client hangs up), and ops that write
+# something other than requests and clusters (tokens), by tag: a tag the contract does not
+# have (an older or newer one) simply matches nothing.
+OPEN_ENDED = frozenset({"watch"})
+WRITES = frozenset({"token_create", "token_revoke"})
 
 
 def would_change(op: protocol.Op) -> bool:
     """Could the daemon accept this op and change its state? (Such ops are never sent.)"""
+    if op.__struct_config__.tag in WRITES:
+        return True
     if op.schedule in (protocol.Queue.LONG, protocol.Queue.JOBS):
         task = getattr(op, "task", None)
         if task is None:
@@ -263,6 +271,9 @@ def expected(stream: bytes) -> Expected:
             out.replies.append(ERROR)
         else:
             out.changes = out.changes or would_change(msg.op)
+            if msg.op.__struct_config__.tag in OPEN_ENDED:
+                out.replies.append(STREAM)      # it ends when we hang up: nothing after it
+                break
             out.replies.append(ANSWER)
     return out
 
@@ -304,36 +315,53 @@ def exchange(sock_path: Path | str, case: WireCase, timeout: float = 10.0) -> li
     return frames
 
 
-def _answers(frames: list[Any]) -> list[tuple[str, Any]]:
-    """Group the frames as replies: a request's answer is everything up to its Result,
-    Error or (--async) Accepted."""
-    out: list[tuple[str, Any]] = []
+def _answers(frames: list[Any]) -> list[tuple[str, Any, int]]:
+    """Group the frames as replies: (kind, its last frame, index of its first frame). A
+    request's answer is everything up to its Result, Error or (--async) Accepted."""
+    out: list[tuple[str, Any, int]] = []
     i = 0
     while i < len(frames):
         f = frames[i]
         if isinstance(f, protocol.Welcome):
-            out.append((WELCOME, f))
+            out.append((WELCOME, f, i))
         elif isinstance(f, protocol.Error):
-            out.append((ERROR, f))
+            out.append((ERROR, f, i))
         else:
             j = i
             while j < len(frames) and isinstance(frames[j], (protocol.Chunk, protocol.End, protocol.Notice)):
                 j += 1
-            out.append((ANSWER, frames[min(j, len(frames) - 1)]))
+            out.append((ANSWER, frames[min(j, len(frames) - 1)], i))
             i = j
         i += 1
     return out
 
 
+def _internal(frame_: Any) -> bool:
+    err = frame_ if isinstance(frame_, protocol.Error) else getattr(frame_, "error", None)
+    return isinstance(err, protocol.Error) and err.code is protocol.ErrorCode.INTERNAL
+
+
+def _stream_ok(tail: list[Any]) -> bool:
+    """What an event stream may send: events and notices, maybe one final error (a watcher
+    dropped, never an internal one), then nothing."""
+    if tail and isinstance(tail[-1], protocol.Error):
+        if _internal(tail[-1]):
+            return False
+        tail = tail[:-1]
+    event = getattr(protocol, "Event", protocol.Notice)
+    return all(isinstance(x, (protocol.Notice, event)) for x in tail)
+
+
 def check(frames: list[Any], want: Expected) -> str:
     """Why the daemon's answer breaks the rules ("" when it does not)."""
     got = _answers(frames)
-    for k, (kind, frame_) in enumerate(got):
+    for k, (kind, frame_, start) in enumerate(got):
         if isinstance(frame_, str):
             return frame_
-        err = frame_ if isinstance(frame_, protocol.Error) else getattr(frame_, "error", None)
-        if isinstance(err, protocol.Error) and err.code is protocol.ErrorCode.INTERNAL:
-            return f"reply {k} is an internal error: {err}"
+        if k < len(want.replies) and want.replies[k] == STREAM:
+            return "" if _stream_ok(frames[start:]) else f"reply {k} on: {frames[start:]} is no event stream"
+        if _internal(frame_):
+            return f"reply {k} is an internal error: {frame_}"
         if k >= len(want.replies):
             return f"{len(got)} replies, the rules say {len(want.replies)}: {want.replies}"
         w = want.replies[k]
@@ -346,7 +374,7 @@ def check(frames: list[Any], want: Expected) -> str:
         elif w != kind:
             return f"reply {k} is {kind} ({frame_}), the rules say {w}"
     missing = want.replies[len(got):]
-    if missing and missing != [ERROR_OR_CLOSE]:
+    if missing and missing not in ([ERROR_OR_CLOSE], [STREAM]):
         return f"{len(got)} replies, the rules say {len(want.replies)}: {want.replies}"
     return ""
 

@@ -14,12 +14,14 @@ fits.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 from dataclasses import dataclass, field
 from typing import Callable
 
 from skyd.clusters.ledger import Ledger
-from skyd.clusters.placement import Demand, candidates, never_fits, place, resolve, why_waiting
+from skyd.clusters.placement import (Demand, candidates, never_fits, place, resolve,
+                                     surely_blocked, why_waiting)
 from skyd.protocol import HeldSlice
 
 MAX_OVERTAKES = 32
@@ -77,10 +79,9 @@ class Claims:
 
     def add(self, claim: Claim) -> Claim:
         """Queue a claim (replacing one for the same cluster). Nothing is placed here:
-        run() does, in fair order."""
+        run() does, in fair order; its reason is said by explain()."""
         self.drop(claim.key)
         claim.seq = next(self._seq)
-        claim.reason = why_waiting(self.ledger, claim.demand)
         self.by_key[claim.key] = claim
         bisect.insort(self.by_user.setdefault(claim.uid, []), claim, key=lambda c: c.sort_key)
         return claim
@@ -105,39 +106,59 @@ class Claims:
 
     def run(self) -> list[Claim]:
         """Place what fits now, in fair order. Returns the claims placed (each left the
-        queue, its slices reserved in the ledger) and those whose reason changed."""
+        queue, its slices reserved in the ledger). Reasons are not computed here (the
+        hot path): explain() does, when someone will read them."""
         ledger = self.ledger
         told: list[Claim] = []
-        blocked: set[int] = set()
         total = ledger.total_gpus() or 1
 
-        def turn(uid: int) -> tuple[float, int]:
-            return (ledger.user_gpus.get(uid, 0) / total, self._served.get(uid, 0))
-
-        while len(blocked) < len(self.by_user):
-            uid = min((u for u in self.by_user if u not in blocked), key=turn)
-            head = self.by_user[uid][0]
+        def turn(uid: int) -> tuple[float, int, int]:
+            return (ledger.user_gpus.get(uid, 0) / total, self._served.get(uid, 0), uid)
+        # Whose turn: a heap by share (a placement changes only the placed person's).
+        order = [turn(uid) for uid in self.by_user]
+        heapq.heapify(order)
+        while order:
+            uid = heapq.heappop(order)[2]
+            mine = self.by_user.get(uid)
+            if not mine:
+                continue
+            head = mine[0]
             if head.checked == ledger.freed and not head.fence:
-                blocked.add(uid)        # nothing was freed since it last did not fit
-                continue
-            why = self._capped(head)
-            fenced = frozenset(h for h, k in self.fenced.items() if k != head.key)
-            slices = None if why else place(ledger, head.demand, fenced, self.avoid())
+                continue        # nothing was freed since it last did not fit
+            slices = None
+            if not self._capped(head) and not surely_blocked(ledger, head.demand):
+                fenced = frozenset(h for h, k in self.fenced.items() if k != head.key) \
+                    if self.fenced else frozenset()
+                slices = place(ledger, head.demand, fenced, self.avoid())
             if slices is None:
-                blocked.add(uid)
                 head.checked = ledger.freed
-                why = why or why_waiting(ledger, head.demand, fenced)
-                if why != head.reason:
-                    head.reason = why
-                    told.append(head)
-                continue
+                continue        # blocked: the person's later claims wait behind it
             self.drop(head.key)
             ledger.hold(head.key, head.uid, head.user, slices, reserved=True)
             head.slices, head.reason = slices, ""
             self._served[uid] = next(self._serve_seq)
             told.append(head)
             self._overtake(head)
+            if uid in self.by_user:
+                heapq.heappush(order, turn(uid))
         return told
+
+    def explain(self, claims: list[Claim] | None = None) -> list[Claim]:
+        """Say why each claim waits (by default each person's first: the ones the next
+        pass looks at); returns those whose reason changed."""
+        if claims is None:
+            claims = [mine[0] for mine in self.by_user.values()]
+        changed = []
+        for claim in claims:
+            fenced = frozenset(h for h, k in self.fenced.items() if k != claim.key)
+            why = self._capped(claim) or why_waiting(self.ledger, claim.demand, fenced)
+            ahead = self.position(claim.key)
+            if ahead:
+                why += f" ({ahead} of your requests ahead of it)"
+            if why != claim.reason:
+                claim.reason = why
+                changed.append(claim)
+        return changed
 
     def _capped(self, claim: Claim) -> str:
         caps = self.caps

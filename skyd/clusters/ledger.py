@@ -86,6 +86,8 @@ class Ledger:
         # (pool, model) -> free GPU count -> hosts: best fit starts at the fewest free.
         self.free_index: dict[tuple[str, str], dict[int, set[str]]] = {}
         self._indexed: dict[str, dict[tuple[str, str], int]] = {}   # host -> its entries
+        self.models: dict[str, str] = {}   # a model's name in lower case -> as detected
+        self._total = 0                    # GPUs of every host
         self.version = 0         # moves on every change
         self.freed = 0           # moves when room may have appeared (a release, new GPUs)
 
@@ -120,6 +122,7 @@ class Ledger:
                 if not host.holdings:
                     self._unindex(host)
                     del self.hosts[key]
+                    self._total -= len(host.gpus)
                 continue
             if sorted(host.pools) != sorted(wanted[key]):
                 host.pools = wanted[key]
@@ -155,6 +158,9 @@ class Ledger:
         host.probed = True
         before = set(host.gpus)
         host.gpus = {g.index: g for g in found.gpus}
+        self.models = {g.model.lower(): g.model for h in self.hosts.values()
+                       for g in h.gpus.values()}
+        self._total = sum(len(h.gpus) for h in self.hosts.values())
         if found.cpus:
             self.set_size(key, found.cpus, found.memory_bytes)
         self._reindex(host)
@@ -225,6 +231,7 @@ class Ledger:
             if host.gone and not host.holdings:
                 self._unindex(host)
                 del self.hosts[host.key]
+                self._total -= len(host.gpus)
         if not gpus_only:
             del self.by_cluster[cluster]
         self.version += 1
@@ -235,7 +242,7 @@ class Ledger:
         return [h.slice for h in self.by_cluster.get(cluster, [])]
 
     def reserved(self, cluster: str) -> bool:
-        held = self.by_cluster.get(cluster)
+        held = self.by_cluster.get(cluster) or []
         return bool(held) and all(h.reserved for h in held)
 
     def confirm(self, cluster: str) -> None:
@@ -244,7 +251,7 @@ class Ledger:
             h.reserved = False
 
     def total_gpus(self) -> int:
-        return sum(len(h.gpus) for h in self.hosts.values())
+        return self._total
 
     # ---- the free-GPU index ----------------------------------------------------------------
 
@@ -268,6 +275,11 @@ class Ledger:
                 entries[(pool, model)] = n
                 self.free_index.setdefault((pool, model), {}).setdefault(n, set()).add(host.key)
         self._indexed[host.key] = entries
+
+    def most_free(self, pool: str, model: str) -> int:
+        """The most free GPUs of `model` on one host of `pool` (fenced or not)."""
+        buckets = self.free_index.get((pool, model))
+        return max(buckets) if buckets else 0
 
     def with_free(self, pool: str, model: str, at_least: int) -> Iterable[tuple[int, list[Host]]]:
         """(free count, hosts) of `pool` with at least `at_least` free GPUs of `model`,

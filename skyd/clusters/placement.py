@@ -73,12 +73,15 @@ def demand_of(task: Task) -> Demand | None:
 
 def resolve(ledger: Ledger, model: str) -> str:
     """The model as detected, for a task's spelling of it (case does not matter)."""
-    low = model.lower()
-    for host in ledger.hosts.values():
-        for g in host.gpus.values():
-            if g.model.lower() == low:
-                return g.model
-    return model
+    return ledger.models.get(model.lower(), model)
+
+
+def surely_blocked(ledger: Ledger, d: Demand) -> bool:
+    """A quick no: a GPU demand more than any one host of its pool has free (pinned and
+    same-host demands are not judged here)."""
+    if not d.options or d.pinned or d.same_host or d.exclusive:
+        return False
+    return all(ledger.most_free(d.pool, resolve(ledger, o.model)) < o.count for o in d.options)
 
 
 def candidates(ledger: Ledger, d: Demand) -> list[Host]:
@@ -128,21 +131,33 @@ def _place_sized(ledger: Ledger, d: Demand, model: str | None, count: int,
     if model is None:
         # No GPU: hosts with the fewest free GPUs first (keep GPU boxes for GPU work),
         # then the fullest in CPUs.
-        hosts = [h for h in candidates(ledger, d) if h.key not in fenced and not h.gone
-                 and h.fits_size(d.cpus, d.memory_bytes)]
+        every = [h for h in candidates(ledger, d) if h.key not in fenced and not h.gone]
+        hosts = [h for h in every if h.fits_size(d.cpus, d.memory_bytes)]
         hosts.sort(key=lambda h: (len(h.gpus) - len(h.used_gpus),
                                   (h.cpus - h.used_cpus) if h.cpus else float("inf"), h.order))
         chosen = hosts[:d.num_nodes]
+        if len(chosen) < d.num_nodes and every and all(_too_small(h, d) for h in every):
+            # No host is big enough, ever: its nodes go where the pool lists them, and
+            # the node's own check says which is too small (skyd.clusters.lifecycle).
+            chosen = every[:d.num_nodes]
     else:
         for _, bucket in ledger.with_free(d.pool, model, count):
-            bucket = sorted((h for h in bucket if h.key not in fenced and not h.gone
-                             and h.fits_size(d.cpus, d.memory_bytes)), key=lambda h: h.order)
-            chosen += bucket[:d.num_nodes - len(chosen)]
+            fits = [h for h in bucket if h.key not in fenced and not h.gone
+                    and h.fits_size(d.cpus, d.memory_bytes)]
+            if d.num_nodes - len(chosen) == 1 and fits:
+                chosen.append(min(fits, key=lambda h: h.order))
+            else:
+                chosen += sorted(fits, key=lambda h: h.order)[:d.num_nodes - len(chosen)]
             if len(chosen) >= d.num_nodes:
                 break
     if len(chosen) < d.num_nodes:
         return None
     return [_slice(h, rank, d, model, count) for rank, h in enumerate(chosen)]
+
+
+def _too_small(h: Host, d: Demand) -> bool:
+    """Is the host smaller than one node of the demand (its size known)?"""
+    return bool(h.cpus and d.cpus > h.cpus or h.memory_bytes and d.memory_bytes > h.memory_bytes)
 
 
 def _place_each(ledger: Ledger, d: Demand, model: str | None, count: int,

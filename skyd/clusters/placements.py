@@ -36,6 +36,7 @@ from skyd.store import HostRow
 log = logging.getLogger("skyd.clusters.placements")
 
 POOL_CHECK = 2.0          # seconds between looks at the pool file (a stat)
+EXPLAIN_AFTER = 0.25      # seconds after a pass before waiting requests are told why again
 PROBES_AT_ONCE = 16
 GPUS_GONE = "GPUs gone: "  # how a cluster's UNHEALTHY reason starts when its GPUs vanished
 
@@ -59,6 +60,7 @@ class Placements:
         self._probing: dict[str, asyncio.Task] = {}
         self._limit = asyncio.Semaphore(PROBES_AT_ONCE)
         self._soon = False
+        self._explaining: asyncio.TimerHandle | None = None
         self._watch: asyncio.Task | None = None
 
     # ---- start-up ----------------------------------------------------------------------
@@ -91,6 +93,8 @@ class Placements:
                                                              name="placements")
 
     async def close(self) -> None:
+        if self._explaining is not None:
+            self._explaining.cancel()
         tasks = [t for t in (self._watch, *self._probing.values()) if t is not None]
         for t in tasks:
             t.cancel()
@@ -269,6 +273,8 @@ class Placements:
         self.claims.add(claim)
         self.probe_for(claim)
         self.run()
+        if claim.slices is None and not claim.error:
+            self.claims.explain([claim])
         return claim
 
     def place_now(self, name: str, uid: int, user: str, d: Demand) -> list[HeldSlice] | None:
@@ -293,6 +299,15 @@ class Placements:
         if not self.claims:
             return
         for claim in self.claims.run():
+            claim.notify(claim)
+        if self.claims and self._explaining is None:
+            self._explaining = asyncio.get_running_loop().call_later(EXPLAIN_AFTER, self._explain)
+
+    def _explain(self) -> None:
+        """Tell each person's first waiting request why it still waits (off the hot path:
+        at most every EXPLAIN_AFTER seconds)."""
+        self._explaining = None
+        for claim in self.claims.explain():
             claim.notify(claim)
 
     # ---- listings ------------------------------------------------------------------------
@@ -321,11 +336,3 @@ class Placements:
                                probed_at=host.probed_at, unhealthy=lost))
         return out
 
-
-def free_summary(host: Host) -> str:
-    """"8× H100 (6 free)" — a host's GPUs in a few words."""
-    counts: dict[str, list[int]] = {}
-    for i, g in host.gpus.items():
-        counts.setdefault(g.model, []).append(i)
-    return ", ".join(f"{len(ix)}× {m} ({sum(i not in host.used_gpus for i in ix)} free)"
-                     for m, ix in sorted(counts.items()))

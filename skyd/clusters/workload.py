@@ -180,7 +180,7 @@ class ClusterWorkload:
         if name is None or not isinstance(op, (protocol.Launch, protocol.Start)):
             return None
         p = self.placements
-        if name in p.claims.by_key or p.ledger.by_cluster.get(name) and p.ledger.reserved(name):
+        if name in p.claims.by_key or p.ledger.reserved(name):
             return None       # already waiting, or placed (a managed job's admission)
         entry = self.registry.clusters.get(name)
         if entry is None and isinstance(op, protocol.Launch):

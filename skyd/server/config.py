@@ -70,7 +70,7 @@ class Config:
     tokens_file: Path | None = None       # default: <state_dir>/tokens.json
     tcp_handshake_timeout: float = 5.0    # TLS and a hello with a valid token within this
     tcp_auth_failures: int = 10           # failed logins per address and minute (0: no cap)
-    tcp_preauth_per_address: int = 16     # connections not yet authenticated per address (0: no cap)
+    tcp_preauth_per_address: int = 64     # connections not yet authenticated per address (0: no cap)
     # The `slurm` infra (skyd.infra.slurm.settings): a `slurm:` section turns it on.
     slurm: SlurmSettings | None = None
 

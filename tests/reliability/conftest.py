@@ -12,16 +12,15 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-# One daemon serves every case of a property test: that is the point (it must survive
-# them all), so hypothesis is told that the function-scoped fixture is meant.
-settings.register_profile(
-    "reliability", deadline=None, database=None, print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large])
-settings.load_profile("reliability")
-
 # Cases per property test; SKYD_FUZZ_CASES=N runs more (or fewer) of each.
 FUZZ_CASES = int(os.environ.get("SKYD_FUZZ_CASES") or 150)
+
+# The settings of every property test here (not a global profile: other files' hypothesis
+# tests keep theirs). Each case is a round trip to a real daemon, so no deadline; one daemon
+# serves every case of a test, which is the point (it must survive them all).
+FUZZ = settings(max_examples=FUZZ_CASES, deadline=None, database=None, print_blob=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                       HealthCheck.data_too_large])
 
 
 @pytest.fixture

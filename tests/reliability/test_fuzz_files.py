@@ -11,11 +11,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 
 from conftest import write_task
 from profiling.soak import fuzz_files as ff
-from reliability.conftest import FUZZ_CASES
+from reliability.conftest import FUZZ
 from skyctl.connection import Connection
 from skyd import protocol
 from skyd.taskspec import Task
@@ -37,7 +37,7 @@ def test_every_fuzzed_task_file_gets_a_clear_answer_from_both_sides(make_daemon,
     launched: list[str] = []
     with Connection(str(d.socket), "fuzz", timeout=30).connect() as conn:
 
-        @settings(max_examples=FUZZ_CASES)
+        @FUZZ
         @given(data=ff.yaml_texts(ff.task_docs()))
         def task_file(data: bytes) -> None:
             why, task = ff.check_task(conn, path, data)
@@ -75,7 +75,7 @@ def test_every_fuzzed_pool_file_is_read_again_and_judged_clearly(make_daemon, wo
     stamp = [10**18]
     with Connection(str(d.socket), "fuzz", timeout=30).connect() as conn:
 
-        @settings(max_examples=FUZZ_CASES)
+        @FUZZ
         @given(data=ff.yaml_texts(ff.pool_docs()))
         def pool_file(data: bytes) -> None:
             if ff.known_pool_defect(data):

@@ -8,10 +8,10 @@ fuzz` runs 100,000 cases."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 
 from profiling.soak import fuzz_wire as fw
-from reliability.conftest import FUZZ_CASES
+from reliability.conftest import FUZZ
 from skyd import protocol
 from skyd.taskspec import Task
 
@@ -41,7 +41,7 @@ def _check_one(d, case: fw.WireCase) -> None:
 def test_every_fuzzed_connection_gets_the_rules_answer_and_changes_nothing(fuzz_daemon):
     d = fuzz_daemon
 
-    @settings(max_examples=FUZZ_CASES)
+    @FUZZ
     @given(case=fw.wire_cases())
     def connection(case: fw.WireCase) -> None:
         if fw.expected(case.stream()).changes:
@@ -63,8 +63,9 @@ def test_every_fuzzed_connection_gets_the_rules_answer_and_changes_nothing(fuzz_
     fw.WireCase(False, [protocol.HEADER.pack(fw.HANDSHAKE_MAX_FRAME + 1)]),                # large, unsaid
     fw.WireCase(True, [fw.frame(b"\xc1"), fw.frame(fw._enc.encode(protocol.Submit(protocol.ApiInfo())))]),
     fw.WireCase(True, [fw.frame(fw._enc.encode({"t": "submit", "op": {"op": "nope"}}))]),  # unknown op
+    fw.WireCase(True, [fw.frame(fw._enc.encode({"t": "submit", "op": {"op": "watch"}}))]),  # open-ended
 ], ids=["no-hello", "hello-twice", "server-frame", "cut-short", "too-large", "large-before-hello",
-        "garbage-then-valid", "unknown-op"])
+        "garbage-then-valid", "unknown-op", "watch-then-hang-up"])
 def test_each_kind_of_bad_input_by_name(fuzz_daemon, case):
     """The classes the fuzzer draws from, one example each: a failure here names the class."""
     _check_one(fuzz_daemon, case)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 # Listed even before they are first hit, so that alerts and graphs have a series.
 LIMITS = ("connections_per_user", "inflight_bytes", "max_frame", "handshake_max_frame",
-          "handshake_timeout", "user_pending", "long_timeout", "request_log_bytes")
+          "handshake_timeout", "user_pending", "long_timeout", "request_log_bytes",
+          "tcp_handshake_timeout", "tcp_auth_failures", "tcp_preauth_per_address")
 
 
 class StateCollector(Collector):
