@@ -72,8 +72,7 @@ class ShellCompleter(Completer):
             yield from _matching(spec.subcommands, current)
             return
         if current.startswith("-"):
-            yield from _matching(sorted(spec.options, key=lambda o: (not o.startswith("--"), o)),
-                                 current)
+            yield from _matching(sorted(map(str, spec.options), key=_long_options_first), current)
             return
         kind = self._kind(spec, rest)
         if kind == "path":
@@ -111,3 +110,7 @@ def _matching(options: Iterable[str | tuple[str, str]], word: str):
         text, meta = (opt, "") if isinstance(opt, str) else opt
         if text.startswith(word):
             yield Completion(text, start_position=-len(word), display_meta=meta or None)
+
+
+def _long_options_first(option: str) -> tuple[bool, str]:
+    return not option.startswith("--"), option

@@ -154,7 +154,7 @@ async def follow(source: LogSource, offset: int = 0) -> AsyncGenerator[bytes | s
         source.close()
 
 
-async def wait_any(*waits: Awaitable[None]) -> None:
+async def wait_any(*waits: Awaitable[object]) -> None:
     """Return when the first of these waits does; cancel the others."""
     tasks = [asyncio.ensure_future(w) for w in waits]
     try:
