@@ -72,7 +72,8 @@ class ShellCompleter(Completer):
             yield from _matching(spec.subcommands, current)
             return
         if current.startswith("-"):
-            yield from _matching(sorted(map(str, spec.options), key=_long_options_first), current)
+            options: list[str] = sorted(spec.options, key=_long_options_first)
+            yield from _matching(options, current)
             return
         kind = self._kind(spec, rest)
         if kind == "path":
