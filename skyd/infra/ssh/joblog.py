@@ -53,30 +53,44 @@ class SshJobLog(LogSource):
         return data or (self.merge.rest() if done else b"")
 
     async def _tail(self, i: int, np: NodeProc, node: NodeInfo) -> None:
+        try:
+            got = await self._pipe(i, node, self._command(np, self.start))
+            if self.follow:
+                # The follow tail is killed once the runner has gone, and on a loaded host
+                # it may not have read the file's end by then: the rest, from where it was.
+                await self._pipe(i, node, self._command(np, self.start + got, follow=False))
+        finally:
+            self.ended += 1
+            self.topic.notify()
+
+    def _command(self, np: NodeProc, start: int, follow: bool | None = None) -> str:
         log = shlex.quote(np.log)
-        if self.follow:
+        if self.follow if follow is None else follow:
             # Not `tail --pid`: it counts a zombie runner (not yet reaped by init, which
             # can take a second or more) as alive. ALIVE does not.
-            cmd = (f"pid={np.pid}; start={np.start}\n{ALIVE}"
-                   f"tail -s 0.2 -c +{self.start} -f {log} 2>/dev/null & t=$!\n"
-                   "while alive; do sleep 0.1; done; sleep 0.3; kill $t; true")
-        else:
-            cmd = f"tail -c +{self.start} {log} 2>/dev/null; true"
+            return (f"pid={np.pid}; start={np.start}\n{ALIVE}"
+                    f"tail -s 0.2 -c +{start} -f {log} 2>/dev/null & t=$!\n"
+                    "while alive; do sleep 0.1; done; kill $t; true")
+        return f"tail -c +{start} {log} 2>/dev/null; true"
+
+    async def _pipe(self, i: int, node: NodeInfo, cmd: str) -> int:
+        """Run `cmd` on the node, merging its output into the log; the bytes it gave."""
         proc = None
+        got = 0
         try:
             proc = await self.client.exec(node, cmd, stdout=subprocess.PIPE,
                                          stdin=subprocess.DEVNULL)
             assert proc.stdout is not None
             while data := await proc.stdout.read(65536):
+                got += len(data)
                 self.buf += self.merge.feed(i, data)
                 self.topic.notify()
+            return got
         finally:
             if proc is not None:
                 if proc.returncode is None:
                     proc.kill()
                 await proc.wait()
-            self.ended += 1
-            self.topic.notify()
 
     def close(self) -> None:
         for t in self.tasks or ():
