@@ -36,13 +36,12 @@ def load(arg: str | None, overrides: dict) -> Task:
         doc = {"run": arg}
     doc = _merged(doc, overrides)
     try:
-        task = task_from_obj(doc)
+        task = _absolute_paths(task_from_obj(doc))
     except TaskError as e:
         if path is None:
             raise
         given = {k for k, v in overrides.items() if v}
         raise TaskError(f"{_where(path, source, str(e), given)}: {e}") from None
-    task = _absolute_paths(task)
     check_local_paths(task)
     return task
 
@@ -183,12 +182,17 @@ def _absolute_paths(task: Task) -> Task:
     (relative ones are relative to where skyctl runs, as in SkyPilot)."""
     import msgspec
 
-    def absolute(p: str) -> str:
-        q = Path(p).expanduser()
-        return str(q if q.is_absolute() else (Path.cwd() / q).resolve())
+    def absolute(p: str, field: str) -> str:
+        if "\0" in p:
+            raise TaskError(f"`{field}`: the path {p!r} contains a NUL byte")
+        try:
+            q = Path(p).expanduser()
+            return str(q if q.is_absolute() else (Path.cwd() / q).resolve())
+        except (RuntimeError, OSError) as e:     # ~nosuchuser, a symlink loop
+            raise TaskError(f"`{field}`: cannot resolve the path {p!r}: {e}") from None
 
-    workdir = absolute(task.workdir) if task.workdir else None
-    mounts = {dst: absolute(src) for dst, src in task.file_mounts.items()}
+    workdir = absolute(task.workdir, "workdir") if task.workdir else None
+    mounts = {dst: absolute(src, f"file_mounts.{dst}") for dst, src in task.file_mounts.items()}
     return msgspec.structs.replace(task, workdir=workdir, file_mounts=mounts)
 
 

@@ -24,6 +24,11 @@ SUPPORTED_RESOURCES = ("cpus", "memory", "accelerators", "infra", "job_recovery"
 MAX_RESTARTS_ON_ERRORS = 100
 MAX_NUM_NODES = 64
 MAX_GPUS_PER_NODE = 64
+# What one job's environment can carry: Linux refuses an exec whose single "NAME=value" string
+# passes MAX_ARG_STRLEN (32 pages), and one whose strings together pass ARG_MAX (a quarter of
+# the stack limit, 2 MiB by default): 1 MiB leaves room for the runner's own variables.
+MAX_ENV_ENTRY_BYTES = 128 * 1024 - 1
+MAX_ENV_TOTAL_BYTES = 1024 * 1024
 # Matched with fullmatch: `$` would also match before a final newline. ASCII: \d and
 # IGNORECASE would otherwise take other scripts' digits and letters.
 _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
@@ -216,26 +221,27 @@ def task_from_obj(obj: Any) -> Task:
     return normalise(task)
 
 
-def normalise(task: Task) -> Task:
-    """Check values that types alone cannot, and turn env values into strings."""
-    if task.name is not None and not _NAME_RE.fullmatch(task.name):
-        raise TaskError(f"name: {task.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
-    if not 1 <= task.num_nodes <= MAX_NUM_NODES:
-        raise TaskError(f"num_nodes: must be between 1 and {MAX_NUM_NODES}, got {task.num_nodes}")
+def _check_env_sizes(task: Task) -> None:
+    """Values the kernel would refuse at exec, found at submission rather than in the job."""
+    total = 0
     for label, mapping in (("envs", task.envs), ("secrets", task.secrets)):
-        for key in mapping:
-            if not _ENV_NAME_RE.fullmatch(key):
-                raise TaskError(f"{label}: {key!r} is not a valid environment variable name")
-    overlap = set(task.envs) & set(task.secrets)
-    if overlap:
-        raise TaskError(f"secrets: {sorted(overlap)[0]!r} is also in envs; name it once")
-    parse_amount("cpus", task.resources.cpus)
-    parse_amount("memory", task.resources.memory)
-    parse_accelerators(task.resources.accelerators)
-    infra_kind(task.resources.infra)
-    if not 0 <= max_restarts_on_errors(task) <= MAX_RESTARTS_ON_ERRORS:
-        raise TaskError("resources.job_recovery.max_restarts_on_errors: must be between 0 and "
-                        f"{MAX_RESTARTS_ON_ERRORS}, got {max_restarts_on_errors(task)}")
+        for key, value in mapping.items():
+            text = _env_str(value)
+            if "\0" in text:
+                raise TaskError(f"{label}: the value of {key} contains a NUL byte, which no "
+                                "environment variable can carry")
+            size = len(key.encode()) + 1 + len(text.encode())
+            if size > MAX_ENV_ENTRY_BYTES:
+                raise TaskError(f"{label}: {key} is {size} bytes; one variable may be at most "
+                                f"{MAX_ENV_ENTRY_BYTES} (put bigger data in a file)")
+            total += size + 1
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise TaskError(f"envs: the variables together are {total} bytes; at most "
+                        f"{MAX_ENV_TOTAL_BYTES} (put bigger data in a file)")
+
+
+def _check_file_mounts(task: Task) -> None:
+    """A target lives on the node; a source is a local path."""
     for dst, src in task.file_mounts.items():
         if not dst or not src:
             raise TaskError("file_mounts: both the target and the source must be non-empty")
@@ -250,6 +256,34 @@ def normalise(task: Task) -> Task:
                             "may start with '~'")
         if "\0" in dst or "\n" in dst:
             raise TaskError(f"file_mounts: target {dst!r} contains a NUL or newline")
+
+
+def normalise(task: Task) -> Task:
+    """Check values that types alone cannot, and turn env values into strings."""
+    if task.name is not None and not _NAME_RE.fullmatch(task.name):
+        raise TaskError(f"name: {task.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
+    if not 1 <= task.num_nodes <= MAX_NUM_NODES:
+        raise TaskError(f"num_nodes: must be between 1 and {MAX_NUM_NODES}, got {task.num_nodes}")
+    for label, mapping in (("envs", task.envs), ("secrets", task.secrets)):
+        for key in mapping:
+            if not _ENV_NAME_RE.fullmatch(key):
+                raise TaskError(f"{label}: {key!r} is not a valid environment variable name")
+    _check_env_sizes(task)
+    for field, value in (("run", task.run), ("setup", task.setup), ("workdir", task.workdir),
+                         *((f"file_mounts.{d}", v) for d, v in task.file_mounts.items())):
+        if value is not None and "\0" in value:
+            raise TaskError(f"{field}: contains a NUL byte, which no command or path can carry")
+    overlap = set(task.envs) & set(task.secrets)
+    if overlap:
+        raise TaskError(f"secrets: {sorted(overlap)[0]!r} is also in envs; name it once")
+    parse_amount("cpus", task.resources.cpus)
+    parse_amount("memory", task.resources.memory)
+    parse_accelerators(task.resources.accelerators)
+    infra_kind(task.resources.infra)
+    if not 0 <= max_restarts_on_errors(task) <= MAX_RESTARTS_ON_ERRORS:
+        raise TaskError("resources.job_recovery.max_restarts_on_errors: must be between 0 and "
+                        f"{MAX_RESTARTS_ON_ERRORS}, got {max_restarts_on_errors(task)}")
+    _check_file_mounts(task)
     if task.run is None and task.setup is None:
         raise TaskError("the task has neither `run` nor `setup`: nothing to do")
     envs = {k: _env_str(v) for k, v in task.envs.items()}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import profiling.soak as package
-from profiling.soak import fuzz_files, runs
+from profiling.soak import runs
 
 
 @dataclass(frozen=True)
@@ -59,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     fuzz.add_argument("--pool-cases", type=int, default=20_000)
     fuzz.add_argument("--launches", type=int, default=50, help="accepted tasks really launched")
     fuzz.add_argument("--kind", default="wire,task,pools", help="comma list of wire, task, pools")
-    fuzz.add_argument("--known-defects", action="store_true",
-                      help="also draw the inputs of the known defects (pinned by xfail tests)")
     steady = sub.add_parser("steady", help="a steady mix; latency and memory every second")
     steady.add_argument("--minutes", type=float, default=10.0)
     steady.add_argument("--short-rate", type=float, default=40.0, help="short requests a second")
@@ -83,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(runs.crash(args.requests, args.clients, args.kills, duration, args.clusters,
                                args.seed, args.keep, log))
     elif args.run == "fuzz":
-        fuzz_files.AVOID_KNOWN_DEFECTS = not args.known_defects
         kinds = {k.strip() for k in args.kind.split(",")}
         if "wire" in kinds:
             rows.append(runs.fuzz_wire(args.cases, args.keep, log))

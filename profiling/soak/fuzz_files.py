@@ -27,13 +27,6 @@ from skyctl.connection import Connection, ServerError
 from skyd import protocol
 from skyd.taskspec import SUPPORTED_RESOURCES, SUPPORTED_TOP, Task, TaskError
 
-# Inputs that hit known defects, each pinned by an xfail test in tests/reliability
-# (test_fuzz_files.py): a NUL in a string, a path starting with "~name"; a pool file that is
-# not UTF-8 or has a mapping key that is not a string. Left out (of the strategies, or
-# skipped by known_pool_defect()) while those fail, so that the fuzzing guards everything
-# else; the soak's --known-defects puts them back. Remove once the xfail tests pass.
-AVOID_KNOWN_DEFECTS = True
-
 MISSING_CLUSTER = "fuzz-no-such-cluster"
 _enc = msgspec.msgpack.Encoder()
 
@@ -44,10 +37,7 @@ def _text(max_size: int = 24) -> st.SearchStrategy[str]:
                                "4+", "8GB", "0", "-1", "1e3", "ssh/", "ssh/p", "local", "\t", "é",
                                "\u0664", "a" * 300, "a\0b", "~nosuchuser/x", "x" * 70])
     free = st.text(max_size=max_size)
-    strategy = st.one_of(special, free)
-    if AVOID_KNOWN_DEFECTS:
-        strategy = strategy.filter(lambda s: "\0" not in s and not (s.startswith("~") and s[1:2] not in ("", "/")))
-    return strategy
+    return st.one_of(special, free)
 
 
 @functools.lru_cache(maxsize=None)
@@ -236,28 +226,6 @@ def pool_docs(draw: st.DrawFn) -> Any:
             "shared_login": st.booleans() | _text(4), "region": _text(4)}))
         pools[name] = body
     return pools
-
-
-def known_pool_defect(data: bytes) -> bool:
-    """Does this pool file hit a known defect (see AVOID_KNOWN_DEFECTS)?"""
-    if not AVOID_KNOWN_DEFECTS:
-        return False
-    try:
-        doc = yaml.safe_load(data.decode())
-    except UnicodeDecodeError:
-        return True
-    except (yaml.YAMLError, RecursionError):
-        return False
-
-    def odd_keys(value: Any, depth: int) -> bool:
-        if depth > 4:
-            return False
-        if isinstance(value, dict):
-            return any(not isinstance(k, str) or odd_keys(v, depth + 1) for k, v in value.items())
-        if isinstance(value, list):
-            return any(odd_keys(v, depth + 1) for v in value)
-        return False
-    return odd_keys(doc, 0)
 
 
 def check_pool_reply(reply: Any, pool_file: Path) -> str:

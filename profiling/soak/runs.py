@@ -192,8 +192,6 @@ def fuzz_pools(cases: int, keep: bool = False, log=print) -> Row:
             @_hypothesis(cases)
             @given(data=ff.yaml_texts(ff.pool_docs()))
             def pool_file(data: bytes) -> None:
-                if ff.known_pool_defect(data):
-                    return
                 stamp[0] += 1
                 ff.write_pool_file(pools, data, stamp[0])
                 why = ff.check_pool_reply(ff.ask_for_missing_pool(conn, missing), pools)

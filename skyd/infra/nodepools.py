@@ -133,6 +133,7 @@ def _host(pool: str, i: int, raw: Any, defaults: dict, shared: bool) -> PoolHost
         raw = {"ip": raw}
     if not isinstance(raw, dict):
         raise PoolError(f"{where}: expected an address or a mapping, got {type(raw).__name__}")
+    _string_keys(where, raw)
     unknown = sorted(set(raw) - set(HOST_FIELDS))
     if unknown:
         raise PoolError(f"{where}: unknown field `{unknown[0]}` (known: {', '.join(HOST_FIELDS)})")
@@ -158,6 +159,13 @@ def _host(pool: str, i: int, raw: Any, defaults: dict, shared: bool) -> PoolHost
                                       defaults["proxy_jump"] or ""))
 
 
+def _string_keys(where: str, mapping: dict) -> None:
+    """Field names are words: YAML also allows `null:`, `1:` or `[a]:` as keys."""
+    odd = [k for k in mapping if not isinstance(k, str)]
+    if odd:
+        raise PoolError(f"{where}: field names must be words, got {odd[0]!r}")
+
+
 def parse(doc: Any, source: str = "node pools") -> dict[str, Pool]:
     if doc is None:
         return {}
@@ -169,6 +177,7 @@ def parse(doc: Any, source: str = "node pools") -> dict[str, Pool]:
             raise PoolError(f"{source}: pool names must be strings, got {name!r}")
         if not isinstance(body, dict):
             raise PoolError(f"pool {name!r}: expected a mapping with `hosts`")
+        _string_keys(f"pool {name!r}", body)
         unknown = sorted(set(body) - set(POOL_FIELDS))
         if unknown:
             raise PoolError(f"pool {name!r}: unknown field `{unknown[0]}` "
@@ -219,6 +228,11 @@ class NodePools:
                 doc = yaml.safe_load(self.path.read_text())
             except yaml.YAMLError as e:
                 raise PoolError(f"{self.path} is not valid YAML: {e}") from None
+            except UnicodeDecodeError as e:
+                raise PoolError(f"{self.path} is not UTF-8 text (byte {e.start}: "
+                                f"{e.object[e.start:e.start + 1]!r})") from None
+            except OSError as e:
+                raise PoolError(f"cannot read {self.path}: {e.strerror}") from None
             self._pools = parse(doc, str(self.path))
             self._stamp = stamp
             self.version += 1

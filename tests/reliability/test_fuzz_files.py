@@ -3,8 +3,7 @@ a Task or one clear error; the daemon answers every task sent raw with a clear e
 an internal one) and accepts whatever skyctl accepted; a few accepted tasks are really
 launched (their commands replaced by `true`) and must run. A node-pool file rewritten under
 the daemon gives NOT_FOUND for a missing pool when valid, a clear INVALID_TASK when not.
-The inputs that hit known defects are pinned by the xfail tests at the end (and left out of
-the strategies while those fail: profiling/soak/fuzz_files.py, AVOID_KNOWN_DEFECTS)."""
+The inputs that hit defects the fuzzing found (since fixed) are kept as plain tests at the end."""
 
 from __future__ import annotations
 
@@ -78,8 +77,6 @@ def test_every_fuzzed_pool_file_is_read_again_and_judged_clearly(make_daemon, wo
         @FUZZ
         @given(data=ff.yaml_texts(ff.pool_docs()))
         def pool_file(data: bytes) -> None:
-            if ff.known_pool_defect(data):
-                return              # pinned below
             stamp[0] += 1
             ff.write_pool_file(pools, data, stamp[0])
             why = ff.check_pool_reply(ff.ask_for_missing_pool(conn, missing), pools)
@@ -108,11 +105,8 @@ def test_a_broken_pool_file_stops_the_start_with_one_clear_message(make_daemon, 
     assert expect in out and "Traceback" not in out, out
 
 
-# ---- known defects, pinned -------------------------------------------------------------------
+# ---- defects found by the fuzzing, fixed -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="skyd/infra/nodepools.py: NodePools.get's read_text() raises "
-                   "UnicodeDecodeError, parse()'s sorted(set(body) - POOL_FIELDS) TypeError for a key "
-                   "that is not a string; neither is a PoolError: INTERNAL 'this is a bug'")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("body", [b"\xff\xfep:\n  hosts: [127.0.0.9]\n",
                                   b"p:\n  hosts: [127.0.0.9]\n  null: x\n  region: y\n",
@@ -127,9 +121,6 @@ def test_a_pool_file_that_cannot_be_read_as_names_is_a_clear_error(make_daemon, 
     assert ff.check_pool_reply(reply, pools) == ""
 
 
-@pytest.mark.xfail(strict=True, reason="skyctl/taskfile.py _absolute_paths: Path.expanduser() "
-                   "raises RuntimeError for ~name of no such user, resolve() ValueError for a NUL: "
-                   "skyctl dies with a traceback instead of a TaskError")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("workdir_value", ["~nosuchuser/x", "a\\0b"], ids=["unknown-user", "nul"])
 def test_task_paths_skyctl_cannot_resolve_are_a_clear_error(daemon, workdir, workdir_value):
@@ -139,9 +130,6 @@ def test_task_paths_skyctl_cannot_resolve_are_a_clear_error(daemon, workdir, wor
     assert "workdir" in p.stderr, p.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="skyd/taskspec.py normalise checks env names, not values: "
-                   "a NUL or a value past the kernel's argument size is accepted, then the launch "
-                   "fails inside the worker (INTERNAL: 'embedded null byte' / 'Argument list too long')")
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("value", ["x\0y", "x" * 200_000], ids=["nul", "too-big"])
 def test_env_values_a_job_cannot_carry_are_refused_at_submission(daemon, value):
