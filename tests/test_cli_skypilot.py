@@ -86,10 +86,11 @@ FORMS = [
     Form("sky api cancel ID", "launch -c slow --async {slow}", "api cancel {request} -y",
          "api cancel {request}", "state"),
     Form("sky api info", "", "api info", "api info", "state"),
+    Form("sky show-gpus", "", "show-gpus", "gpus", "out"),
 ]
 
 # README rows with no skyctl form to run (not in skyd).
-NOT_IN_SKYD = {"sky show-gpus", "sky cost-report", "sky serve ...", "sky storage ...", "sky ssh",
+NOT_IN_SKYD = {"sky cost-report", "sky serve ...", "sky storage ...", "sky ssh",
                "sky volumes ..."}
 
 
