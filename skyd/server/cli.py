@@ -69,14 +69,16 @@ def _serve_parser(sub) -> None:
                    help="clusters one user may have at once (default 0: no cap)")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve /metrics (Prometheus), /healthz, /readyz and a live "
-                        "dashboard over HTTP on this loopback address, e.g. 127.0.0.1:9090 "
-                        "(default: off)")
+                        "dashboard over HTTP, e.g. 127.0.0.1:9090 (people told apart by who "
+                        "owns the connecting socket), or 0.0.0.0:9090 with --tls-cert/--tls-key "
+                        "(HTTPS, a token on every request) (default: off)")
     t = p.add_argument_group("remote access over TCP", "a bearer token on every connection "
                              "(skyd token create); TLS required off loopback")
     t.add_argument("--tcp", metavar="HOST:PORT",
                    help="also listen on TCP, e.g. 127.0.0.1:46590, or 0.0.0.0:46590 with "
                         "--tls-cert/--tls-key (default: off; port 46590 when omitted)")
-    t.add_argument("--tls-cert", metavar="PEM", help="certificate (chain) for TCP connections")
+    t.add_argument("--tls-cert", metavar="PEM", help="certificate (chain) for TCP connections "
+                   "(and HTTP off loopback)")
     t.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
     p.add_argument("--skip-resources-check", action="store_true", default=None,
                    help="start even below the minimum for team use")

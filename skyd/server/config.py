@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 from skyd.infra.slurm import SettingsError, SlurmSettings, parse_settings
 from skyd.protocol import DEFAULT_MAX_FRAME
-from skyd.server.listeners import ListenError, parse_tcp_address, require_tls_off_loopback
+from skyd.server.listeners import (ListenError, format_address, parse_tcp_address,
+                                   require_tls_off_loopback)
 
 SYSTEM_SOCKET = Path("/run/skyd/skyd.sock")
 
@@ -60,7 +61,8 @@ class Config:
     watch_buffer: int = 1000              # events a watcher may fall behind before it is dropped
     log_level: str = "INFO"
     # HOST:PORT of the HTTP side (/metrics, /healthz, /readyz, the dashboard); None: off.
-    # Loopback only until HTTP has tokens: its users are told apart by their socket's owner.
+    # On loopback its users are told apart by their socket's owner; elsewhere it needs TLS
+    # (tls_cert, tls_key) and a bearer token on every request (skyd.server.http.gate).
     http: str | None = None
     # TCP beside the Unix socket (skyd.server.remote): HOST:PORT; None: off. A bearer token
     # is required on every connection (skyd token); TLS (tls_cert, tls_key) off loopback.
@@ -122,9 +124,7 @@ ZERO_MEANS_NO_CAP = {"connections_per_user", "inflight_bytes", "user_long_slots"
 
 
 def parse_http_address(text: str) -> tuple[str, int]:
-    """(host, port) of `--http`: HOST:PORT, [IPv6]:PORT or PORT alone (on 127.0.0.1), on a
-    loopback address: people are told apart by who owns the connecting socket, which is
-    known only for connections from this host (tokens and TLS for others come later)."""
+    """(host, port) of `--http`: HOST:PORT, [IPv6]:PORT or PORT alone (on 127.0.0.1)."""
     host, sep, port_text = text.strip().rpartition(":")
     if not sep:
         host, port_text = "127.0.0.1", text.strip()
@@ -139,15 +139,25 @@ def parse_http_address(text: str) -> tuple[str, int]:
         raise ConfigError(f"http: {text!r} is not HOST:PORT (a port from 0 to 65535), "
                           "e.g. 127.0.0.1:9090") from None
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"http: {host!r} is not an IP address; give a loopback address, "
-                          "e.g. 127.0.0.1:9090") from None
-    if not loopback:
-        raise ConfigError(f"http: {host} is not a loopback address: skyd serves HTTP on this "
-                          "host only (127.0.0.1 or ::1) until HTTP has tokens; to reach it from "
-                          f"elsewhere, forward it: ssh -L {port}:127.0.0.1:{port} THIS_HOST")
+        raise ConfigError(f"http: {host!r} is not an IP address; give the address to bind, "
+                          "e.g. 127.0.0.1:9090 (this host) or 0.0.0.0:9090 with TLS") from None
     return host, port
+
+
+def check_http(config: Config) -> None:
+    """Off loopback the HTTP side takes tokens (skyd.server.http.gate), so it needs TLS:
+    refuse at start, like TCP, rather than let tokens cross the network in clear text."""
+    if config.http is None:
+        return
+    host, port = parse_http_address(config.http)
+    if not config.tls and not ipaddress.ip_address(host).is_loopback:
+        raise ConfigError(
+            f"http: refusing to serve HTTP on {format_address(host, port)} without TLS: {host} "
+            "is not a loopback address, and bearer tokens would cross the network in clear "
+            "text. Set tls_cert and tls_key (--tls-cert, --tls-key), or serve on 127.0.0.1 "
+            f"and forward it: ssh -L {port}:127.0.0.1:{port} THIS_HOST")
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -197,9 +207,8 @@ def load(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
             values[name] = env[var]
     values.update({k: v for k, v in flags.items() if v is not None and k in ENV})
     config = Config(**{k: _coerce(k, v) for k, v in values.items()})
-    if config.http is not None:
-        parse_http_address(config.http)    # a bad or non-loopback address stops the start here
     check_tcp(config)
+    check_http(config)                     # a bad address, or clear text off loopback
     return config
 
 

@@ -1,6 +1,7 @@
 """The HTTP side (`skyd serve --http HOST:PORT`, off by default): /metrics for Prometheus,
 /healthz and /readyz for probes, and a live read-only dashboard, with the socket's access
-rules: loopback only, and people see their own work unless they are admins.
+rules: on loopback the connecting socket's owner, off loopback TLS and a bearer token (the
+TCP listener's), and people see their own work unless they are admins.
 
 This module stays light: aiohttp and prometheus-client are imported only when it is on.
 """

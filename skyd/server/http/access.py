@@ -1,9 +1,9 @@
 """Who is on the other end of an HTTP connection, and which Host names we answer to.
 
-The HTTP side listens on loopback only, so every client is a process of this host, and
-the kernel knows whose: the connecting socket's row in /proc/net/tcp (or tcp6) — the row
-whose local address is the client's address:port and whose remote one is ours — carries
-the uid that owns it. As with SO_PEERCRED on the Unix socket, there is no password to
+On a loopback address (off loopback: tokens, skyd.server.http.gate) every client is a
+process of this host, and the kernel knows whose: the connecting socket's row in
+/proc/net/tcp (or tcp6) — the row whose local address is the client's address:port and
+whose remote one is ours — carries the uid that owns it. As with SO_PEERCRED on the Unix socket, there is no password to
 steal; a person sees their own work, an admin everyone's.
 """
 

@@ -5,6 +5,12 @@ Entered on the daemon's exit stack right after the state directory is locked, so
 last. Everything it shows it reads from the daemon's memory in the loop: /metrics through
 the collectors, the dashboard through the board; only a page's first look at its finished
 work, and a log, are read from the store and the request's log file.
+
+Who asks: on a loopback address, the owner of the connecting socket (skyd.server.http
+.access); on any other, TLS and the bearer of a token (skyd.server.http.gate), on every
+request but /healthz, /readyz, the login form and the static files (none carries data).
+/metrics needs a token there too, any user's: it has no per-user series, but queue depths,
+clusters, GPUs and the build are not for anyone on the network.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import codecs
 import contextlib
 import logging
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
@@ -26,11 +33,13 @@ from skyd import metrics
 from skyd.identity import Caller, caller_for
 from skyd.protocol import ErrorCode, SkydError
 from skyd.server.handlers.api import lookup, record_of
+from skyd.server.http import login
 from skyd.server.http.access import host_allowed, is_loopback, socket_owner
 from skyd.server.http.board import Board
 from skyd.server.http.collector import CountsCollector, StateCollector
+from skyd.server.http.gate import Denied, Gate, presented
 from skyd.server.http.sse import HEARTBEAT, EventStream
-from skyd.server.listeners import ListenError
+from skyd.server.listeners import ListenError, tls_context
 from skyd.streams import FileLog, follow
 
 if TYPE_CHECKING:
@@ -39,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("skyd.http")
 STATIC = Path(__file__).with_name("static")
 PROBES = frozenset({"/metrics", "/healthz", "/readyz"})     # no per-user data: anyone local
+OPEN = frozenset({"/healthz", "/readyz", "/login"})         # off loopback: no token needed
 HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -53,6 +63,9 @@ class HttpSide:
         self.d = daemon
         self.s = daemon.services
         self.host = host
+        # Off loopback nobody's socket owner is known: tokens (TLS is serve()'s).
+        self.gate = None if is_loopback(host) else Gate(daemon.config, daemon.tokens,
+                                                         daemon.is_admin)
         self.counts = metrics.enable()
         self.board = Board(self.s, self.ready)
         self.board.listen(self.counts)
@@ -67,6 +80,10 @@ class HttpSide:
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/", self.index)
         self.app.router.add_get("/api/events", self.events)
+        self.app.router.add_get("/api/me", self.me)
+        if self.gate is not None:
+            self.app.router.add_get("/login", self.login_form)
+            self.app.router.add_post("/login", self.login)
         self.app.router.add_get("/api/requests/{id}/log", self.request_log)
         self.app.router.add_static("/static/", STATIC, follow_symlinks=False)
 
@@ -101,6 +118,20 @@ class HttpSide:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if self.gate is None:
+                self._local_only(request)
+                response = await handler(request)
+            else:
+                response = await self._token_door(request) or await handler(request)
+        except web.HTTPException as e:
+            e.headers.update(HEADERS)
+            raise
+        if not response.prepared:
+            response.headers.update(HEADERS)
+        return response
+
+    def _local_only(self, request: web.Request) -> None:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         if peer is None or not is_loopback(peer[0]):
             raise web.HTTPForbidden(text="skyd answers HTTP from this host only\n")
@@ -108,13 +139,57 @@ class HttpSide:
             raise web.HTTPMisdirectedRequest(
                 text=f"this is skyd's dashboard on {self.host}: open it by that address or "
                      "as localhost, not under another name\n")
-        response = await handler(request)
-        if not response.prepared:
-            response.headers.update(HEADERS)
-        return response
+
+    async def _token_door(self, request: web.Request) -> web.Response | None:
+        """Off loopback: the request's token, checked (its bearer kept on the request for
+        the handler; None: on to the handler), or a refusal; a `?token=` link answered
+        with the cookie and a redirect to the same page without it. (No Host check: a page
+        of another site, DNS-rebound to us, does not have our cookie.)"""
+        if request.method == "GET" and "token" in request.query:
+            token = request.query["token"]
+            _, expires_at = await self._admit(request, token)
+            return login.signed_in(token, expires_at, login.without_token(request))
+        if request.path in OPEN or request.path.startswith("/static/"):
+            return None
+        token = presented(request)
+        request["caller"], _ = await self._admit(request, token)
+        request["token"], request["checked"] = token, time.monotonic()
+        return None
+
+    async def _admit(self, request: web.Request, token: str) -> tuple[Caller, float | None]:
+        assert self.gate is not None
+        try:
+            return await self.gate.admit(request, token)
+        except Denied as e:
+            if e.retry_after:
+                raise web.HTTPTooManyRequests(
+                    text=f"{e}: retry in {e.retry_after:.0f} s\n",
+                    headers={"Retry-After": f"{e.retry_after:.0f}"}) from None
+            headers = {"WWW-Authenticate": 'Bearer realm="skyd"', **login.NO_STORE}
+            if request.path == "/":         # a person at the page: the form, with why
+                raise web.HTTPUnauthorized(text=login.page_text(str(e)), content_type="text/html",
+                                           headers=headers) from None
+            raise web.HTTPUnauthorized(text=f"{e}\n", headers=headers) from None
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        return login.page("Paste your token: it is kept in a cookie for this site only.")
+
+    async def login(self, request: web.Request) -> web.Response:
+        if not login.same_origin(request):
+            raise web.HTTPForbidden(text="a login from another site's page\n")
+        form = await request.post()
+        token = form.get("token")
+        try:
+            _, expires_at = await self._admit(request, token if isinstance(token, str) else "")
+        except web.HTTPUnauthorized as e:
+            return login.page(e.text or "", status=401)
+        return login.signed_in(str(token), expires_at, "/")
 
     async def _viewer(self, request: web.Request) -> Caller:
-        """The person whose process opened this connection (admins see everyone's work)."""
+        """The token's bearer, or on loopback the person whose process opened this
+        connection (admins see everyone's work)."""
+        if self.gate is not None:
+            return self._ready(request["caller"])
         transport = request.transport
         if transport is None:
             raise web.HTTPForbidden(text="the connection is gone\n")
@@ -128,6 +203,9 @@ class HttpSide:
         caller = await asyncio.to_thread(who)
         if caller is None:
             raise web.HTTPForbidden(text="cannot tell which user opened this connection\n")
+        return self._ready(caller)
+
+    def _ready(self, caller: Caller) -> Caller:
         why = self.not_ready()
         if why is not None:
             raise web.HTTPServiceUnavailable(text=f"skyd is {why}; retry in a moment\n")
@@ -137,6 +215,13 @@ class HttpSide:
 
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html")
+
+    async def me(self, request: web.Request) -> web.Response:
+        """Who the page shows work for (the page asks when its stream was refused: a 401
+        sends it to the login form)."""
+        caller = await self._viewer(request)
+        return web.json_response({"user": caller.user, "uid": caller.uid, "admin": caller.admin},
+                                 headers=login.NO_STORE)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """The viewer's state, sent again whenever it changed (server-sent events)."""
@@ -148,7 +233,7 @@ class HttpSide:
             await stream.send("hello", _json.encode({"user": caller.user, "uid": caller.uid,
                                                      "admin": caller.admin}))
             last = b""
-            while not board.closing:
+            while not board.closing and await self._still_valid(request):
                 seen = board.tick.version
                 doc = board.document(caller)
                 if doc != last:
@@ -183,6 +268,8 @@ class HttpSide:
         text = codecs.getincrementaldecoder("utf-8")("replace")
         async with contextlib.aclosing(follow(source, offset)) as chunks:
             async for data in chunks:
+                if not await self._still_valid(request):
+                    return stream.response      # the token went: no more of the log
                 if isinstance(data, str):
                     await stream.send("notice", _json.encode(data))
                     continue
@@ -196,12 +283,22 @@ class HttpSide:
                           event_id=offset)
         return stream.response
 
+    async def _still_valid(self, request: web.Request) -> bool:
+        return self.gate is None or await self.gate.still_valid(request)
+
 
 @contextlib.asynccontextmanager
 async def serve(daemon: Daemon) -> AsyncIterator[HttpSide]:
     address = daemon.config.http_address
     assert address is not None
     host, port = address
+    tls = None
+    if not is_loopback(host):          # tokens off loopback (HttpSide.gate): never in clear text
+        cfg = daemon.config
+        if cfg.tls_cert is None or cfg.tls_key is None:
+            raise ListenError(f"cannot serve HTTP on {host}:{port} without TLS: set tls_cert "
+                              "and tls_key")
+        tls = tls_context(cfg.tls_cert, cfg.tls_key)
     side = HttpSide(daemon, host)
     # A page's event stream ends when its browser goes (handler_cancellation); at
     # shutdown the board closes them, and what is left gets a second.
@@ -210,13 +307,15 @@ async def serve(daemon: Daemon) -> AsyncIterator[HttpSide]:
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            await web.TCPSite(runner, host, port, ssl_context=tls, reuse_address=True).start()
         except OSError as e:
             why = os.strerror(e.errno) if e.errno else str(e)
             raise ListenError(f"cannot serve HTTP on {host}:{port}: {why}") from None
-        where = ", ".join(f"http://[{a[0]}]:{a[1]}/" if ":" in a[0] else f"http://{a[0]}:{a[1]}/"
-                          for a in runner.addresses)
-        log.info("HTTP on %s: /metrics, /healthz, /readyz and the dashboard", where)
+        scheme = "https" if tls else "http"
+        where = ", ".join(f"{scheme}://[{a[0]}]:{a[1]}/" if ":" in a[0]
+                          else f"{scheme}://{a[0]}:{a[1]}/" for a in runner.addresses)
+        log.info("HTTP on %s: /metrics, /healthz, /readyz and the dashboard%s", where,
+                 " (TLS; a token on every request)" if tls else "")
         yield side
     finally:
         side.board.close()

@@ -52,9 +52,9 @@ class StateCollector(Collector):
         yield from self._clusters()
         yield from self._hosts()
         yield GaugeMetricFamily("skyd_connections", "Open connections on the daemon's socket.",
-                                value=sum(d.connections.values()))
+                                value=sum(d.connections.per_uid.values()))
         yield GaugeMetricFamily("skyd_connected_users", "Users with a connection open.",
-                                value=len(d.connections))
+                                value=len(d.connections.per_uid))
         yield GaugeMetricFamily("skyd_inflight_frame_bytes", "Bytes of unfinished large frames "
                                 "held for all connections (limit: inflight_bytes).",
                                 value=d.frame_budget.used)

@@ -178,8 +178,13 @@ function connect() {
     $("link").textContent = "reconnecting…";
     $("link").className = "badge s-down";
     // The browser retries a dropped stream itself, but not one refused with an error
-    // status (503 while the daemon starts or drains): try again a little later.
-    if (events.readyState === EventSource.CLOSED) setTimeout(connect, 2000);
+    // status (503 while the daemon starts or drains): try again a little later. Off
+    // loopback a 401 (no token, or it was revoked or expired) means: log in again.
+    if (events.readyState !== EventSource.CLOSED) return;
+    fetch("/api/me").then((r) => {
+      if (r.status === 401) window.location.assign("/login");
+      else setTimeout(connect, 2000);
+    }, () => setTimeout(connect, 2000));
   };
 }
 
