@@ -234,14 +234,14 @@ def test_the_retention_pass_runs_again_every_interval(workdir):
     shortened (GC_INTERVAL, 3600 s, set to 0.5 s before it starts) removes a request
     that finished after it started once the retention period has passed."""
     from conftest import Daemon, kill_leftovers
-    from skyd.server import daemon as daemon_module
-    assert daemon_module.GC_INTERVAL == 3600.0
+    from skyd.server import housekeeping
+    assert housekeeping.GC_INTERVAL == 3600.0
 
     class ShortInterval(Daemon):
         def command(self, extra=None):
             cmd = super().command(extra)
             assert cmd[1:4] == ["-m", "skyd", "serve"]
-            code = ("import sys, skyd.server.daemon; skyd.server.daemon.GC_INTERVAL = 0.5; "
+            code = ("import sys, skyd.server.housekeeping as h; h.GC_INTERVAL = 0.5; "
                     "from skyd.server.cli import main; sys.exit(main())")
             return [cmd[0], "-c", code, *cmd[3:]]
 

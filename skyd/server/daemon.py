@@ -7,21 +7,23 @@ locked (one daemon per state directory, refused before anything is touched), wha
 crashed previous run left is killed, resources are checked, the components are built
 (each infra kind's job runner from the config: nothing is configured at import), the
 schema migrated, what was pending is queued again and what was running reconciled — only
-then does the socket accept anyone.
+then does the socket accept anyone. Each connection is served by skyd.server.connections
+(a Session each) and the periodic loops (retention, autostop, the Slurm watch) run in
+skyd.server.housekeeping: both are started here and stopped in reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import functools
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Callable
 
-from skyd import __version__, metrics, protocol
+from skyd import __version__, protocol
 from skyd.server import systemd
 
 from skyd.sizing.hardware import Hardware, detect
@@ -33,19 +35,23 @@ from skyd.infra import Runners
 from skyd.infra.local import LocalRunner
 from skyd.infra.slurm import SlurmRunner
 from skyd.infra.ssh import SshClient, SshRunner, control_dir as ssh_control_dir
+from skyd.infra.ssh.masters import close_masters
 from skyd.managed.controller import JobsController
 from skyd.infra.nodepools import NodePools, PoolError
-from skyd.identity import Caller, caller_for, group_id, is_admin, peer_caller
+from skyd.identity import Caller, group_id, is_admin
+from skyd.server.connections import Connections
+from skyd.server.housekeeping import Housekeeping
 from skyd.server.idempotency import Submissions
 from skyd.server.listeners import (bind_tcp, bind_unix, format_address,
                                    require_tls_off_loopback, tls_context)
 from skyd.server.remote import FrontDoor
 from skyd.server.tokens import Tokens
 from skyd.server.services import Services
+from skyd.server.serverinfo import server_info
 from skyd.server.watchers import Hub
 from skyd.server.statelock import AlreadyRunning, lock_state_dir
 from skyd.requests.scheduler import Scheduler
-from skyd.server.session import FrameBudget, Session
+from skyd.server.session import FrameBudget
 from skyd.clusters.claims import Caps
 from skyd.clusters.service import Clusters
 from skyd.requests.request import uncapped_uids
@@ -53,11 +59,6 @@ from skyd.store import Store
 from skyd.requests.pool import WorkerPool, reap_previous
 
 log = logging.getLogger("skyd")
-
-GC_INTERVAL = 3600.0
-AUTOSTOP_TICK = 1.0      # seconds between idle checks: a few dict lookups per cluster
-HEALTH_INTERVAL = 300.0  # seconds between probes of ssh nodes (one multiplexed `true` each)
-
 
 # What long requests do, registered with skyd.requests.context in each worker.
 LONG_HANDLER_MODULES = ["skyd.clusters.lifecycle", "skyd.infra.local", "skyd.infra.ssh"]
@@ -85,6 +86,8 @@ class Daemon:
     services: Services
     tokens: Tokens            # bearer tokens for TCP
     submissions: Submissions  # idempotency keys of submissions
+    connections: Connections  # the sessions of both listeners, counted per uid
+    housekeeping: Housekeeping  # retention, autostop, the Slurm watch
 
     def __init__(self, config: Config):
         """Only the config: no I/O. startup() detects, reads, builds and starts."""
@@ -98,8 +101,6 @@ class Daemon:
         self.tcp_listening = ""                 # HOST:PORT of the TCP listener ("": none)
         # Reads the configuration again on SIGHUP (set by `skyd serve`: flags, file, env).
         self.load_config: Callable[[], Config] = lambda: config
-        self._sessions: set[asyncio.Task] = set()
-        self.connections: collections.Counter[int] = collections.Counter()   # open, per uid
         self.frame_budget = FrameBudget(config.inflight_bytes)
         self.stopping = asyncio.Event()
         self._lock_fd: int | None = None
@@ -138,6 +139,11 @@ class Daemon:
         if killed:
             log.warning("killed %d processes left by the previous run (workers, their setups, "
                         "the forkserver): %s", len(killed), " ".join(map(str, sorted(killed))))
+        # And no ssh master of it (nor the commands through them); ours end at the stop.
+        closed = await asyncio.to_thread(close_masters, cfg.state_dir / "ssh")
+        if closed:
+            log.warning("closed %d ssh masters left by the previous run", closed)
+        stack.push_async_callback(asyncio.to_thread, close_masters, cfg.state_dir / "ssh")
         if not cfg.skip_resources_check:
             problems = check_minimum(self.hardware)
             if problems:
@@ -181,15 +187,10 @@ class Daemon:
         if sock is None:
             sock = bind_unix(cfg.socket_path, cfg.socket_group)
             stack.callback(_unlink_quietly, cfg.socket_path)
-        self._server = await asyncio.start_unix_server(self._on_connect, sock=sock)
+        self._server = await asyncio.start_unix_server(self.connections.serve, sock=sock)
         stack.callback(self._stop_listening)
         await self._listen_tcp()
-        loop = asyncio.get_running_loop()
-        for task in (loop.create_task(self._gc_loop(), name="retention-gc"),
-                     loop.create_task(self._autostop_loop(), name="autostop"),
-                     loop.create_task(self.runners.slurm.watch(self._slurm_clusters,
-                                                               self._slurm_report),
-                                      name="slurm-watch")):
+        for task in self.housekeeping.start():      # retention, autostop, the Slurm watch
             stack.callback(task.cancel)
         where = str(cfg.socket_path) + (f" and tcp {self.tcp_listening}"
                                         f"{' (TLS)' if self.front and self.front.tls else ''}"
@@ -250,19 +251,15 @@ class Daemon:
                                  state=self.state, jobs=self.jobs, ssh=self.ssh, info=self.info,
                                  version=self.version, tokens=self.tokens,
                                  submissions=self.submissions, watchers=Hub(self.state.registry))
+        self.connections = Connections(cfg, self.services, self.frame_budget,
+                                       lambda: self._admin_gid, self.scheduler.uncapped)
+        self.tokens.on_removed(self.connections.by_token.revoked)   # revoked: sessions end
+        self.housekeeping = Housekeeping(cfg, self.store, self.scheduler, self.state,
+                                         self.runners, self.is_admin)
 
     def _node_health(self, host: str, ok: bool, reason: str) -> None:
         """What the ssh runner learns of a node, for the registry (built after the runner)."""
         self.state.hosts.node_health(host, ok, reason)
-
-    def _slurm_clusters(self) -> list[protocol.ClusterRecord]:
-        return [e.record for e in self.state.clusters.values() if e.record.infra.startswith("slurm")]
-
-    def _slurm_report(self, name: str, status: protocol.ClusterState, reason: str) -> None:
-        """What Slurm did with a cluster's allocation, for the registry (its status)."""
-        entry = self.state.clusters.get(name)
-        if entry is not None:
-            self.state.registry.update(entry, status=status, status_reason=reason)
 
     async def serve(self) -> None:
         await self.stopping.wait()
@@ -302,7 +299,7 @@ class Daemon:
         # bytes the plain stream already read). An explicit handshake timeout: uvloop 0.23
         # aborts handshakes at once without one.
         self._tcp_server = await asyncio.start_server(
-            self._on_tcp_connect, sock=sock, ssl=tls,
+            functools.partial(self.connections.serve, front=self.front), sock=sock, ssl=tls,
             ssl_handshake_timeout=(cfg.tcp_handshake_timeout if cfg.tcp_handshake_timeout > 0
                                    else 60.0) if tls else None)
         self.tcp_listening = format_address(host, port)
@@ -314,9 +311,7 @@ class Daemon:
         self.scheduler.accepting = False
 
     async def _end_sessions(self) -> None:
-        for task in list(self._sessions):
-            task.cancel()
-        await asyncio.gather(*self._sessions, return_exceptions=True)
+        await self.connections.end()
         for server in (self._server, self._tcp_server):
             if server is not None:
                 with contextlib.suppress(Exception):
@@ -335,153 +330,18 @@ class Daemon:
             os.close(self._lock_fd)       # the state directory is free for the next daemon
             self._lock_fd = None
 
-    # ---- connections ---------------------------------------------------------------------
-
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await self._serve(reader, writer, None)
-
-    async def _on_tcp_connect(self, reader: asyncio.StreamReader,
-                              writer: asyncio.StreamWriter) -> None:
-        await self._serve(reader, writer, self.front)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     front: FrontDoor | None) -> None:
-        """One connection: who calls (the kernel says, or a TCP token), its cap, its session."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)
-        uid: int | None = None
-        try:
-            hello = None
-            if front is None:
-                caller = peer_caller(writer.get_extra_info("socket"), self._admin_gid)
-            elif (got := await front.authenticate(reader, writer)) is not None:
-                caller, hello = got
-            else:
-                writer.close()
-                return
-            if self._admit(caller.uid, writer):
-                uid = caller.uid
-                await Session(self.services, self.frame_budget, reader, writer, caller).run(hello)
-        except asyncio.CancelledError:
-            writer.close()
-        finally:
-            self._sessions.discard(task)
-            if uid is not None:
-                self.connections[uid] -= 1
-                if self.connections[uid] <= 0:
-                    del self.connections[uid]
-
-    def _admit(self, uid: int, writer: asyncio.StreamWriter) -> bool:
-        """Count the connection against its uid's cap (operators have none), or refuse it."""
-        cap, n = self.config.connections_per_user, self.connections[uid]
-        if cap and uid not in self.scheduler.uncapped and n >= cap:
-            metrics.limit_hit("connections_per_user")
-            writer.write(protocol.encode_frame(protocol.Error(
-                protocol.ErrorCode.BUSY, f"too many connections for you: {n} open (limit "
-                                         f"{cap} per user)",
-                "close some (followed logs, shells) and retry")))
-            writer.close()
-            return False
-        self.connections[uid] += 1
-        return True
+    # ---- asked by the components ---------------------------------------------------------
 
     def is_admin(self, uid: int) -> bool:
         return is_admin(uid, self._admin_gid)
 
     def info(self, caller: Caller) -> protocol.ServerInfo:
-        s = self.scheduler
-        return protocol.ServerInfo(
-            version=self.version, protocol=protocol.PROTOCOL_VERSION, pid=os.getpid(),
-            started_at=self.started_at, state_dir=str(self.config.state_dir),
-            socket=str(self.config.socket_path), user=caller.user, uid=caller.uid,
-            admin=caller.admin, long_slots=s.long_slots, short_slots=s.short.size,
-            long_running=len(s.long_running), long_pending=len(s.long_pending),
-            short_running=s.short.in_use, short_pending=s.short.waiting,
-            slots_source=self.slots_source, short_peak=s.short.peak, long_peak=s.long_peak,
-            limits=self.limits(), node_pools=str(self.config.node_pools_path),
-            tcp=self.tcp_listening, tls=self.front is not None and self.front.tls is not None)
-
-    def limits(self) -> protocol.Limits:
-        cfg, s = self.config, self.scheduler
-        return protocol.Limits(
-            handshake_timeout=max(0.0, cfg.handshake_timeout),
-            connections_per_user=cfg.connections_per_user, max_frame=cfg.max_frame,
-            handshake_max_frame=min(cfg.handshake_max_frame, cfg.max_frame),
-            inflight_bytes=cfg.inflight_bytes, user_long_slots=s.user_long_slots,
-            user_pending=s.user_pending, long_timeout=s.long_timeout,
-            request_log_bytes=s.log_limit, job_log_bytes=max(0, cfg.job_log_bytes),
-            tcp_handshake_timeout=cfg.tcp_handshake_timeout,
-            tcp_auth_failures=cfg.tcp_auth_failures,
-            max_gpus_per_user=cfg.max_gpus_per_user,
-            max_clusters_per_user=cfg.max_clusters_per_user)
-
-    # ---- autostop --------------------------------------------------------------------------
-
-    async def _autostop_loop(self) -> None:
-        last_check = 0.0
-        while True:
-            if time.monotonic() - last_check >= HEALTH_INTERVAL:
-                last_check = time.monotonic()
-                asyncio.get_running_loop().create_task(self.check_nodes())
-            await asyncio.sleep(AUTOSTOP_TICK)
-            with contextlib.suppress(Exception):
-                await self.autostop_due()
-
-    async def check_nodes(self) -> None:
-        """Ask every node of every ssh cluster whether it answers (at start: reconcile what
-        changed while the daemon was down; then every few minutes)."""
-        nodes = [n for e in self.state.clusters.values()
-                 if e.record.infra.startswith("ssh/") and e.record.status in protocol.CLUSTER_RUNNABLE
-                 for n in e.record.nodes]
-        await asyncio.gather(*(self.runners.ssh.check(n) for n in nodes), return_exceptions=True)
-
-    async def autostop_due(self) -> None:
-        """Stop (or tear down) clusters idle past their autostop, as their owner would."""
-        load = self.scheduler.target_busy
-        for entry in self.state.autostop.idle(time.time(), load):
-            rec = entry.record
-            owner = caller_for(rec.uid, self.is_admin(rec.uid))
-            # A Slurm allocation cannot be stopped: it ends.
-            down = rec.autostop_down or rec.infra.startswith("slurm")
-            op = protocol.Down(cluster=rec.name) if down else \
-                protocol.Stop(cluster=rec.name)
-            entry.autostopping = True
-            req, _ = await self.scheduler.submit_long(op, owner)
-            log.info("autostop: %s idle for %g min: %s requested (%s)", rec.name, rec.autostop,
-                     req.record.name, req.record.id)
-
-    # ---- retention -----------------------------------------------------------------------
-
-    async def _gc_loop(self) -> None:
-        while True:
-            with contextlib.suppress(Exception):
-                await self.collect_garbage()
-            await asyncio.sleep(GC_INTERVAL)
-
-    async def collect_garbage(self, now: float | None = None) -> int:
-        """Remove finished requests (and their logs) older than the retention period."""
-        hours = self.config.retention_hours
-        if hours < 0:
-            return 0
-        cutoff = (now or time.time()) - hours * 3600
-        removed = 0
-        while ids := await self.store.finished_before(cutoff):
-            # Rows first: a request that can still be listed always has its log.
-            await self.store.delete_requests(ids)
-            await asyncio.to_thread(_unlink_logs, self.config.logs_dir, ids)
-            removed += len(ids)
-        if removed:
-            log.info("retention: removed %d finished requests older than %gh", removed, hours)
-        return removed
-
+        return server_info(caller, self.config, self.scheduler, version=self.version,
+                           started_at=self.started_at, slots_source=self.slots_source,
+                           tcp=self.tcp_listening,
+                           tls=self.front is not None and self.front.tls is not None)
 
 def _unlink_quietly(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
 
-
-def _unlink_logs(logs_dir: Path, ids: list[str]) -> None:
-    for rid in ids:
-        with contextlib.suppress(FileNotFoundError):
-            (logs_dir / f"{rid}.log").unlink()

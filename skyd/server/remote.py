@@ -6,7 +6,8 @@ still at the door; one small hello frame carrying a bearer token that is valid,
 unexpired and names a user of this host. A bad
 token is answered only after a fixed delay, counts against its address (blocked for the
 rest of the minute past `tcp_auth_failures`), and is logged without any of what was
-sent. The session that follows is the Unix socket's, with the token's user as caller.
+sent. The session that follows is the Unix socket's, with the token's user as caller;
+it lasts as long as its token (skyd.server.revocation closes it when the token goes).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ipaddress
 import logging
 import ssl
 import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import msgspec
 
@@ -25,7 +26,7 @@ from skyd import metrics, protocol
 from skyd.identity import Caller, token_caller
 from skyd.protocol import Error, ErrorCode, Hello
 from skyd.server.config import Config
-from skyd.server.tokens import TokenRefused, Tokens
+from skyd.server.tokens import TokenRefused, Tokens, digest
 
 log = logging.getLogger("skyd.server.remote")
 
@@ -96,6 +97,12 @@ class Refused(Exception):
     """Answered (or not worth answering): close the connection."""
 
 
+class Admitted(NamedTuple):
+    caller: Caller
+    hello: Hello
+    token: str          # the digest of the token it came with (never the token itself)
+
+
 class FrontDoor:
     def __init__(self, config: Config, tokens: Tokens, admin_gid: Callable[[], int | None],
                  tls: ssl.SSLContext | None):
@@ -106,8 +113,9 @@ class FrontDoor:
         self.guard = AddressGuard(config)
 
     async def authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                           ) -> tuple[Caller, Hello] | None:
-        """The caller and its hello, or None once the connection was answered and refused."""
+                           ) -> Admitted | None:
+        """The caller, its hello and its token, or None once the connection was answered
+        and refused."""
         peer = writer.get_extra_info("peername")
         host = peer[0] if peer else "?"
         key = address_key(host)
@@ -132,7 +140,7 @@ class FrontDoor:
                                           "ask an admin of the server for a token "
                                           "(skyd token create)"))
                 return None
-            return caller, hello
+            return Admitted(caller, hello, digest(hello.token))
         except Refused:
             self.guard.failed(key)         # junk, a stalled or broken handshake: an attempt
             return None

@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
                    help="lifetime: 30d, 12h, 2w, or never (default 90d)")
     ls = ops.add_parser("list", help="list tokens (never their secrets)")
     ls.add_argument("--json", action="store_true", help="machine-readable output")
-    r = ops.add_parser("revoke", help="revoke a token: refused from the next connection on")
+    r = ops.add_parser("revoke", help="revoke a token: refused from now on; its open "
+                                        "connections are closed")
     r.add_argument("name", help="its name or id")
 
 

@@ -144,8 +144,8 @@ def _print(args: argparse.Namespace, op: protocol.Op, value) -> None:
               "It is shown once: store it now. Clients read it from SKYD_TOKEN, or from a "
               "0600 file named in their config.", file=sys.stderr)
     elif isinstance(op, TokenRevoke):
-        print(f"token {value.name!r} (id {value.id}) revoked: refused from the next "
-              "connection on")
+        print(f"token {value.name!r} (id {value.id}) revoked: refused from now on, and its "
+              "open connections are closed")
     elif args.json:
         print(json.dumps([msgspec.to_builtins(r) for r in value], indent=2))
     else:

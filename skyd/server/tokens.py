@@ -4,8 +4,10 @@ A token is 256 random bits; the daemon keeps only its SHA-256 (a slow hash guard
 guessable passwords, not random secrets), in one file in the state directory (root's,
 0600). Writers (the daemon on an admin's request, or root's `skyd token` while no daemon
 runs) take a lock and replace the file atomically; the daemon reads it again whenever it
-changed (one stat per TCP connection), so a token revoked is refused from the next
-connection on, whoever revoked it.
+changed (one stat per TCP connection; at once after a revoke through it; on SIGHUP), so
+a token revoked is refused from the next connection on, whoever revoked it. Whoever holds
+sessions opened with a token (skyd.server.revocation) is told when the token goes, and
+closes them: a revoked token does not live on in a connection opened before.
 
 Who may do what: admins (root, the admin group) create, list and revoke. A token acts as
 one Unix user; one for anyone but yourself needs root, because it runs work as them.
@@ -20,9 +22,10 @@ import os
 import pwd
 import re
 import secrets
+import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import msgspec
 
@@ -65,21 +68,39 @@ class Tokens:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
         self._by_digest: dict[str, TokenRecord] = {}
+        self._reading = threading.Lock()     # refresh runs in threads, one per login
+        # Told the digests of tokens gone (revoked, the file removed), from any thread.
+        self._on_removed: list[Callable[[set[str]], None]] = []
+
+    def on_removed(self, callback: Callable[[set[str]], None]) -> None:
+        """Call `callback(digests)` when tokens that were valid are gone (from any thread)."""
+        self._on_removed.append(callback)
+
+    def known(self, token_digest: str) -> bool:
+        """Whether a token (by digest) is in the file as last read."""
+        return token_digest in self._by_digest
 
     # ---- reading (the daemon, per TCP connection) ----------------------------------------
 
     def refresh(self) -> None:
         """Read the file again if it changed since the last read (one stat otherwise)."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._stamp, self._by_digest = None, {}
-            return
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        if stamp != self._stamp:
-            doc = self._read()
-            self._by_digest = {t.digest: t.record for t in doc.tokens}
-            self._stamp = stamp
+        stamp: tuple[int, int, int] | None = None
+        by_digest: dict[str, TokenRecord] = {}
+        with self._reading:
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                pass
+            else:
+                stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+                if stamp == self._stamp:
+                    return
+                by_digest = {t.digest: t.record for t in self._read().tokens}
+            gone = self._by_digest.keys() - by_digest.keys()
+            self._stamp, self._by_digest = stamp, by_digest
+        if gone:
+            for callback in self._on_removed:
+                callback(gone)
 
     def verify(self, token: str, now: float | None = None) -> TokenRecord:
         """The record a token stands for, or TokenRefused saying why (never echoing it)."""
@@ -171,15 +192,18 @@ class Tokens:
         return msgspec.structs.replace(rec, token=token)
 
     def revoke(self, caller: Caller, name: str) -> TokenRecord:
-        """Remove a token (by name or id): refused from the next connection on."""
+        """Remove a token (by name or id): refused from the next connection on, and the
+        sessions opened with it are closed (refresh tells on_removed)."""
         _admins_only(caller, "revoke tokens")
         with self._editing() as doc:
-            for i, t in enumerate(doc.tokens):
-                if name in (t.record.name, t.record.id):
-                    del doc.tokens[i]
-                    return t.record
-        raise SkydError(ErrorCode.NOT_FOUND, f"no token named {name!r}",
-                        "list them with: skyd token list")
+            at = next((i for i, t in enumerate(doc.tokens)
+                       if name in (t.record.name, t.record.id)), None)
+            if at is None:
+                raise SkydError(ErrorCode.NOT_FOUND, f"no token named {name!r}",
+                                "list them with: skyd token list")
+            gone = doc.tokens.pop(at).record
+        self.refresh()
+        return gone
 
     def listing(self, caller: Caller) -> list[TokenRecord]:
         _admins_only(caller, "list tokens")
