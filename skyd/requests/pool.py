@@ -10,6 +10,11 @@ in <state_dir>/workers/ while they live (pid and start time: a reused pid is nev
 for one of them). A busy worker takes its whole group down when the daemon goes away; if
 anything still survived a crash, the next daemon kills it from these records before it
 re-runs anything (reap_previous).
+
+The forkserver may die under the daemon (killed, OOM-killed): its spares die with it. They
+are dropped as their exits are seen, take() never hands out one known dead, the next spawn
+starts (and records) a new forkserver, and assign() moves a request whose worker turns out
+dead on delivery to a fresh one.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import msgspec
 
 from skyd import protocol
+from skyd.protocol import ErrorCode, SkydError
 
 from skyd.requests import worker
 from skyd.requests.messages import Assignment, WorkerMsg
@@ -37,14 +43,17 @@ from skyd.requests.messages import Assignment, WorkerMsg
 log = logging.getLogger("skyd.requests.pool")
 
 PRELOAD = ["skyd.requests.worker"]
+ASSIGN_TRIES = 3        # workers tried for one request before it fails
 _msg_dec = msgspec.msgpack.Decoder(WorkerMsg)
 
 
 class Worker:
     """One worker process seen from the daemon: its control channel, log, and exit."""
 
-    def __init__(self, proc: BaseProcess, ctrl: socket.socket, log_sock: socket.socket):
+    def __init__(self, proc: BaseProcess, ctrl: socket.socket, log_sock: socket.socket,
+                 on_exit: Callable[[Worker], None] | None = None):
         self.proc = proc
+        self._on_exit_cb = on_exit
         self.pid: int = proc.pid  # type: ignore[assignment]
         self._ctrl_sock, self._log_sock = ctrl, log_sock
         self._ctrl_r: asyncio.StreamReader | None = None
@@ -65,6 +74,16 @@ class Worker:
         loop.remove_reader(self.proc.sentinel)
         if self._exited is not None and not self._exited.done():
             self._exited.set_result(self.proc.exitcode)
+            if self._on_exit_cb is not None:
+                self._on_exit_cb(self)
+
+    @property
+    def alive(self) -> bool:
+        """Not known to have exited. Its sentinel says so at once, before the loop has run
+        the exit callback: the forkserver writes the exit status there, or, dying itself,
+        closes it."""
+        return (self._exited is not None and not self._exited.done()
+                and self.proc.exitcode is None)
 
     async def assign(self, a: Assignment) -> None:
         assert self._ctrl_w is not None
@@ -125,6 +144,7 @@ class WorkerPool:
         self._closing = False
         self.busy: set[Worker] = set()
         self.started = 0
+        self._recorded: dict[str, int] = {}      # helper process -> the pid recorded for it
 
     async def start(self) -> None:
         self._ctx.set_forkserver_preload(PRELOAD + self.handlers)
@@ -134,15 +154,22 @@ class WorkerPool:
         self._refill_wake.set()
 
     def _start_forkserver(self) -> None:
+        """Start the forkserver (and resource tracker), or start it again when it died:
+        each one started is recorded for reap_previous. Blocking; cheap when it runs."""
         _ensure_forkserver()
-        if self.run_dir is not None:
-            self.run_dir.mkdir(mode=0o700, exist_ok=True)
-            from multiprocessing import resource_tracker
-            for name, pid in (("forkserver", self.forkserver_pid),
-                              ("resource-tracker", getattr(resource_tracker._resource_tracker,
-                                                           "_pid", None))):
-                if pid:
-                    record_process(self.run_dir, name, pid, group=False)
+        from multiprocessing import resource_tracker
+        for name, pid in (("forkserver", self.forkserver_pid),
+                          ("resource-tracker", getattr(resource_tracker._resource_tracker,
+                                                       "_pid", None))):
+            if not pid or self._recorded.get(name) == pid:
+                continue
+            if name in self._recorded:
+                log.warning("the %s (pid %d) died: started a new one (pid %d)", name,
+                            self._recorded[name], pid)
+            self._recorded[name] = pid
+            if self.run_dir is not None:
+                self.run_dir.mkdir(mode=0o700, exist_ok=True)
+                record_process(self.run_dir, name, pid, group=False)
 
     def _forget(self, name: str) -> None:
         if self.run_dir is not None:
@@ -189,25 +216,37 @@ class WorkerPool:
         finally:
             ctrl_child.close()
             log_child.close()
-        w = Worker(proc, ctrl_parent, log_parent)
+        w = Worker(proc, ctrl_parent, log_parent, on_exit=self._worker_exited)
         await w.attach()
         self.started += 1
         return w
 
     def _start_worker(self, proc: BaseProcess) -> None:
+        self._start_forkserver()        # again, if it died since
         proc.start()
         assert proc.pid is not None
         if self.run_dir is not None:
             with contextlib.suppress(OSError):
                 record_process(self.run_dir, str(proc.pid), proc.pid, group=True)
 
+    def _worker_exited(self, w: Worker) -> None:
+        """A worker exited: a spare is dropped and replaced (busy ones are their runner's)."""
+        if w in self._spares:
+            self._spares.remove(w)
+            self._drop(w)
+            self._refill_wake.set()
+
     async def take(self) -> Worker:
-        """An idle worker, now: a spare if one is ready, else the next one started."""
+        """An idle worker, now: a live spare if one is ready, else the next one started."""
         if self._closing:
             raise RuntimeError("worker pool is closing")
-        if self._spares:
+        w = None
+        while self._spares and w is None:
             w = self._spares.popleft()
-        else:
+            if not w.alive:             # its exit not handled yet (its forkserver died)
+                self._drop(w)
+                w = None
+        if w is None:
             fut = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
             self._refill_wake.set()
@@ -216,6 +255,33 @@ class WorkerPool:
         self._refill_wake.set()
         return w
 
+    async def assign(self, a: Assignment, stopped: Callable[[], bool] = lambda: False,
+                     tries: int = ASSIGN_TRIES) -> Worker | None:
+        """Take an idle worker and hand it `a`; the worker that has it. One found dead on
+        delivery (it died with its forkserver after take() looked) is replaced by a fresh
+        one, `tries` times at most, then SkydError. None, with no worker left taken, when
+        `stopped()` says the request no longer wants one (cancelled or out of time while
+        it waited)."""
+        why = ""
+        for _ in range(tries):
+            w = await self.take()
+            if stopped():
+                self.busy.discard(w)
+                self._retire(w)
+                return None
+            try:
+                await w.assign(a)
+                return w
+            except (OSError, RuntimeError) as e:   # its end is closed: the worker died
+                why = f"{type(e).__name__}: {e}"
+                log.warning("worker process %d died before it took request %s (%s): "
+                            "handing it to a fresh one", w.pid, a.request_id, why)
+                self.busy.discard(w)
+                self._retire(w)
+        raise SkydError(ErrorCode.UNAVAILABLE, f"no worker process could take the request: "
+                        f"{tries} died before they took it (last: {why})",
+                        "submit it again; if this recurs, see the daemon's log")
+
     def release(self, w: Worker) -> None:
         self.busy.discard(w)
         w.close()
@@ -223,6 +289,10 @@ class WorkerPool:
 
     def _retire(self, w: Worker) -> None:
         w.signal_group(signal.SIGKILL)
+        self._drop(w)
+
+    def _drop(self, w: Worker) -> None:
+        """Forget a worker that has exited (nothing to signal: its pid may be reused)."""
         w.close()
         self._forget(str(w.pid))
 

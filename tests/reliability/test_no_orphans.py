@@ -7,15 +7,19 @@ was busy (profiling/soak/procs.py)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import wait_until
 from profiling.soak import procs
-from sshd import ssh_hosts  # noqa: F401 - the fixture
+from sshd import SshHosts, ssh_hosts, start_or_skip  # noqa: F401 - the fixture
 from skyd import protocol
 from skyd.taskspec import Resources, Task
 
@@ -147,25 +151,46 @@ def ssh_daemon(make_daemon, ssh_hosts, workdir):  # noqa: F811
     return make_daemon("--node-pools", str(pools), "--ssh-known-hosts", str(ssh_hosts.known_hosts))
 
 
-@pytest.mark.xfail(strict=True, reason="ssh ControlPersist masters (<state>/ssh/*/%C) outlive "
-                   "the daemon: nothing closes them on shutdown, nor reaps them (or, after kill -9, "
-                   "the daemon's ssh commands through them: job watchers, log tails) on the next start")
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", ["sigterm", "kill9"])
-def test_ssh_masters_do_not_outlive_the_daemon(ssh_daemon, how):
-    """Stopped, the daemon closes its ssh masters (and its workers'); killed, the next start
-    finds and ends them before anything else, as it does with a crashed run's workers."""
-    d = ssh_daemon
-    task = Task(run="echo started; sleep 303", resources=Resources(infra="ssh/p"))
-    rid = d.submit_async(protocol.Launch(task=task, cluster="remote"))
-    assert d.wait_request(rid, 60).status is protocol.Status.SUCCEEDED
-    assert wait_until(lambda: _job_status(d, "remote", 1) == "RUNNING", 20)
-    follower = d.connect(timeout=30)          # a client following the job's output
-    frames = follower.submit(protocol.JobLogs(cluster="remote", job_id=1, follow=True))
-    assert isinstance(next(frames), protocol.Chunk)
-    snap = procs.started_by(d.proc.pid, d.state_dir)
+@pytest.fixture
+def own_ssh_daemon(make_daemon, workdir, people):
+    """A root daemon with pool `own` (no shared login) on one sshd host where alice logs in
+    as herself with her own key: her ssh masters run as alice, not as root."""
+    import users
+    alice = people[0]
+    r = alice.sh("set -e; umask 077; mkdir -p ~/.ssh; "
+                 "[ -f ~/.ssh/id_ed25519 ] || ssh-keygen -q -t ed25519 -N '' -f ~/.ssh/id_ed25519; "
+                 "k=$(cat ~/.ssh/id_ed25519.pub); touch ~/.ssh/authorized_keys; "
+                 "grep -qxF \"$k\" ~/.ssh/authorized_keys || echo \"$k\" >> ~/.ssh/authorized_keys")
+    assert r.returncode == 0, r.stderr
+    base = Path(tempfile.mkdtemp(prefix="skyd-ssh-", dir="/tmp"))
+    hosts = SshHosts(base, count=1, first_ip=9, logins=(alice.name,))
+    try:
+        start_or_skip(hosts)
+        os.chmod(workdir, 0o755)
+        pools = workdir / "pools.yaml"
+        pools.write_text(hosts.pool_yaml("own", shared_login=False))
+        yield make_daemon("--socket-group", users.GROUP, "--node-pools", str(pools),
+                          "--ssh-known-hosts", str(hosts.known_hosts))
+    finally:
+        hosts.__exit__(None, None, None)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _remote_job() -> list[psutil.Process]:
+    """The job's `sleep 303` (the sshd hosts share this machine's processes)."""
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.info["cmdline"] == ["sleep", "303"]:
+            found.append(p)
+    return found
+
+
+def _masters_end_and_the_job_goes_on(d, how: str, snap: dict[int, procs.Proc],
+                                     owner: int) -> None:
     masters = [p for p in snap.values() if p.cmd.endswith("[mux]")]
     assert masters, procs.describe(list(snap.values()))
+    assert {psutil.Process(p.pid).uids().real for p in masters} == {owner}
+    [job] = _remote_job()
     if how == "sigterm":
         d.stop(signal.SIGTERM)
     else:
@@ -174,6 +199,54 @@ def test_ssh_masters_do_not_outlive_the_daemon(ssh_daemon, how):
     left = procs.wait_gone(snap, 4)
     try:
         assert left == [], procs.describe(left)
+        assert job.is_running(), "the job died with the ssh masters"
+    finally:
+        procs.kill(left)
+    if how == "sigterm":
+        d.start()
+    else:
+        assert re.search(r"closed [1-9]\d* ssh masters left by the previous run", d.log())
+    assert "Traceback" not in d.log() and "did not answer" not in d.log()   # each asked to exit
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_ssh_masters_do_not_outlive_the_daemon(ssh_daemon, how):
+    """Stopped, the daemon closes its ssh masters (and its workers'); killed, the next start
+    finds and ends them before anything else, as it does with a crashed run's workers. The
+    commands through them (job watchers, log tails) end with them; the job goes on."""
+    d = ssh_daemon
+    task = Task(run="echo started; sleep 303", resources=Resources(infra="ssh/p"))
+    rid = d.submit_async(protocol.Launch(task=task, cluster="remote"))
+    assert d.wait_request(rid, 60).status is protocol.Status.SUCCEEDED
+    assert wait_until(lambda: _job_status(d, "remote", 1) == "RUNNING", 20)
+    follower = d.connect(timeout=30)          # a client following the job's output
+    frames = follower.submit(protocol.JobLogs(cluster="remote", job_id=1, follow=True))
+    assert isinstance(next(frames), protocol.Chunk)
+    try:
+        _masters_end_and_the_job_goes_on(d, how, procs.started_by(d.proc.pid, d.state_dir), 0)
     finally:
         follower.close()
-        procs.kill(left)
+    assert _job_status(d, "remote", 1) == "RUNNING"
+    d.call(protocol.CancelJobs(cluster="remote", all=True))
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_ssh_masters_run_as_the_cluster_owner_do_not_outlive_the_daemon(own_ssh_daemon, people,
+                                                                        how):
+    """On a per-user pool the masters (the worker's and the daemon's, both as the owner) run
+    as the cluster's owner; they are closed all the same."""
+    d, alice = own_ssh_daemon, people[0]
+    p = alice.skyctl(d, "launch", "-c", "mine", "-d", "--infra", "ssh/own", "echo started; sleep 303")
+    assert p.returncode == 0, p.stdout + p.stderr
+    follower = alice.popen(d, "logs", "mine", "1")     # the daemon tails it as alice
+    try:
+        assert follower.stdout is not None and "started" in follower.stdout.readline()
+        _masters_end_and_the_job_goes_on(d, how, procs.started_by(d.proc.pid, d.state_dir),
+                                         alice.uid)
+    finally:
+        follower.kill()
+        follower.wait()
+    p = alice.skyctl(d, "cancel", "mine", "1")
+    assert p.returncode == 0, p.stdout + p.stderr

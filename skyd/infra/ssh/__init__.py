@@ -20,7 +20,8 @@ detached runner, so a job outlives the daemon and an ssh drop. Every command lin
 
 Modules: `connection` (ssh command lines, who runs them, running a command), `scripts`
 (the shell run on a node), `provisioner` (worker side), `jobrunner` (daemon side: jobs
-and node health) and `joblog` (a job's output, tailed over ssh).
+and node health), `joblog` (a job's output, tailed over ssh) and `masters` (ending the
+multiplexing masters when the daemon stops, and those a killed daemon left).
 """
 
 from skyd.infra.ssh.connection import SshClient, control_dir
