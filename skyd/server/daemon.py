@@ -56,7 +56,8 @@ from skyd.clusters.claims import Caps
 from skyd.clusters.service import Clusters
 from skyd.requests.request import uncapped_uids
 from skyd.store import Store
-from skyd.requests.pool import WorkerPool, reap_previous
+from skyd.requests.pool import WorkerPool
+from skyd.requests.reaping import reap_previous
 
 log = logging.getLogger("skyd")
 
