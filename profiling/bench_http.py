@@ -14,17 +14,15 @@ Real `skyd serve` processes (state dirs under /tmp), each figure per run, median
      as root: an admin's document, the largest) and a scrape every second, alternating;
      in both, a managed job submitted every 0.25 s changes every page's document at every
      tick (else an idle dashboard sends nothing).
-The pages and the scraper are one process (`pages` below); its CPU is reported.
+The pages and the scraper are one process (profiling/http_pages.py); its CPU is reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import http.client
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -199,7 +197,7 @@ def throughput(d: BenchDaemon, warmup: float, duration: float) -> dict:
 
 
 def start_pages(d: HttpDaemon, pages: int, seconds: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "profiling.bench_http", "pages", d.base,
+    return subprocess.Popen([sys.executable, "-m", "profiling.http_pages", d.base,
                              str(pages), str(seconds)], stdout=subprocess.PIPE, text=True,
                             env=daemon_env(), cwd=str(ROOT))
 
@@ -213,44 +211,6 @@ def with_pages(d: HttpDaemon, warmup: float, duration: float) -> dict:
         seen, _ = pages.communicate(timeout=60)
     out["pages"] = json.loads(seen)
     return out
-
-
-async def follow_pages(base: str, pages: int, seconds: float) -> dict:
-    """`pages` dashboards following /api/events (each event's JSON parsed, as a page does)
-    and a scrape of /metrics every second, for `seconds`."""
-    import aiohttp
-    counts = {"events": 0, "bytes": 0, "scrapes": 0}
-    cpu0 = _cpu()
-
-    async def page(session: aiohttp.ClientSession) -> None:
-        async with session.get(base + "/api/events") as r:
-            async for line in r.content:
-                if line.startswith(b"data: "):
-                    json.loads(line[6:])
-                    counts["events"] += 1
-                    counts["bytes"] += len(line)
-
-    async def scraper(session: aiohttp.ClientSession) -> None:
-        while True:
-            async with session.get(base + "/metrics") as r:
-                await r.read()
-            counts["scrapes"] += 1
-            await asyncio.sleep(1.0)
-
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
-        tasks = [asyncio.ensure_future(page(session)) for _ in range(pages)]
-        tasks.append(asyncio.ensure_future(scraper(session)))
-        await asyncio.sleep(seconds)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    counts["cpu_cores"] = (_cpu() - cpu0) / seconds
-    return counts
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def pages_cpu(d: HttpDaemon, seconds: float) -> dict:
@@ -407,13 +367,6 @@ def table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["pages"]:               # the pages' own process (start_pages)
-        base, pages, seconds = argv[1], int(argv[2]), float(argv[3])
-        import uvloop
-        counts = uvloop.run(follow_pages(base, pages, seconds))
-        counts["seconds"] = seconds
-        print(json.dumps(counts))
-        return 0
     p = argparse.ArgumentParser(prog="python -m profiling.bench_http",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
