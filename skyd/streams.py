@@ -11,6 +11,7 @@ cannot hear (a local job's files) — a bounded back-off poll (`Backoff`) beside
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from pathlib import Path
 from typing import AsyncGenerator, Awaitable, Callable, Hashable, Sequence
@@ -66,6 +67,7 @@ class RequestLog:
         self.limit = limit
         self._room = max(0, limit - os.fstat(self._fd).st_size) if limit > 0 else -1
         self.truncated = False
+        self.lost = 0                 # bytes a full disk refused since the last write
 
     def append(self, data: bytes) -> None:
         if self._fd < 0 or not data:
@@ -84,7 +86,18 @@ class RequestLog:
         self._write(data)
 
     def _write(self, data: bytes) -> None:
-        os.write(self._fd, data)
+        try:
+            if self.lost:
+                os.write(self._fd, f"[skyd] ({self.lost} bytes of output lost here: "
+                                   "the disk was full)\n".encode())
+                self.lost = 0
+            os.write(self._fd, data)
+        except OSError as e:
+            # A full disk costs the log lines it refuses, never the request's outcome.
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.lost += len(data)
+            return
         self.topic.notify()
 
     def line(self, text: str) -> None:

@@ -68,7 +68,8 @@ def test_tcp_needs_a_valid_token_even_on_loopback(make_daemon, people):
     p = skyd_token(d, "revoke", "alice-laptop")
     assert p.returncode == 0 and "revoked" in p.stdout, p.stderr
     _denied(timed_refusal(d, good)[1], "invalid token")
-    assert c.call(protocol.ApiInfo()).user == alice.name     # an open session goes on
+    got = c.read()                      # an open session is closed, saying why
+    assert isinstance(got, protocol.Error) and "has been revoked" in got.message, got
     c.close()
     # Nothing of what was sent is logged; each refusal is, with its address.
     log = d.log()

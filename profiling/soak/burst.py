@@ -76,10 +76,9 @@ class Tally:
     crashes: int = 0                # the daemon died without being stopped by us
 
     def failures(self) -> dict[str, list[str]]:
-        """Every broken promise, by name (empty when all held). cancel_undone is reported
-        apart: it is a known defect with a test of its own."""
+        """Every broken promise, by name (empty when all held)."""
         names = ("lost", "duplicated", "run_twice", "not_run", "out_of_order", "bad_outcome",
-                 "judged_lost", "unsettled")
+                 "judged_lost", "cancel_undone", "unsettled")
         found = {n: getattr(self, n) for n in names if getattr(self, n)}
         if self.crashes:
             found["crashes"] = [f"{self.crashes} unexpected daemon exit(s)"]

@@ -1,11 +1,16 @@
 """What the controller writes about a job: its record (every change persisted before it
 is acted on), the notes of its controller log, and its own log of output over all its
-attempts (each attempt's output copied from its cluster before the cluster goes)."""
+attempts (each attempt's output copied from its cluster before the cluster goes).
+
+A store fault (a full disk, a database locked by another process) delays a record's
+write until it is taken (skyd.store waits it out), so it never fails the job; a full
+disk costs log lines, never the job either."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import time
 from pathlib import Path
@@ -137,10 +142,10 @@ class Journal:
             try:
                 await asyncio.wait_for(copy(), LOG_SAVE_TIMEOUT)
             except (asyncio.TimeoutError, OSError) as e:
-                os.write(fd, f"[skyd] (the rest of this attempt's output could not be fetched: "
-                             f"{e or 'timed out'})\n".encode())
+                _write_quietly(fd, f"[skyd] (the rest of this attempt's output could not be "
+                                   f"fetched: {e or 'timed out'})\n".encode())
             if got == 0 and lost:
-                os.write(fd, b"[skyd] (no output could be fetched from the lost node)\n")
+                _write_quietly(fd, b"[skyd] (no output could be fetched from the lost node)\n")
         finally:
             os.close(fd)
         job.topic.notify()
@@ -149,9 +154,18 @@ class Journal:
 def _append(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, data)
+        _write_quietly(fd, data)
     finally:
         os.close(fd)
+
+
+def _write_quietly(fd: int, data: bytes) -> None:
+    """Write a log's lines; a full disk loses them rather than failing the job."""
+    try:
+        os.write(fd, data)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
 
 
 def _read(path: Path) -> bytes:

@@ -55,26 +55,31 @@ class LongRunner:
         limit = getattr(req.op, "timeout", None) or self.long_timeout
         if 0 < limit < float("inf"):
             req.timer = asyncio.get_running_loop().call_later(limit, self._time_up, req, limit)
-        worker = await self.pool.take()
-        req.worker = worker
-        if req.cancel_requested or req.timed_out is not None:
-            self.pool.release(worker)
-            worker.signal_group(signal.SIGKILL)
+        assert req.op_bytes is not None
+        # On someone's cluster even an admin acts as its owner, never as root.
+        uid = cluster.uid if cluster is not None else rec.uid
+        user, gid, home = user_identity(uid)
+        try:
+            # A worker found dead on delivery (its forkserver killed) is replaced.
+            worker = await self.pool.assign(Assignment(
+                request_id=rec.id, op=req.op_bytes, uid=uid, gid=gid,
+                user=user, home=home, state_dir=self.workload.state_dir,
+                cluster=cluster, jobs=jobs, ssh_known_hosts=self.workload.ssh_known_hosts,
+                slurm=self.workload.slurm),
+                stopped=lambda: req.cancel_requested or req.timed_out is not None)
+        except SkydError as e:
+            await self.finish(req, Status.FAILED, None, e.to_wire())
+            return
+        if worker is None:          # cancelled or out of time before a worker had it
             if req.timed_out is not None:
                 await self.finish(req, Status.FAILED, None, time_limit_error(req.timed_out))
             else:
                 await self.finish(req, Status.CANCELLED, None, None)
             return
+        req.worker = worker
+        if req.cancel_requested or req.timed_out is not None:
+            self.stop(req)          # it came while the assignment was being delivered
         req.log.line(f"running {rec.name} in worker process {worker.pid}")
-        assert req.op_bytes is not None
-        # On someone's cluster even an admin acts as its owner, never as root.
-        uid = cluster.uid if cluster is not None else rec.uid
-        user, gid, home = user_identity(uid)
-        await worker.assign(Assignment(
-            request_id=rec.id, op=req.op_bytes, uid=uid, gid=gid,
-            user=user, home=home, state_dir=self.workload.state_dir,
-            cluster=cluster, jobs=jobs, ssh_known_hosts=self.workload.ssh_known_hosts,
-            slurm=self.workload.slurm))
         done, code = await self._serve(req, worker)
         await self._outcome(req, done, code)
 

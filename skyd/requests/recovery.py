@@ -1,6 +1,7 @@
 """After a restart: the long requests the previous run left pending or running, read
 back in their original order. What was pending is queued again; what was running runs
-again if that is safe (its op is idempotent), and is failed as interrupted otherwise."""
+again if that is safe (its op is idempotent), and is failed as interrupted otherwise;
+what had an acknowledged cancel is finished as cancelled, never run again."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ _op_dec = msgspec.msgpack.Decoder(protocol.AnyOp)
 class Recovered:
     queue: list[Request] = field(default_factory=list)   # to queue again, in order
     stale: list[Request] = field(default_factory=list)   # to fail as interrupted
+    cancelled: list[Request] = field(default_factory=list)   # to finish as cancelled
     requeued: int = 0
     rerun: int = 0
 
@@ -38,6 +40,9 @@ async def reload(store: Store, log_path: Callable[[str], Path]) -> Recovered:
         op = _op_dec.decode(stored.op)
         req = Request(stored.record, op, stored.op)
         rec = req.record
+        if stored.cancel_requested:
+            out.cancelled.append(req)
+            continue
         if rec.status is Status.RUNNING:
             if not type(op).idempotent:
                 out.stale.append(req)

@@ -126,7 +126,10 @@ class Scheduler:
         op_bytes = _enc.encode(op)
         req = Request(record, op, op_bytes)
         # Durable before "accepted". No await between the writes: one group commit.
-        writes: list[Awaitable[Any]] = [self.store.add_request(record, op_bytes)]
+        # Through a store fault a person's submission is refused (they may retry); the
+        # daemon's own waits for the store (it has nobody to retry it).
+        writes: list[Awaitable[Any]] = [self.store.add_request(record, op_bytes,
+                                                               patient=internal)]
         if with_insert is not None:
             writes.append(with_insert(record))
         if counted:
@@ -183,15 +186,30 @@ class Scheduler:
             self._spawn(self.runner.run(req), functools.partial(self._release_long, req))
         self.long_peak = max(self.long_peak, len(self.long_running))
 
-    def _release_long(self, req: Request, _task: asyncio.Task) -> None:
+    def _release_long(self, req: Request, task: asyncio.Task) -> None:
         self.long_queue.ended(req)
         if req.timer is not None:
             req.timer.cancel()
         if not req.done.done():
-            # The task died without recording an outcome (a bug): never leave a waiter hanging.
-            log.error("request %s ended without an outcome", req.record.id)
-            req.done.set_result(None)
+            if task.cancelled():
+                # Shutting down: its row stays RUNNING; the next start re-runs or fails it.
+                req.done.set_result(None)
+            else:
+                # The run died without an outcome (a bug): record one, so that neither the
+                # row nor a waiter is left RUNNING for good.
+                self._spawn(self._finish_crashed(req, task.exception()))
         self._dispatch()
+
+    async def _finish_crashed(self, req: Request, exc: BaseException | None) -> None:
+        log.error("request %s ended without an outcome", req.record.id, exc_info=exc)
+        why = f"{type(exc).__name__}: {exc}" if exc is not None else "no outcome"
+        try:
+            await self._finish(req, Status.FAILED, error=Error(
+                ErrorCode.INTERNAL, f"the server failed while running it ({why})",
+                "this is a bug in skyd; the server log has the details"))
+        finally:
+            if not req.done.done():
+                req.done.set_result(None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None],
                on_done: Callable[[asyncio.Task], None] | None = None) -> None:
@@ -237,11 +255,16 @@ class Scheduler:
             self._dispatch()
             return True
         if rid in self.long_running:
+            if req.record.status.finished:
+                return False        # its outcome is being recorded: too late to cancel
             if not req.cancel_requested:
                 req.cancel_requested = True
                 if req.log is not None:
                     req.log.line("cancel requested: stopping the worker's process group")
                 self.runner.stop(req)
+            # Durable before it is acknowledged: after a crash the restart finishes it as
+            # cancelled instead of running it again.
+            await self.store.mark_cancel_requested(rid)
             return True
         return False
 
@@ -300,6 +323,10 @@ class Scheduler:
         got = await recovery.reload(self.store, self.log_path)
         for req in got.queue:
             self._queue(req)
+        for req in got.cancelled:
+            req.log = RequestLog(self.log_path(req.record.id), req.topic)
+            req.log.line("the server restarted after this was cancelled; not running it again")
+            await self._finish(req, Status.CANCELLED)
         for req in got.stale:
             req.log = RequestLog(self.log_path(req.record.id), req.topic)
             await self._finish(req, Status.FAILED, error=Error(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import importlib
 import os
 import select
@@ -114,6 +115,13 @@ def _run(ctrl: socket.socket, frame: bytes, parent: int) -> Done:
         return Done(value=value)
     except SkydError as e:
         return Done(error=e.to_wire())
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):     # a fault of the host, not a bug
+            where = f" writing {e.filename}" if e.filename else ""
+            return Done(error=Error(ErrorCode.UNAVAILABLE, f"no space left on the disk{where}",
+                                    "free space (or raise the quota) and run it again"))
+        traceback.print_exc()
+        return Done(error=Error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
     except Exception as e:  # noqa: BLE001 - reported as the request's failure
         traceback.print_exc()
         return Done(error=Error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))

@@ -55,7 +55,6 @@ class TokenSessions:
     def _close(self, tokens: set[str]) -> None:
         """In the loop: say why, then end each session (its writer flushes, then closes)."""
         closed = 0
-        return
         for token in tokens:
             for task, writer in self._live.pop(token, {}).items():
                 if not writer.is_closing():

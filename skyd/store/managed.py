@@ -20,7 +20,8 @@ class ManagedJobRows(Database):
         return self._write(
             "INSERT INTO managed_jobs (job_id, status, uid, user, teardown, task, record)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (j.job_id, j.status, j.uid, j.user, int(j.teardown_pending), task, _enc.encode(j)))
+            (j.job_id, j.status, j.uid, j.user, int(j.teardown_pending), task, _enc.encode(j)),
+            patient=False)      # a submission: refused, not delayed, by a store fault
 
     def save_managed_job(self, j: ManagedJobRecord) -> asyncio.Future:
         return self._write(

@@ -1,5 +1,8 @@
 """The requests table: every long request (durable before it is accepted), its outcome,
-and the finished ones kept for `api status -a` until retention removes them."""
+and the finished ones kept for `api status -a` until retention removes them.
+
+Storing a new request fails at once through a store fault (faults.py: it is not
+accepted); every later change of it waits the fault out (sqlite.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class StoredRequest(msgspec.Struct):
     seq: int
     record: RequestRecord
     op: bytes
+    cancel_requested: bool = False     # an acknowledged cancel: never run it again
 
 
 def _request_record(row: Any) -> RequestRecord:
@@ -29,12 +33,14 @@ def _request_record(row: Any) -> RequestRecord:
 
 
 class RequestRows(Database):
-    def add_request(self, rec: RequestRecord, op: bytes) -> asyncio.Future:
+    def add_request(self, rec: RequestRecord, op: bytes, patient: bool = False) -> asyncio.Future:
+        """`patient`: wait out a store fault rather than fail (the daemon's own submissions,
+        which have no client to retry them)."""
         return self._write(
             "INSERT INTO requests (id, name, queue, status, uid, user, cluster, op, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (rec.id, rec.name, rec.queue.value, rec.status.value, rec.uid, rec.user,
-             rec.cluster, op, rec.created_at))
+             rec.cluster, op, rec.created_at), patient)
 
     def add_finished_request(self, rec: RequestRecord, op: bytes, result: bytes) -> asyncio.Future:
         """A request that is done the moment it is stored (jobs_launch: the job is queued)."""
@@ -42,11 +48,17 @@ class RequestRows(Database):
             "INSERT INTO requests (id, name, queue, status, uid, user, cluster, op, created_at,"
             " started_at, finished_at, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (rec.id, rec.name, rec.queue.value, rec.status.value, rec.uid, rec.user,
-             rec.cluster, op, rec.created_at, rec.started_at, rec.finished_at, result))
+             rec.cluster, op, rec.created_at, rec.started_at, rec.finished_at, result),
+            patient=False)
 
     def mark_running(self, request_id: str, started_at: float) -> asyncio.Future:
         return self._write("UPDATE requests SET status = ?, started_at = ? WHERE id = ?",
                            (Status.RUNNING.value, started_at, request_id))
+
+    def mark_cancel_requested(self, request_id: str) -> asyncio.Future:
+        """A cancel of a running request was asked for: after a restart it is finished
+        as cancelled, never run again."""
+        return self._write("UPDATE requests SET cancel_requested = 1 WHERE id = ?", (request_id,))
 
     def mark_pending(self, request_id: str) -> asyncio.Future:
         return self._write("UPDATE requests SET status = ?, started_at = NULL WHERE id = ?",
@@ -60,9 +72,9 @@ class RequestRows(Database):
 
     async def active_requests(self) -> list[StoredRequest]:
         rows = await self._all(
-            f"SELECT seq, {_REQ_COLS}, op FROM requests"
+            f"SELECT seq, {_REQ_COLS}, op, cancel_requested FROM requests"
             f" WHERE status IN {ACTIVE_REQUESTS} ORDER BY seq")
-        return [StoredRequest(r[0], _request_record(r[1:12]), r[12]) for r in rows]
+        return [StoredRequest(r[0], _request_record(r[1:12]), r[12], bool(r[13])) for r in rows]
 
     async def get_request(self, request_id: str) -> tuple[RequestRecord, bytes | None] | None:
         rows = await self._all(f"SELECT {_REQ_COLS}, result FROM requests WHERE id = ?",

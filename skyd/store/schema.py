@@ -119,6 +119,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX submission_keys_by_request ON submission_keys(request_id);
     """,
+    # v6: an acknowledged cancel of a running request, durable before it is answered
+    """
+    ALTER TABLE requests ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 

@@ -6,29 +6,48 @@ transaction was committing (group commit): a burst of submissions shares one fsy
 and every caller still awaits its own row being durable. Reads use a second
 connection, so a long listing never waits behind a commit. The tables' rows are written
 and read by the classes built on this one (requests.py, clusters.py, managed.py).
+
+When the database cannot be written (a full disk, a lock held by another process: see
+faults.py), a write that records new work fails at once with a retryable error (nothing
+was accepted), while a write that records what already happened (a request started or
+ended, a job's step) is kept, in order, and tried again with a bounded back-off until
+the database takes it: work in flight finishes once the fault is gone, without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
+import time
 from pathlib import Path
 from typing import Iterable
 
 import aiosqlite
 
+from skyd.store.faults import StoreUnavailable, store_fault
 from skyd.store.schema import MIGRATIONS, statements
+
+log = logging.getLogger("skyd.store")
+
+# Seconds between tries of the writes a fault holds back: doubling, up to the cap.
+RETRY_FIRST = 0.05
+RETRY_MAX = 1.0
 
 
 class _Write:
-    __slots__ = ("sql", "params", "future")
+    __slots__ = ("sql", "params", "future", "patient")
 
-    def __init__(self, sql: str, params: tuple, future: asyncio.Future):
+    def __init__(self, sql: str, params: tuple, future: asyncio.Future, patient: bool):
         self.sql, self.params, self.future = sql, params, future
+        self.patient = patient      # tried again through a fault (else failed with it)
 
 
 class Database:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout: float = 5.0):
         self.path = path
+        # How long a write waits for a lock another process holds before it is a fault.
+        self.busy_timeout = busy_timeout
         self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self._pending: list[_Write] = []
@@ -36,19 +55,23 @@ class Database:
         self._writer: asyncio.Task | None = None
         self.commits = 0          # transactions committed (for metrics and tests)
         self.rows_written = 0
+        self.fault: StoreUnavailable | None = None   # what writes wait out now, if anything
+        self._fault_since = 0.0
+        self._in_flight = False   # a batch is being committed
+        self._closing = False
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
         self._w = await aiosqlite.connect(self.path, isolation_level=None)
         # busy_timeout first: switching to WAL may need to wait for another opener.
-        await self._w.execute("PRAGMA busy_timeout = 5000")
+        await self._w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         await self._w.execute("PRAGMA journal_mode = WAL")
         await self._w.execute("PRAGMA synchronous = FULL")
         await self._w.execute("PRAGMA foreign_keys = ON")
         await self._migrate()
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._r.execute("PRAGMA busy_timeout = 5000")
+        await self._r.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
 
     async def _migrate(self) -> None:
@@ -73,7 +96,11 @@ class Database:
 
     async def close(self) -> None:
         if self._writer is not None:
-            await self.flush()
+            self._closing = True        # a fault now fails what it would have held
+            try:
+                await self.flush()
+            except StoreUnavailable as e:
+                log.error("closing the store with writes it could not record: %s", e.message)
             self._writer.cancel()
             try:
                 await self._writer
@@ -87,46 +114,93 @@ class Database:
 
     # ---- the writer (group commit) -----------------------------------------------------
 
-    def _write(self, sql: str, params: tuple) -> asyncio.Future:
+    def _write(self, sql: str, params: tuple, patient: bool = True) -> asyncio.Future:
+        """Queue a write; the future is done once it is committed. `patient=False` for a
+        write that records new work: through a fault it fails at once (StoreUnavailable)
+        rather than waiting for the fault to end."""
         fut = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(sql, params, fut))
+        self._pending.append(_Write(sql, params, fut, patient))
         self._wake.set()
         return fut
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
-        if self._pending:
+        """Wait until everything queued so far is committed (or, while closing, refused)."""
+        if self._pending or self._in_flight:
             await self._write("SELECT 1", ())
 
     async def _write_loop(self) -> None:
+        delay = RETRY_FIRST
         while True:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, []
-            if batch:
-                await self._commit(batch)
+            if not batch:
+                continue
+            self._in_flight = True
+            try:
+                held = await self._commit(batch)
+            finally:
+                self._in_flight = False
+            if not held:
+                delay = RETRY_FIRST
+                continue
+            # Ahead of anything queued since, in their order; tried again after a pause.
+            self._pending[:0] = held
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+            self._wake.set()
 
-    async def _commit(self, batch: list[_Write]) -> None:
+    async def _commit(self, batch: list[_Write]) -> list[_Write]:
+        """Commit the batch; the writes a fault held back (to be tried again)."""
         assert self._w is not None
         try:
             await self._run_batch(batch)
-        except Exception:
-            # One bad statement must not fail its neighbours: redo them one by one.
+        except Exception as e:  # noqa: BLE001 - reported to the callers
             await self._rollback()
-            for item in batch:
+            fault = store_fault(e, self.path)
+            if fault is not None:
+                return self._hold(batch, fault)
+            # One bad statement must not fail its neighbours: redo them one by one.
+            for i, item in enumerate(batch):
                 try:
                     await self._run_batch([item])
                 except Exception as e:  # noqa: BLE001 - reported to that caller
                     await self._rollback()
+                    fault = store_fault(e, self.path)
+                    if fault is not None:
+                        return self._hold(batch[i:], fault)
                     if not item.future.done():
                         item.future.set_exception(e)
                 else:
-                    if not item.future.done():
-                        item.future.set_result(None)
-            return
-        for item in batch:
+                    self._committed([item])
+            return []
+        self._committed(batch)
+        return []
+
+    def _committed(self, items: list[_Write]) -> None:
+        if self.fault is not None:
+            log.warning("the database takes writes again, after %.1f s",
+                        time.monotonic() - self._fault_since)
+            self.fault = None
+        for item in items:
             if not item.future.done():
                 item.future.set_result(None)
+
+    def _hold(self, items: list[_Write], fault: StoreUnavailable) -> list[_Write]:
+        """A fault: what records new work fails with it; the rest is held to be tried
+        again (while closing, nothing is: it fails too)."""
+        if self.fault is None:
+            log.warning("%s; writes of what already happened wait until it can be written, "
+                        "new work is refused meanwhile", fault.message)
+            self._fault_since = time.monotonic()
+        self.fault = fault
+        held = []
+        for item in items:
+            if item.patient and not self._closing:
+                held.append(item)
+            elif not item.future.done():
+                item.future.set_exception(fault)
+        return held
 
     async def _run_batch(self, batch: list[_Write]) -> None:
         assert self._w is not None
@@ -156,5 +230,11 @@ class Database:
 
     async def _all(self, sql: str, params: Iterable = ()) -> list:
         assert self._r is not None
-        async with self._r.execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        try:
+            async with self._r.execute(sql, tuple(params)) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.OperationalError as e:
+            fault = store_fault(e, self.path)
+            if fault is None:
+                raise
+            raise fault from e

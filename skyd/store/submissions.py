@@ -15,7 +15,8 @@ class SubmissionRows(Database):
                            created_at: float) -> asyncio.Future:
         return self._write(
             "INSERT INTO submission_keys (uid, key, request_id, op, created_at)"
-            " VALUES (?, ?, ?, ?, ?)", (uid, key, request_id, op, created_at))
+            " VALUES (?, ?, ?, ?, ?)", (uid, key, request_id, op, created_at),
+            patient=False)      # with a submission: refused with it by a store fault
 
     async def submission(self, uid: int, key: str) -> tuple[str, str] | None:
         """(request id, op name) the key was given to, or None."""

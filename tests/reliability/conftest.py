@@ -50,6 +50,6 @@ def tmpfs(workdir):
         return path
 
     yield make
-    for path in mounted:
+    for path in reversed(mounted):          # a mount inside another first
         # Lazy: the daemon fixture may still be stopping when this runs.
         subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -45,8 +45,6 @@ def _launch(cluster: str, setup: str) -> protocol.Launch:
     return protocol.Launch(task=Task(setup=setup, run="true"), cluster=cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel is acknowledged before it is durable: after "
-                   "kill -9 the cancelled (idempotent) request is re-run to completion")
 @pytest.mark.timeout(60)
 def test_an_acknowledged_cancel_survives_kill9(make_daemon, workdir):
     """`api cancel` answered with the id: the request is cancelled, also when the daemon

@@ -66,14 +66,29 @@ def _fill(path: Path) -> Path:
     return filler
 
 
-@pytest.fixture
-def full_disk_daemon(make_daemon, tmpfs):
-    """A daemon whose state directory is a 16 MiB tmpfs, and the request it finished first."""
+def _daemon_on_a_small_disk(make_daemon, tmpfs, nodes_apart: bool = False):
     tmpfs("16m")
+    if nodes_apart:
+        tmpfs("64m", "state/clusters")
     d = make_daemon("--long-slots", "2")
     done = d.submit_async(_launch("before", run="echo before"))
     assert d.wait_request(done, 30).status is protocol.Status.SUCCEEDED
     return d, done
+
+
+@pytest.fixture
+def full_disk_daemon(make_daemon, tmpfs):
+    """A daemon whose state directory is a 16 MiB tmpfs, and the request it finished first."""
+    return _daemon_on_a_small_disk(make_daemon, tmpfs)
+
+
+@pytest.fixture
+def full_state_disk_daemon(make_daemon, tmpfs):
+    """The same, with the local infra's nodes (sandboxes under <state>/clusters) on a disk of
+    their own: what fills is the daemon's own state (its database, its logs). A node whose
+    disk is full fails the task's files there, which is the task's failure, not the
+    daemon's."""
+    return _daemon_on_a_small_disk(make_daemon, tmpfs, nodes_apart=True)
 
 
 @pytest.mark.timeout(60)
@@ -97,8 +112,6 @@ def test_disk_full_turns_new_work_away_serves_the_rest_and_recovers_without_rest
     assert d.call(protocol.ApiInfo()).pid == d.proc.pid      # the same daemon throughout
 
 
-@pytest.mark.xfail(strict=True, reason="the store's OperationalError (disk full) reaches the "
-                   "session as INTERNAL 'this is a bug in skyd', not a retryable UNAVAILABLE")
 @pytest.mark.timeout(60)
 def test_disk_full_is_a_clear_retryable_error(full_disk_daemon):
     d, _ = full_disk_daemon
@@ -108,16 +121,18 @@ def test_disk_full_is_a_clear_retryable_error(full_disk_daemon):
         assert isinstance(answer, protocol.Error)
         assert answer.code in (protocol.ErrorCode.UNAVAILABLE, protocol.ErrorCode.BUSY), answer
         assert "bug" not in answer.hint, answer
+        assert "full" in answer.message and str(d.state_dir) in answer.message, answer
+        assert "failed inside the server" not in d.log(), d.log()   # nor a traceback
     finally:
         filler.unlink()
 
 
-@pytest.mark.xfail(strict=True, reason="a write that fails while a request or managed job is in "
-                   "flight ends it for good: the request stays RUNNING ('ended without an "
-                   "outcome'), the managed job FAILED_CONTROLLER; neither is retried after")
 @pytest.mark.timeout(60)
-def test_work_in_flight_when_the_disk_fills_finishes_once_it_is_freed(full_disk_daemon, workdir):
-    d, _ = full_disk_daemon
+def test_work_in_flight_when_the_disk_fills_finishes_once_it_is_freed(full_state_disk_daemon,
+                                                                     workdir):
+    """Their outcomes (and every step between) wait for the database to take them again:
+    neither stays RUNNING, nor is judged failed for a write that could not be made."""
+    d, _ = full_state_disk_daemon
     go = workdir / "go"
     wait_go = f"while [ ! -e {go} ]; do sleep 0.05; done"
     rid = d.submit_async(_launch("inflight", setup=wait_go, run="echo ran"))
@@ -184,9 +199,6 @@ def test_a_database_locked_for_a_while_delays_submissions_and_serves_the_rest(ma
     assert d.wait_request(running, 10).status is protocol.Status.SUCCEEDED
 
 
-@pytest.mark.xfail(strict=True, reason="past SQLite's 5 s busy timeout the store's first waiting "
-                   "write fails: a submission gets INTERNAL 'this is a bug', or a running request "
-                   "loses its outcome and stays RUNNING")
 @pytest.mark.timeout(60)
 def test_a_database_locked_past_the_busy_timeout_is_a_clear_error_and_loses_nothing(
         make_daemon, workdir):
@@ -326,15 +338,25 @@ def test_a_thousand_idle_connections_are_shed_or_held_and_everyone_else_is_serve
 
 # ---- the forkserver killed ----------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="skyd/requests/pool.py WorkerPool.take hands out spares that "
-                   "died with the forkserver; Scheduler._run_long's worker.assign raises "
-                   "ConnectionResetError and the request stays RUNNING ('ended without an outcome')")
+def _forkservers(daemon: psutil.Process) -> list[psutil.Process]:
+    found = []
+    for p in daemon.children():
+        try:
+            if "multiprocessing.forkserver" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:        # gone, or a zombie not reaped yet (a finished job runner)
+            pass
+    return found
+
+
 @pytest.mark.timeout(60)
 def test_long_requests_run_again_after_the_forkserver_is_killed(make_daemon):
+    """Its spares die with it: none is handed out, a new forkserver is started (and recorded
+    for the next start's reaping), and every request runs, none stays RUNNING."""
     d = make_daemon("--long-slots", "2")
     daemon = psutil.Process(d.proc.pid)
     assert d.wait_request(d.submit_async(_launch("first")), 30).status is protocol.Status.SUCCEEDED
-    forkserver = [p for p in daemon.children() if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    forkserver = _forkservers(daemon)
     assert len(forkserver) == 1
     forkserver[0].kill()
     assert wait_until(lambda: not pid_alive(forkserver[0].pid), 10)
@@ -342,3 +364,30 @@ def test_long_requests_run_again_after_the_forkserver_is_killed(make_daemon):
     rids = [d.submit_async(_launch(f"after{i}", run="echo after")) for i in range(3)]
     for rid in rids:
         assert d.wait_request(rid, 5).status is protocol.Status.SUCCEEDED
+    again = _forkservers(daemon)
+    assert len(again) == 1 and again[0].pid != forkserver[0].pid
+    recorded = (d.state_dir / "workers" / "forkserver").read_text().split()[0]
+    assert int(recorded) == again[0].pid
+
+
+@pytest.mark.timeout(60)
+def test_a_request_whose_worker_is_dead_on_delivery_goes_to_a_fresh_one(make_daemon):
+    """Spares that died before the daemon saw them exit (their forkserver, stopped, has not
+    reaped them: nothing tells the daemon yet) are each tried, found dead, and replaced;
+    the request runs on a fresh worker once the forkserver can start one."""
+    d = make_daemon("--long-slots", "2", "--spares", "2")
+    daemon = psutil.Process(d.proc.pid)
+    assert d.wait_request(d.submit_async(_launch("first")), 30).status is protocol.Status.SUCCEEDED
+    [forkserver] = _forkservers(daemon)
+    assert wait_until(lambda: len(forkserver.children()) == 2, 10)     # the two spares
+    spares = forkserver.children()
+    forkserver.suspend()
+    try:
+        for p in spares:
+            p.kill()
+        assert wait_until(lambda: all(p.status() == psutil.STATUS_ZOMBIE for p in spares), 10)
+        rid = d.submit_async(_launch("fresh", run="echo fresh"))
+        assert wait_until(lambda: d.log().count("died before it took request " + rid) == 2, 10)
+    finally:
+        forkserver.resume()
+    assert d.wait_request(rid, 15).status is protocol.Status.SUCCEEDED
