@@ -9,6 +9,7 @@ socket bound off loopback still needs a token."""
 from __future__ import annotations
 
 import contextlib
+import signal
 import http.client
 import json
 import os
@@ -328,3 +329,18 @@ def test_a_real_browser_logs_in_with_a_link_and_out_when_revoked(make_daemon, wo
         assert "Log in with a token" in b.page_source
     finally:
         b.quit()
+
+
+def test_a_renewed_certificate_is_served_after_sighup(make_daemon, workdir):
+    d, web = start_tls(make_daemon, workdir)
+    assert web.get("/healthz")[0] == 200
+    (workdir / "renewed").mkdir()
+    cert2, key2 = self_signed(workdir / "renewed")
+    cert, key = workdir / cert2.name, workdir / key2.name       # the files the daemon reads
+    cert.write_bytes(cert2.read_bytes())
+    key.write_bytes(key2.read_bytes())
+    d.proc.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: "reload: configuration read again" in d.log(), 10)
+    assert Https(web.port, cert2).get("/healthz")[0] == 200     # new handshakes: the new one
+    with pytest.raises(ssl.SSLCertVerificationError):
+        web.get("/healthz")                                      # trusting only the old one

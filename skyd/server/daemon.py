@@ -19,6 +19,7 @@ import contextlib
 import functools
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import Callable
@@ -99,6 +100,7 @@ class Daemon:
         self._server: asyncio.AbstractServer | None = None
         self._tcp_server: asyncio.AbstractServer | None = None
         self.front: FrontDoor | None = None     # TCP's authentication, when TCP is on
+        self.http_tls: ssl.SSLContext | None = None   # the HTTP side's, off loopback
         self.tcp_listening = ""                 # HOST:PORT of the TCP listener ("": none)
         # Reads the configuration again on SIGHUP (set by `skyd serve`: flags, file, env).
         self.load_config: Callable[[], Config] = lambda: config
@@ -166,7 +168,8 @@ class Daemon:
 
         # HTTP (--http; off by default) before recovery: /readyz says "starting" through it.
         from skyd.server.http import serving
-        await stack.enter_async_context(serving(self))
+        side = await stack.enter_async_context(serving(self))
+        self.http_tls = getattr(side, "tls", None)
         await self.store.open()
         stack.push_async_callback(self.store.close)
         await self.jobs.load()

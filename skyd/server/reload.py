@@ -48,10 +48,14 @@ def reload(daemon: Daemon, load: Callable[[], Config]) -> list[str]:
     later = [name for name in changed if name in AT_RESTART]
     if later:
         log.warning("reload: %s changed: applied at the next restart", ", ".join(later))
-    if daemon.front is not None and daemon.front.tls is not None and new.tls:
+    # A renewed certificate: TCP's and the HTTP side's (one setting for both).
+    contexts = [c for c in (daemon.front.tls if daemon.front is not None else None,
+                            daemon.http_tls) if c is not None]
+    if contexts and new.tls:
         assert new.tls_cert is not None and new.tls_key is not None
         try:
-            load_certificate(daemon.front.tls, new.tls_cert, new.tls_key)
+            for ctx in contexts:
+                load_certificate(ctx, new.tls_cert, new.tls_key)
         except ListenError as e:
             log.error("reload: %s; the certificate in use stays", e)
             new.tls_cert, new.tls_key = cfg.tls_cert, cfg.tls_key

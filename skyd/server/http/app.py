@@ -20,6 +20,7 @@ import codecs
 import contextlib
 import logging
 import os
+import ssl
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
@@ -63,6 +64,7 @@ class HttpSide:
         self.d = daemon
         self.s = daemon.services
         self.host = host
+        self.tls: ssl.SSLContext | None = None
         # Off loopback nobody's socket owner is known: tokens (TLS is serve()'s).
         self.gate = None if is_loopback(host) else Gate(daemon.config, daemon.tokens,
                                                          daemon.is_admin)
@@ -300,6 +302,7 @@ async def serve(daemon: Daemon) -> AsyncIterator[HttpSide]:
                               "and tls_key")
         tls = tls_context(cfg.tls_cert, cfg.tls_key)
     side = HttpSide(daemon, host)
+    side.tls = tls                     # reloaded on SIGHUP (skyd.server.reload)
     # A page's event stream ends when its browser goes (handler_cancellation); at
     # shutdown the board closes them, and what is left gets a second.
     runner = web.AppRunner(side.app, access_log=None, handler_cancellation=True,
