@@ -68,7 +68,14 @@ def run_gpus(ctx: Ctx, args: argparse.Namespace) -> int:
             output.warn(f"{h.host}: GPU detection failed: {h.error}")
         if h.unhealthy:
             output.warn(f"{h.host}: reports fewer GPUs than held by: {', '.join(h.unhealthy)}")
-    if any(h.gpus for h in hosts):
-        output.info("GPU isolation is by environment only: each job's CUDA_VISIBLE_DEVICES "
-                    "names its own GPUs, but nothing stops a process from using others.")
+    fenced = [h.host for h in hosts if h.gpus and h.isolation == "devices-cgroup"]
+    open_ = [h.host for h in hosts if h.gpus and h.isolation != "devices-cgroup"]
+    if fenced:
+        output.info(f"GPU isolation on {', '.join(fenced)} is enforced by the devices cgroup: "
+                    "a job can open only the GPUs it holds.")
+    if open_:
+        where = f" on {', '.join(open_)}" if fenced else ""
+        output.info(f"GPU isolation{where} is by environment only: each job's "
+                    "CUDA_VISIBLE_DEVICES names its own GPUs, but nothing stops a process "
+                    "from using others.")
     return OK

@@ -49,8 +49,9 @@ def run_check(ctx: Ctx, args: argparse.Namespace) -> int:
         if h.gpu_error:
             output.warn(f"{h.ip}:{h.port}: GPU detection failed: {h.gpu_error}")
     if any(h.gpus for h in hosts):
-        output.info("GPU isolation is by environment only: each job's CUDA_VISIBLE_DEVICES "
-                    "names its own GPUs (skyctl gpus: who holds which).")
+        output.info("GPU isolation is by environment only on pool hosts: each job's "
+                    "CUDA_VISIBLE_DEVICES names its own GPUs (skyctl gpus: who holds which, "
+                    "and how the daemon's own host keeps jobs to theirs).")
     for pool in dict.fromkeys(h.pool for h in hosts if h.shared_login):
         output.warn(f"pool {pool}: shared login: users of this pool are not isolated from each "
                     "other (each can read and signal the others' work)")

@@ -56,7 +56,9 @@ class JobQueue:
         self.has_gpus = has_gpus      # does this host (ledger key) have GPUs to keep jobs from
 
     async def load(self) -> None:
-        """The unfinished jobs (after the clusters): watch the started ones again."""
+        """The unfinished jobs (after the clusters): watch the started ones again. The
+        device cgroups of local jobs that ended while the daemon was down go."""
+        await asyncio.to_thread(self.registry.runners.local.sweep_fences)
         for job, handle in await self.store.active_jobs():
             live = LiveJob(job, handle_dec.decode(handle) if handle else None, handle)
             self.jobs[(job.cluster, job.job_id)] = live

@@ -332,7 +332,9 @@ class Placements:
                     slot.job_id = jobs.get((h.cluster, h.slice.rank, i), 0)
                 slots.append(slot)
             lost = sorted(viewer(c) for c in self.ledger.lost(host))
+            # Only the daemon's own host can fence jobs off other GPUs (it is root there).
+            isolation = self.registry.runners.local.isolation if host.key == LOCAL else "environment"
             out.append(GpuHost(pool=pool, host=host.key, gpus=slots, error=host.error,
-                               probed_at=host.probed_at, unhealthy=lost))
+                               probed_at=host.probed_at, isolation=isolation, unhealthy=lost))
         return out
 

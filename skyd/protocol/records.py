@@ -239,7 +239,9 @@ class GpuHost(msgspec.Struct, omit_defaults=True):
     gpus: list[GpuSlot] = []
     error: str = ""          # the last detection failed: why (its last known GPUs are shown)
     probed_at: float = 0.0   # when its GPUs were last detected (0: never)
-    isolation: str = "environment"   # how jobs are kept to their GPUs: CUDA_VISIBLE_DEVICES only
+    # How jobs are kept to their GPUs: "environment" (CUDA_VISIBLE_DEVICES only) or
+    # "devices-cgroup" (the others' device nodes cannot be opened).
+    isolation: str = "environment"
     unhealthy: list[str] = []        # clusters holding GPUs the host no longer reports
 
 

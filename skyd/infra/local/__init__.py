@@ -3,7 +3,8 @@
 `provisioner` (worker side) makes the nodes — directories owned by the cluster's owner —
 and puts each job's script and environment there; `jobrunner` (daemon side) starts a
 job as a detached runner whose output and exit status go to the daemon's own control
-files, and watches it through a pidfd; `processes` tells whether runners live and how a
+files, and watches it through a pidfd; `devicefence` keeps it to its GPUs where the host
+has a devices cgroup; `processes` tells whether runners live and how a
 job ended, and signals them.
 """
 

@@ -18,6 +18,7 @@ import msgspec
 from skyd import privilege
 from skyd.infra.base import JobHandle, JobRunner, Outcome, already_ended, rank_prefix
 from skyd.infra.gpus import gpu_env
+from skyd.infra.local import devicefence
 from skyd.infra.local.processes import alive, job_outcome, mark_cancelled, process_start, signal_job
 from skyd.infra.local.provisioner import WORKDIR
 from skyd.protocol import NodeInfo
@@ -92,26 +93,37 @@ def control_dir(state_dir: str | Path, cluster: str, job_id: int, rank: int) -> 
 
 
 def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
-          log_limit: int = 0) -> JobHandle:
+          log_limit: int = 0, fence: devicefence.DeviceFence | None = None) -> JobHandle:
     """Start the runners, detached (own session), as the job's owner, with a clean login
-    environment; their output and exit status go to the daemon's control files."""
+    environment; their output and exit status go to the daemon's control files. With a
+    `fence`, a runner on a host with GPUs starts in a devices cgroup that denies it the
+    GPUs its job does not hold."""
     by_rank = {n.rank: n for n in nodes}
     procs = []
     for np in handle.nodes:
         node = by_rank[np.rank]
         files = privilege.JobFiles(Path(np.ctl))
         log_fd, code_fd = files.open_for_runner(uid, gid)
+        env = {**privilege.login_env(uid), **gpu_env(np.gpus)}
+        if fence is not None and np.gpus is not None:
+            # CUDA numbers GPUs fastest first unless told otherwise; in PCI order its
+            # numbers are nvidia-smi's, the ones the ledger gives and the fence leaves open.
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         try:
-            p = subprocess.Popen(
-                # `nice` execs bash in place (same pid): the runner and all it starts
-                # run below the daemon's loop.
-                ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner", np.jobdir,
-                 str(Path(node.path) / WORKDIR), str(code_fd), str(max(0, log_limit)),
-                 str(privilege.WORK_NICE)],
-                cwd="/", env={**privilege.login_env(uid), **gpu_env(np.gpus)},
-                stdin=subprocess.DEVNULL,
-                stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
-                start_new_session=True, **privilege.popen_identity(uid, gid))
+            def start() -> subprocess.Popen:
+                return subprocess.Popen(
+                    # `nice` execs bash in place (same pid): the runner and all it starts
+                    # run below the daemon's loop.
+                    ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner",
+                     np.jobdir, str(Path(node.path) / WORKDIR), str(code_fd),
+                     str(max(0, log_limit)), str(privilege.WORK_NICE)],
+                    cwd="/", env=env, stdin=subprocess.DEVNULL,
+                    stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
+                    start_new_session=True, **privilege.popen_identity(uid, gid))
+            if fence is not None and np.gpus is not None:
+                p = fence.spawn_inside(np.ctl, np.gpus, start)
+            else:
+                p = start()
         finally:
             os.close(log_fd)
             os.close(code_fd)
@@ -165,17 +177,35 @@ class LocalRunner(JobRunner):
         self.cpus = cpus
         self.log_limit = max(0, log_limit)
 
+    @property
+    def fence(self) -> devicefence.DeviceFence | None:
+        """The host's device fence (found once, at first use); None: none here."""
+        return devicefence.detect()
+
+    @property
+    def isolation(self) -> str:
+        """How jobs on this host are kept to their GPUs (protocol.GpuHost.isolation)."""
+        return devicefence.ENVIRONMENT if self.fence is None else devicefence.ENFORCED
+
+    def sweep_fences(self) -> None:
+        """At the daemon's start: the device cgroups left empty by jobs that ended."""
+        if self.fence is not None:
+            self.fence.sweep()
+
     def capacity(self, node: NodeInfo) -> float:
         return self.cpus
 
     async def spawn(self, handle: JobHandle, nodes: list[NodeInfo], uid: int,
                     gid: int) -> JobHandle:
-        return spawn(handle, nodes, uid, gid, self.log_limit)   # a fork+exec per node
+        return spawn(handle, nodes, uid, gid, self.log_limit, self.fence)  # a fork+exec per node
 
     async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
         while True:
             outcome = job_outcome(handle)
             if outcome is not None:
+                fence = self.fence
+                if fence is not None and handle.nodes and handle.nodes[0].ctl:
+                    fence.sweep(handle.nodes[0].ctl)   # its runners are gone: so are their cgroups
                 return outcome
             await wait_exit(handle)
 
