@@ -71,6 +71,21 @@ def popen_identity(uid: int, gid: int) -> dict:
     return {"user": uid, "group": gid, "extra_groups": groups_of(uid, gid)}
 
 
+def scope_identity(uid: int, gid: int) -> tuple[list[str], dict]:
+    """For a child that stays root until `systemd-run --scope` (root: it makes a system
+    scope) has registered it, then becomes `uid` before it execs the command: the Popen
+    arguments (the owner's supplementary groups, set before the exec: systemd-run sets
+    only the gid and uid) and systemd-run's options (gid, then uid; it execs nothing when
+    either fails). Nothing when we are `uid` already (or not root)."""
+    if os.geteuid() != 0 or uid == os.geteuid():
+        return [], {}
+    try:
+        user = pwd.getpwuid(uid).pw_name    # by name: systemd-run sets USER= from it
+    except KeyError:
+        user = str(uid)
+    return [f"--uid={user}", f"--gid={gid}"], {"extra_groups": groups_of(uid, gid)}
+
+
 def drop_to(uid: int, gid: int) -> None:
     """Become `uid` for good (in a child process): groups, gid, then uid."""
     if os.geteuid() != 0 or uid == 0:

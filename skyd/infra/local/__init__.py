@@ -4,8 +4,9 @@
 and puts each job's script and environment there; `jobrunner` (daemon side) starts a
 job as a detached runner whose output and exit status go to the daemon's own control
 files, and watches it through a pidfd; `devicefence` keeps it to its GPUs where the host
-has a devices cgroup; `processes` tells whether runners live and how a
-job ended, and signals them.
+has a devices cgroup; `scopes` starts it in a systemd scope of its own where systemd
+runs the host; `processes` tells whether runners live and how a job ended, and signals
+them.
 """
 
 from skyd.infra.local.jobrunner import LocalRunner, control_dir, control_root

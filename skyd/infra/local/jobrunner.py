@@ -19,6 +19,7 @@ from skyd import privilege
 from skyd.infra.base import JobHandle, JobRunner, Outcome, already_ended, rank_prefix
 from skyd.infra.gpus import gpu_env
 from skyd.infra.local import devicefence
+from skyd.infra.local.scopes import Scopes
 from skyd.infra.local.processes import alive, job_outcome, mark_cancelled, process_start, signal_job
 from skyd.infra.local.provisioner import WORKDIR
 from skyd.protocol import NodeInfo
@@ -93,11 +94,13 @@ def control_dir(state_dir: str | Path, cluster: str, job_id: int, rank: int) -> 
 
 
 def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
-          log_limit: int = 0, fence: devicefence.DeviceFence | None = None) -> JobHandle:
+          log_limit: int = 0, fence: devicefence.DeviceFence | None = None,
+          scopes: Scopes | None = None) -> JobHandle:
     """Start the runners, detached (own session), as the job's owner, with a clean login
     environment; their output and exit status go to the daemon's control files. With a
     `fence`, a runner on a host with GPUs starts in a devices cgroup that denies it the
-    GPUs its job does not hold."""
+    GPUs its job does not hold; with `scopes`, any other runner starts in a systemd scope
+    of its own (the two do not combine: scopes.py)."""
     by_rank = {n.rank: n for n in nodes}
     procs = []
     for np in handle.nodes:
@@ -105,21 +108,27 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
         files = privilege.JobFiles(Path(np.ctl))
         log_fd, code_fd = files.open_for_runner(uid, gid)
         env = {**privilege.login_env(uid), **gpu_env(np.gpus)}
-        if fence is not None and np.gpus is not None:
+        fenced = fence is not None and np.gpus is not None
+        if fenced:
             # CUDA numbers GPUs fastest first unless told otherwise; in PCI order its
             # numbers are nvidia-smi's, the ones the ledger gives and the fence leaves open.
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        # `nice` execs bash in place (same pid): the runner and all it starts run below
+        # the daemon's loop.
+        argv = ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner",
+                np.jobdir, str(Path(node.path) / WORKDIR), str(code_fd),
+                str(max(0, log_limit)), str(privilege.WORK_NICE)]
+        identity = privilege.popen_identity(uid, gid)
+        if scopes is not None and not fenced:
+            # systemd-run execs it in place once in its scope (same pid), as its owner.
+            options, identity = privilege.scope_identity(uid, gid)
+            argv = scopes.command(np.ctl, options, argv)
         try:
             def start() -> subprocess.Popen:
                 return subprocess.Popen(
-                    # `nice` execs bash in place (same pid): the runner and all it starts
-                    # run below the daemon's loop.
-                    ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner",
-                     np.jobdir, str(Path(node.path) / WORKDIR), str(code_fd),
-                     str(max(0, log_limit)), str(privilege.WORK_NICE)],
-                    cwd="/", env=env, stdin=subprocess.DEVNULL,
+                    argv, cwd="/", env=env, stdin=subprocess.DEVNULL,
                     stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
-                    start_new_session=True, **privilege.popen_identity(uid, gid))
+                    start_new_session=True, **identity)
             if fence is not None and np.gpus is not None:
                 p = fence.spawn_inside(np.ctl, np.gpus, start)
             else:
@@ -171,11 +180,13 @@ async def read_log(path: str, offset: int) -> bytes:
 
 class LocalRunner(JobRunner):
     """`cpus`: what a node (this host, as the daemon detected it) offers to jobs;
-    `log_limit`: bytes kept of each node's job output (0: all)."""
+    `log_limit`: bytes kept of each node's job output (0: all); `scopes`: systemd-run's
+    scopes where the daemon found them at its start (scopes.detect), else None."""
 
-    def __init__(self, cpus: float, log_limit: int = 0) -> None:
+    def __init__(self, cpus: float, log_limit: int = 0, scopes: Scopes | None = None) -> None:
         self.cpus = cpus
         self.log_limit = max(0, log_limit)
+        self.scopes = scopes
 
     @property
     def fence(self) -> devicefence.DeviceFence | None:
@@ -197,7 +208,8 @@ class LocalRunner(JobRunner):
 
     async def spawn(self, handle: JobHandle, nodes: list[NodeInfo], uid: int,
                     gid: int) -> JobHandle:
-        return spawn(handle, nodes, uid, gid, self.log_limit, self.fence)  # a fork+exec per node
+        # A fork+exec per node.
+        return spawn(handle, nodes, uid, gid, self.log_limit, self.fence, self.scopes)
 
     async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
         while True:
