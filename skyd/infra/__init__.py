@@ -73,4 +73,4 @@ def worker_provisioners(state_dir: str, uid: int, known_hosts: str,
     allocation shaped by the `task` being launched."""
     client = SshClient(control_dir(state_dir, str(uid)), known_hosts)
     return Provisioners(local=LocalProvisioner(), ssh=SshProvisioner(client),
-                        slurm=SlurmProvisioner(slurm, uid, task) if slurm is not None else None)
+                        slurm=SlurmProvisioner(slurm, uid, task, client) if slurm is not None else None)

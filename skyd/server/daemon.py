@@ -33,7 +33,7 @@ from skyd.sizing.slots import check_minimum, size_slots
 from skyd.sizing.units import format_size
 from skyd.server.config import Config
 from skyd.infra import Runners
-from skyd.infra.local import LocalRunner
+from skyd.infra.local import LocalRunner, scopes
 from skyd.infra.slurm import SlurmRunner
 from skyd.infra.ssh import SshClient, SshRunner, control_dir as ssh_control_dir
 from skyd.infra.ssh.masters import close_masters
@@ -230,10 +230,12 @@ class Daemon:
         self.pools = NodePools(cfg.node_pools_path)
         self.ssh = SshClient(ssh_control_dir(cfg.state_dir, "daemon"),
                              str(cfg.ssh_known_hosts or ""))
-        # A local node is this host: it offers the CPUs detected (cgroup-aware).
-        self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes),
+        # A local node is this host: it offers the CPUs detected (cgroup-aware); its jobs
+        # run in systemd scopes where systemd runs the host (found once, here, and logged).
+        self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes, scopes.detect()),
                                ssh=SshRunner(self.ssh, on_health=self._node_health),
-                               slurm=SlurmRunner(cfg.slurm, str(cfg.state_dir), cfg.job_log_bytes))
+                               slurm=SlurmRunner(cfg.slurm, str(cfg.state_dir), cfg.job_log_bytes,
+                                                 self.ssh))
         self.state = Clusters(self.store, str(cfg.state_dir), hw, self.is_admin, self.runners,
                               self.pools, self.ssh.known_hosts,
                               Caps(cfg.max_gpus_per_user, cfg.max_clusters_per_user,

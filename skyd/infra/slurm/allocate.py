@@ -16,7 +16,6 @@ import math
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 from skyd.infra.slurm import board, scripts
@@ -84,7 +83,7 @@ class Allocator:
         self.slurm, self.settings = slurm, slurm.settings
         self.uid, self.user = uid, user
 
-    def allocate(self, cluster: ClusterRecord, d: Path, state_dir: str,
+    def allocate(self, cluster: ClusterRecord, d: str, state_dir: str,
                  shapes: list[list[str]]) -> list[NodeInfo]:
         """The cluster's nodes, once its allocation (found or submitted) holds them."""
         with _cancellable():
@@ -110,7 +109,7 @@ class Allocator:
         allocs = self._query(f"--user={self.user}", f"--name={job_name(cluster)}")
         return newest(allocs, cluster, self.user, live_only=True)
 
-    def _adopt_or_submit(self, cluster: ClusterRecord, d: Path, shapes: list[list[str]]) -> str:
+    def _adopt_or_submit(self, cluster: ClusterRecord, d: str, shapes: list[list[str]]) -> str:
         """The id of the cluster's allocation: one an interrupted launch left (or `start`
         on a cluster that is up), else a new one — of the first shape Slurm accepts (the
         others differ in GPUs: one Slurm does not know, or no node has, is passed over)."""
@@ -134,7 +133,7 @@ class Allocator:
         raise SkydError(ErrorCode.INVALID_TASK, f"Slurm refused every GPU option of the task "
                         f"({tried}); the first: {refused.message}", refused.hint)
 
-    def _submit(self, cluster: ClusterRecord, d: Path, shape: list[str]) -> str:
+    def _submit(self, cluster: ClusterRecord, d: str, shape: list[str]) -> str:
         s = self.settings
         partition = s.partition_of(cluster.infra)
         say(f"Submitting an allocation to Slurm: {cluster.num_nodes} node(s)"
@@ -147,7 +146,7 @@ class Allocator:
             *([f"--account={s.account}"] if s.account else []),
             *([f"--qos={s.qos}"] if s.qos else []),
             *([f"--time={s.time_limit}"] if s.time_limit else []),
-            f"--chdir={d}", "--output=/dev/null", f"--wrap={scripts.holder_script(str(d))}",
+            f"--chdir={d}", "--output=/dev/null", f"--wrap={scripts.holder_script(d)}",
             check=False)
         if p.returncode == 0:
             return p.stdout.strip().split(";")[0]
@@ -164,7 +163,7 @@ class Allocator:
                     time_limit=s.time_limit, shape=" ".join(shape) or "the defaults"),
                     f"Slurm said: {stderr.strip().splitlines()[-1]}")
 
-    def _wait(self, job_id: str, d: Path, state_dir: str) -> Allocation:
+    def _wait(self, job_id: str, d: str, state_dir: str) -> Allocation:
         """Until the allocation holds its nodes. Its batch script's marker file says so at
         once. Meanwhile what Slurm does with it comes from the daemon's board (one squeue
         for every cluster: a waiting launch asks Slurm nothing), or — while the board is
@@ -172,7 +171,8 @@ class Allocator:
         are launched) — from an squeue of its own, backing off. Slurm's pending reason
         goes to the request's log as it changes. Bounded: a reason Slurm will never get
         over, an allocation Slurm lost or ended, a controller silent for PATIENCE."""
-        marker = d / f"{scripts.MARKER}-{job_id}"
+        marker = f"{d}/{scripts.MARKER}-{job_id}"
+        window = 0.0                        # how long the next look at the marker waits
         since = time.time()                 # boards from before this may not know the job
         fresh = 3 * self.settings.watch_interval + 2.0
         shown, missing, last_board = "", 0, 0.0
@@ -180,8 +180,9 @@ class Allocator:
         gap, next_query = POLL[0], time.monotonic() + POLL[0]
         answered = time.monotonic()
         while True:
-            if marker.exists():
-                return self._holding(job_id, marker)
+            held = self.slurm.place.wait_file(marker, window)
+            if held is not None:
+                return self._holding(job_id, held)
             alloc, trouble = None, ""
             b = boards.get(fresh)
             if b is not None and b.time > since:
@@ -216,15 +217,17 @@ class Allocator:
                     say(text)
                     shown = text
             waited = time.time() - since
-            time.sleep(next(step for until, step in MARKER_POLL if waited < until))
+            window = next(step for until, step in MARKER_POLL if waited < until)
+            if self.slurm.place.remote:     # one ssh looks for a second on the login node
+                window = max(window, 1.0)
 
     def _one(self, job_id: str) -> Allocation | None:
         return next(iter(self._query(f"--jobs={job_id}")), None)
 
-    def _holding(self, job_id: str, marker: Path) -> Allocation:
-        """The allocation whose batch script runs: what its marker says it holds (else
-        one squeue)."""
-        held = scripts.parse_marker(marker.read_text())
+    def _holding(self, job_id: str, marker: str) -> Allocation:
+        """The allocation whose batch script runs: what its marker (`marker`, its text)
+        says it holds (else one squeue)."""
+        held = scripts.parse_marker(marker)
         if held is not None:
             nodelist, nodes, cpus, mib = held
             return Allocation(job_id, self.user, "RUNNING", nodes, cpus * nodes,
@@ -263,7 +266,7 @@ class Allocator:
                 raise failure("scancel", p.returncode, p.stderr)
             say(f"Cancelled Slurm job {job_id}.")
 
-    def _nodes(self, alloc: Allocation, d: Path) -> list[NodeInfo]:
+    def _nodes(self, alloc: Allocation, d: str) -> list[NodeInfo]:
         """The allocation's nodes in Slurm's order (that of SLURM_NODEID), with their
         addresses (SkyPilot's node IPs) and what each holds for the cluster."""
         names = self.slurm.run("scontrol", "show", "hostnames", alloc.nodelist).stdout.split() \

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from typing import Any
 
+from skyd.infra.slurm.places import Place
 from skyd.infra.slurm.settings import SlurmSettings
 from skyd.protocol import ErrorCode, SkydError
 
@@ -50,9 +50,10 @@ def failure(cmd: str, rc: int, stderr: str) -> SkydError:
 
 
 def not_found(cmd: str, settings: SlurmSettings) -> SkydError:
-    where = f"in {settings.bin_dir}" if settings.bin_dir else "on the server's PATH"
+    host = f"the login node {settings.login}" if settings.login else "the server"
+    where = f"in {settings.bin_dir}" if settings.bin_dir else f"on {host}'s PATH"
     return SkydError(ErrorCode.FAILED, f"Slurm's `{cmd}` command was not found {where}",
-                     "install Slurm's client commands on the server (Debian: slurm-client), "
+                     f"install Slurm's client commands on {host} (Debian: slurm-client), "
                      "or set slurm.bin_dir in the server's config")
 
 
@@ -63,25 +64,23 @@ def timed_out(cmd: str, timeout: float) -> SlurmUnreachable:
 
 class Slurm:
     """Slurm's commands as one process uses them (a worker, as the user; the daemon, as
-    itself or as a cluster's owner through `popen`)."""
+    itself or as a cluster's owner), run where `place` says (places.py)."""
 
-    def __init__(self, settings: SlurmSettings, env: dict[str, str]):
+    def __init__(self, settings: SlurmSettings, place: Place):
         self.settings = settings
-        self.env = settings.env(env)
+        self.place = place
         self.calls = 0                      # commands run, for the figures
 
     def argv(self, cmd: str, *args: str) -> list[str]:
         return [self.settings.command(cmd), *args]
 
-    def run(self, cmd: str, *args: str, check: bool = True, timeout: float | None = None,
-            **popen: Any) -> subprocess.CompletedProcess:
+    def run(self, cmd: str, *args: str, check: bool = True,
+            timeout: float | None = None) -> subprocess.CompletedProcess:
         """Run a Slurm command; its output (text), or a clear error when `check`."""
         limit = timeout or self.settings.command_timeout
         self.calls += 1
         try:
-            p = subprocess.run(self.argv(cmd, *args), env=popen.pop("env", self.env),
-                               capture_output=True, text=True, timeout=limit,
-                               stdin=subprocess.DEVNULL, **popen)
+            p = self.place.run(self.argv(cmd, *args), limit)
         except FileNotFoundError:
             raise not_found(cmd, self.settings) from None
         except subprocess.TimeoutExpired:
@@ -90,24 +89,15 @@ class Slurm:
             raise failure(cmd, p.returncode, p.stderr)
         return p
 
-    async def arun(self, cmd: str, *args: str, timeout: float | None = None,
-                   **kw: Any) -> tuple[int, str, str]:
+    async def arun(self, cmd: str, *args: str,
+                   timeout: float | None = None) -> tuple[int, str, str]:
         """Run a Slurm command from the loop: (exit status, stdout, stderr); the errors
         `run` raises for a missing command or no answer."""
         limit = timeout or self.settings.command_timeout
         self.calls += 1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv(cmd, *args), env=kw.pop("env", self.env), stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+            return await self.place.arun(self.argv(cmd, *args), limit)
         except FileNotFoundError:
             raise not_found(cmd, self.settings) from None
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), limit)
-        except (asyncio.TimeoutError, asyncio.CancelledError) as e:
-            proc.kill()
-            await proc.wait()
-            if isinstance(e, asyncio.CancelledError):
-                raise
+        except asyncio.TimeoutError:
             raise timed_out(cmd, limit) from None
-        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")

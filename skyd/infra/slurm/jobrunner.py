@@ -17,8 +17,10 @@ from typing import Callable
 from skyd.infra.base import JobHandle, Outcome
 from skyd.infra.local import LocalRunner
 from skyd.infra.slurm.commands import Slurm
+from skyd.infra.slurm.places import Here, LoginNode, login_node
 from skyd.infra.slurm.settings import SlurmSettings
 from skyd.infra.slurm.watcher import AllocationWatcher, Report
+from skyd.infra.ssh.connection import SshClient
 from skyd.privilege import STANDARD_PATH
 from skyd.protocol import ClusterRecord, NodeInfo
 
@@ -29,16 +31,40 @@ class SlurmRunner(LocalRunner):
     """`settings`: the daemon's `slurm:` section; None when it has none (clusters made
     before it was removed are still watched and torn down; no new one is launched)."""
 
-    def __init__(self, settings: SlurmSettings | None, state_dir: str, log_limit: int = 0):
+    def __init__(self, settings: SlurmSettings | None, state_dir: str, log_limit: int = 0,
+                 ssh: SshClient | None = None):
         super().__init__(cpus=0.0, log_limit=log_limit)
         self.configured = settings is not None
         self.given = settings             # what workers are handed
-        self.settings = settings or SlurmSettings()
-        # The daemon's own Slurm commands (squeue) get a clean environment.
-        self.slurm = Slurm(self.settings, {"PATH": STANDARD_PATH, "LANG": "C.UTF-8"})
-        self.watcher = AllocationWatcher(self.slurm, self.settings.watch_interval,
-                                         self.settings.watch_max_interval, state_dir)
+        self.settings = s = settings or SlurmSettings()
+        self.ssh = ssh
+        self._owners: dict[tuple[int, str], Slurm] = {}
+        if s.login and ssh is None:
+            raise ValueError("a login node needs the daemon's ssh client")
+        if not s.login:
+            # The daemon's own Slurm commands (squeue) get a clean environment.
+            self.slurm: Slurm | None = Slurm(s, Here(s, {"PATH": STANDARD_PATH,
+                                                         "LANG": "C.UTF-8"}))
+        elif s.watch_user:
+            # The daemon's own login on the login node (its own ssh setup).
+            assert ssh is not None
+            self.slurm = Slurm(s, LoginNode(s, ssh, login_node(s, ssh, -1, s.watch_user)))
+        else:
+            self.slurm = None             # each owner's squeue, as them
+        self.watcher = AllocationWatcher(self.slurm, s.watch_interval, s.watch_max_interval,
+                                         state_dir, owners=self.owner_slurm)
         self._checked: tuple[float, str] = (0.0, "")
+
+    def owner_slurm(self, uid: int, user: str) -> Slurm:
+        """Slurm's commands on the login node as a cluster's owner (`uid`, login `user`:
+        the daemon's records say them): their login, their ssh setup."""
+        slurm = self._owners.get((uid, user))
+        if slurm is None:
+            assert self.ssh is not None
+            s = self.settings
+            slurm = Slurm(s, LoginNode(s, self.ssh, login_node(s, self.ssh, uid, user)))
+            self._owners[(uid, user)] = slurm
+        return slurm
 
     def capacity(self, node: NodeInfo) -> float:
         return node.cpus or 1.0          # what the allocation holds on each node
@@ -49,8 +75,10 @@ class SlurmRunner(LocalRunner):
             return ("this server has no Slurm configured (its config needs a `slurm:` "
                     "section)")
         at, why = self._checked
-        if time.monotonic() - at > CHECK_TTL:
-            path = self.slurm.env.get("PATH", STANDARD_PATH)
+        place = self.slurm.place if self.slurm is not None else None
+        if isinstance(place, Here) and time.monotonic() - at > CHECK_TTL:
+            # (On a login node the commands are found, or not, when first used.)
+            path = place.env.get("PATH", STANDARD_PATH)
             missing = [c for c in ("sbatch", "srun", "squeue", "scancel")
                        if shutil.which(self.settings.command(c), path=path) is None]
             why = (f"Slurm's commands are not installed on the server ({', '.join(missing)} "

@@ -62,3 +62,23 @@ def node_wrapper(prefix: str, workdir: str, script: str) -> str:
 def launcher(argv: list[str], wrapper: str) -> str:
     """run.sh of a job, run by the local runner on this host: the step's srun client."""
     return "exec " + " ".join(map(shlex.quote, [*argv, "bash", wrapper])) + "\n"
+
+
+def login_step(argv: list[str], wrapper: str, workdir: str, env_file: str) -> str:
+    """A job's step on the login node (step.sh, run through an ssh of its own: see
+    places.LoginNode.step_launcher): its environment from `env_file` (then removed), srun
+    in the background, and a watch on the ssh's stdin — which ends only when the ssh on
+    the daemon's side is gone (the job cancelled, its runner killed) — that then ends the
+    step (srun passes SIGTERM to every node's task)."""
+    env = shlex.quote(env_file)
+    return (f"cd {shlex.quote(workdir)} || exit 1\n"
+            f"set -a; . {env} || exit 1; set +a; rm -f {env}\n"
+            "exec 4<&0 0</dev/null\n"
+            + " ".join(map(shlex.quote, [*argv, "bash", wrapper])) + " 4<&- &\n"
+            "step=$!\n"
+            '{ cat <&4 >/dev/null; kill -TERM "$step"; } >/dev/null 2>&1 &\n'
+            "watch=$!\n"
+            "exec 4<&-\n"
+            'wait "$step"; rc=$?\n'
+            'kill "$watch" 2>/dev/null\n'
+            'exit "$rc"\n')

@@ -60,12 +60,20 @@ def cluster_view(record: ClusterRecord, alloc: Allocation | None) -> tuple[Clust
 
 
 class AllocationWatcher:
-    """`state_dir`: where the boards of users whose clusters are launched (or started)
-    go (board.py); None: none are written."""
+    """`slurm`: what every squeue runs through (this host's commands, or the login node's
+    as the daemon's own login there); None: each owner's (`owners(uid, user)`: the login
+    node as that user), one squeue per user with clusters. `state_dir`: where the boards
+    of users whose clusters are launched (or started) go (board.py); None: none are
+    written."""
 
-    def __init__(self, slurm: Slurm, interval: float, max_interval: float,
-                 state_dir: str | None = None):
+    def __init__(self, slurm: Slurm | None, interval: float, max_interval: float,
+                 state_dir: str | None = None,
+                 owners: Callable[[int, str], Slurm] | None = None):
+        if slurm is None and owners is None:
+            raise ValueError("the watcher needs a Slurm, or one per owner")
         self.slurm = slurm
+        self.owners = owners
+        self._job_owners: dict[str, tuple[int, str]] = {}   # allocation -> (uid, user)
         self.bounds = (interval, max_interval)
         self.state_dir = state_dir
         self._poke: asyncio.Event | None = None
@@ -90,17 +98,15 @@ class AllocationWatcher:
                 self._poke.clear()
                 changed = keys != seen_keys
                 polled_at = time.time()
-                allocs: list[Allocation] = []
-                try:
-                    allocs = await self.poll([r.name for r in records])
-                except SkydError as e:
-                    if e.message != last_error:
-                        log.warning("slurm: cannot see the allocations: %s", e.message)
-                    last_error = e.message
-                else:
-                    last_error = ""
-                    changed |= self.apply(clusters(), allocs, report)
-                await self.publish(records, allocs, polled_at, last_error)
+                allocs, unseen, error = await self.poll(records)
+                if error and error != last_error:
+                    log.warning("slurm: cannot see the allocations: %s", error)
+                last_error = error
+                # A cluster whose owner's squeue failed is left as it is, not taken for gone.
+                seen = [r for r in clusters() if r.uid not in unseen]
+                if seen:
+                    changed |= self.apply(seen, allocs, report)
+                await self.publish(records, allocs, polled_at, error, unseen)
                 seen_keys = sorted((r.name, r.status, allocation_of(r)) for r in clusters())
                 busy = changed or any(r.status == ClusterState.INIT for r in records)
                 delay = self.bounds[0] if busy else min(delay * 2, self.bounds[1])
@@ -113,28 +119,54 @@ class AllocationWatcher:
                 pass
 
     async def publish(self, records: list[ClusterRecord], allocs: list[Allocation],
-                      polled_at: float, error: str) -> None:
+                      polled_at: float, error: str, unseen: set[int]) -> None:
         """The boards of the users with a cluster being launched or started (INIT, or
         STOPPED: `start`), for their waiting launches to read."""
         waiting = {r.uid: r.user for r in records
                    if r.status in (ClusterState.INIT, ClusterState.STOPPED)}
         if self.state_dir is None or not waiting:
             return
-        boards = {uid: Board(polled_at, [a for a in allocs if a.user == user], error)
+        boards = {uid: Board(polled_at, [a for a in allocs if a.user == user],
+                             error if uid in unseen else "")
                   for uid, user in waiting.items()}
         try:
             await asyncio.to_thread(publish, self.state_dir, boards)
         except OSError as e:
             log.warning("slurm: cannot write the boards: %s", e)
 
-    async def poll(self, clusters: list[str]) -> list[Allocation]:
+    def _slurm(self, uid: int, user: str) -> Slurm:
+        if self.slurm is not None:
+            return self.slurm
+        assert self.owners is not None
+        return self.owners(uid, user)
+
+    async def poll(self, records: list[ClusterRecord]) -> tuple[list[Allocation], set[int], str]:
         """Every allocation Slurm remembers of these clusters: one squeue (more only for
-        thousands of clusters, whose names would not fit one argument)."""
+        thousands of clusters, whose names would not fit one argument; or, with no
+        shared Slurm, one per owner). Also the owners (uids) whose clusters could not be
+        seen, and why (every owner's, with a shared Slurm)."""
+        self._job_owners = {allocation_of(r): (r.uid, r.user) for r in records}
+        groups: dict[tuple[int, str], list[str]] = {}
+        for r in records:
+            key = (-1, "") if self.slurm is not None else (r.uid, r.user)
+            groups.setdefault(key, []).append(r.name)
+        allocs: list[Allocation] = []
+        unseen: set[int] = set()
+        error = ""
+        for (uid, user), clusters in sorted(groups.items()):
+            try:
+                allocs += await self._squeue(self._slurm(uid, user), clusters)
+            except SkydError as e:
+                error = error or e.message
+                unseen |= {r.uid for r in records} if uid < 0 else {uid}
+        return allocs, unseen, error
+
+    async def _squeue(self, slurm: Slurm, clusters: list[str]) -> list[Allocation]:
         allocs: list[Allocation] = []
         for names in _chunks([job_name(c) for c in clusters]):
             self.polls += 1
-            rc, out, err = await self.slurm.arun("squeue", "-h", "-a", "-t", "all", "-o", FORMAT,
-                                                 f"--name={','.join(names)}")
+            rc, out, err = await slurm.arun("squeue", "-h", "-a", "-t", "all", "-o",
+                                            FORMAT, f"--name={','.join(names)}")
             if rc != 0:
                 raise failure("squeue", rc, err)
             allocs += parse_lines(out)
@@ -163,11 +195,12 @@ class AllocationWatcher:
         """Why the allocation no longer holds its nodes ("" while it does, or when Slurm
         cannot say): one squeue. The watcher looks again soon, for the cluster's status."""
         self.poke()
-        if not valid_job_id(job_id):
+        owner = self._job_owners.get(job_id)
+        if not valid_job_id(job_id) or (self.slurm is None and owner is None):
             return ""
         try:
-            rc, out, err = await self.slurm.arun("squeue", "-h", "-a", "-t", "all",
-                                                 f"--jobs={job_id}", "-o", FORMAT)
+            rc, out, err = await self._slurm(*(owner or (-1, ""))).arun(
+                "squeue", "-h", "-a", "-t", "all", f"--jobs={job_id}", "-o", FORMAT)
         except SkydError:
             return ""
         if rc != 0:
