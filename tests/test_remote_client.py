@@ -26,6 +26,15 @@ from conftest import wait_until, write_task
 from sshd import SshHosts, start_or_skip
 
 
+COVERAGE_ENV = ("COVERAGE_PROCESS_START", "COVERAGE_FILE")
+
+
+def _measured() -> str:
+    """Under coverage (.ci/run), its settings for `skyctl dial-stdio` on the VM: an ssh
+    session does not inherit our environment."""
+    return "".join(f"{k}={os.environ[k]} " for k in COVERAGE_ENV if k in os.environ)
+
+
 class Relay:
     """A TCP relay to sshd that counts connections and the bytes sent up."""
 
@@ -114,7 +123,9 @@ class Remote:
             "SKYD_SSH_COMMAND": f"ssh -F /dev/null -o UserKnownHostsFile={known} "
                                 "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "
                                 "-i ~/.ssh/id_ed25519",
-            "SKYD_REMOTE_SKYCTL": f"env PYTHONPATH={person.pythonpath} {person.python} -m skyctl",
+            "SKYD_REMOTE_SKYCTL": f"env PYTHONPATH={person.pythonpath} {_measured()}"
+                                  f"{person.python} -m skyctl",
+            **{k: os.environ[k] for k in COVERAGE_ENV if k in os.environ},
         }
 
     def argv(self, *args: str) -> list[str]:

@@ -139,6 +139,8 @@ class ClientPython:
         for mod in (msgspec, yaml):
             src = Path(mod.__file__).parent
             shutil.copytree(src, self._deps / src.name)
+        if os.environ.get("COVERAGE_PROCESS_START"):
+            self._measure_too()
         for dirpath, dirnames, filenames in os.walk(self._deps):
             os.chmod(dirpath, 0o755)
             for n in filenames:
@@ -149,6 +151,17 @@ class ClientPython:
             return why
         self.python, self.pythonpath = system, path
         return None
+
+    def _measure_too(self) -> None:
+        """Under coverage (.ci/run), the system interpreter measures the skyctl it runs as
+        the test's does (coverage's .pth hook): coverage beside msgspec, and a
+        sitecustomize, which Python imports from PYTHONPATH at start."""
+        import coverage
+        assert self._deps is not None
+        src = Path(coverage.__file__).parent
+        shutil.copytree(src, self._deps / src.name)
+        (self._deps / "sitecustomize.py").write_text(
+            "import coverage\ncoverage.process_startup()   # tests/users.py: measured too\n")
 
     def close(self) -> None:
         if self._deps is not None:
