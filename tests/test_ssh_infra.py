@@ -234,3 +234,18 @@ def test_sync_launch_reports_the_jobs_failure_on_ssh(pooled):
     p = pooled.skyctl("launch", "-c", "fail", "--infra", "ssh/p", "echo bye; exit 3")
     assert p.returncode == 1
     assert "bye" in p.stdout and "FAILED (exit status 3)" in p.stderr
+
+
+def test_following_a_job_that_already_ended_gives_its_whole_log(pooled, workdir):
+    """A follower that comes after the job's end (or a synchronous launch whose fast job
+    ended before its first read) reads the stored log, not nothing."""
+    pooled.skyctl("launch", "-c", "done", "--infra", "ssh/p", "-d", "seq 1 5; echo last-line",
+                  check=True)
+    assert pooled.wait_job("done", 1).status == "SUCCEEDED"
+    logs = pooled.skyctl("logs", "done", "1")
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines() == ["1", "2", "3", "4", "5", "last-line"], logs.stdout
+    frames = pooled.frames(protocol.JobLogs(cluster="done", job_id=1, follow=True))
+    out = b"".join(f.data for f in frames if isinstance(f, protocol.Chunk))
+    assert out.decode().splitlines() == ["1", "2", "3", "4", "5", "last-line"], frames
+    pooled.skyctl("down", "done", check=True)

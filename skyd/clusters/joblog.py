@@ -36,7 +36,9 @@ class JobLog(LogSource):
     def finished(self) -> bool:
         if self.inner is not None:
             return self.inner.finished()
-        return self.none or not self.follow or self._live() is None
+        # Not before the infra's source has been asked: a job that ended before the first
+        # read (a fast job, a late follower) still has its whole log to give.
+        return self.none
 
     async def read(self, offset: int) -> bytes | str:
         if self.inner is None:

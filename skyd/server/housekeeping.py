@@ -3,7 +3,8 @@
 Three loops, started once the daemon listens and cancelled when it shuts down: retention
 (finished requests and their logs past `retention_hours`, hourly), autostop (idle
 clusters stopped or torn down as their owner would, every second; ssh nodes probed every
-few minutes on the way) and the Slurm watch (what Slurm did with each allocation).
+few minutes on the way, those that did not answer every few seconds) and the Slurm watch
+(what Slurm did with each allocation).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("skyd")
 GC_INTERVAL = 3600.0
 AUTOSTOP_TICK = 1.0      # seconds between idle checks: a few dict lookups per cluster
 HEALTH_INTERVAL = 300.0  # seconds between probes of ssh nodes (one multiplexed `true` each)
+RECHECK_INTERVAL = 10.0  # ... of the nodes that did not answer last time (back UP soon after)
 
 
 class Housekeeping:
@@ -63,21 +65,29 @@ class Housekeeping:
     # ---- autostop --------------------------------------------------------------------------
 
     async def _autostop_loop(self) -> None:
-        last_check = 0.0
+        last_check = last_recheck = 0.0
+        probe: asyncio.Task | None = None      # one pass of probes at a time
         while True:
-            if time.monotonic() - last_check >= HEALTH_INTERVAL:
-                last_check = time.monotonic()
-                asyncio.get_running_loop().create_task(self.check_nodes())
+            now = time.monotonic()
+            if probe is None or probe.done():
+                if now - last_check >= HEALTH_INTERVAL:
+                    last_check = last_recheck = now
+                    probe = asyncio.get_running_loop().create_task(self.check_nodes())
+                elif self.state.hosts.trouble and now - last_recheck >= RECHECK_INTERVAL:
+                    last_recheck = now
+                    probe = asyncio.get_running_loop().create_task(self.check_nodes(True))
             await asyncio.sleep(AUTOSTOP_TICK)
             with contextlib.suppress(Exception):
                 await self.autostop_due()
 
-    async def check_nodes(self) -> None:
+    async def check_nodes(self, troubled: bool = False) -> None:
         """Ask every node of every ssh cluster whether it answers (at start: reconcile what
-        changed while the daemon was down; then every few minutes)."""
+        changed while the daemon was down; then every few minutes), or only those that
+        did not answer last time (`troubled`: their clusters are UP again soon after)."""
+        trouble = self.state.hosts.trouble
         nodes = [n for e in self.state.clusters.values()
                  if e.record.infra.startswith("ssh/") and e.record.status in protocol.CLUSTER_RUNNABLE
-                 for n in e.record.nodes]
+                 for n in e.record.nodes if not troubled or n.host in trouble]
         await asyncio.gather(*(self.runners.ssh.check(n) for n in nodes), return_exceptions=True)
 
     async def autostop_due(self) -> None:

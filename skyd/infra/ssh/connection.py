@@ -221,9 +221,15 @@ def where(node: NodeInfo) -> str:
 
 
 def unreachable(node: NodeInfo, stderr: bytes) -> SkydError:
-    detail = last_lines(stderr)
+    # Not what ssh says of its own multiplexing ("mux_client_...: read from master
+    # failed"): the master gave up on the host, which the next line says.
+    detail = "\n".join(line for line in last_lines(stderr).splitlines()
+                       if not line.startswith("mux_client_"))
     hint = ""
-    if "Permission denied" in detail:
+    if "timed out" in detail or "Timeout" in detail or "not responding" in detail:
+        hint = ("the host does not answer (it hangs, or the network to it is down): "
+                "try again once it does")
+    elif "Permission denied" in detail:
         hint = ("check the pool's user and identity_file" if node.login_uid < 0 else
                 f"{node.user} logs in with their own ssh keys (or the pool's identity_file, "
                 f"in their home): authorize one for {node.user} on {node.ip}")

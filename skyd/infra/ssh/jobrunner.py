@@ -123,7 +123,7 @@ class SshRunner(JobRunner):
 
     def log_source(self, handle: JobHandle, nodes: list[NodeInfo], offset: int, follow: bool,
                    topic: Topic | None = None, ended: Callable[[], bool] = already_ended) -> LogSource:
-        return SshJobLog(self.client, handle, nodes, offset, follow)
+        return SshJobLog(self.client, handle, nodes, offset, follow, ended)
 
 
 def outcome_of(results: dict[int, str]) -> Outcome:
