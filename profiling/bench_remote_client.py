@@ -86,7 +86,7 @@ class Alice:
         return [self.p.python, "-m", "skyctl", *args]
 
     def master_opts(self) -> list[str]:
-        """The options skyctl's ssh uses (skyctl.remote.ssh_argv): the same master."""
+        """The options skyctl's ssh uses (skyctl.sshcmd.ssh_argv): the same master."""
         return ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.run_dir}/skyctl/%C",
                 "-o", "ControlPersist=10m", "-o", "BatchMode=yes", "-p", str(self.host.port),
                 "-l", self.p.name]

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Iterator, cast
 import msgspec
 
 from skyctl.endpoint import Address, SshAddress, TcpAddress
+# The errors live apart (the transports raise them too); named here for callers as before.
+from skyctl.errors import NoDaemon, Restarting, ServerError, SocketDenied, Unreachable
 from skyd import protocol
 from skyd.protocol import Error, ErrorCode, Hello, ServerMsg, Submit, Welcome
 
@@ -29,29 +31,6 @@ CLIENT = "skyctl"
 RETRY_FOR = 30.0       # seconds a restarting daemon is waited for (connect_timeout)
 MISSING_GRACE = 2.0    # ... and a missing socket: a daemon between two lives, or none at all
 SAY_AFTER = 2.0        # the wait is told on stderr once it is this long
-
-
-class Unreachable(Exception):
-    """The daemon cannot be reached at all."""
-
-
-class SocketDenied(Unreachable):
-    """The socket exists, but this user may not connect to it."""
-
-
-class NoDaemon(Unreachable):
-    """No daemon has a socket there (a stopped daemon removes its socket)."""
-
-
-class Restarting(Unreachable):
-    """A daemon was there and does not answer now: its socket refuses connections (a
-    killed daemon leaves it behind), it hung up before its welcome, or it is draining."""
-
-
-class ServerError(Exception):
-    def __init__(self, error: Error):
-        super().__init__(error.message)
-        self.error = error
 
 
 def retry_window() -> float:

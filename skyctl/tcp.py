@@ -14,8 +14,8 @@ import os
 import socket
 import ssl
 
-from skyctl.connection import Restarting, Unreachable
 from skyctl.endpoint import EndpointError, TcpAddress, config_path, setting
+from skyctl.errors import Restarting, Unreachable
 from skyctl.transport import TokenFileError, read_token_file, tls_client_context
 
 

@@ -23,9 +23,9 @@ from typing import IO, cast
 
 import msgspec
 
-from skyctl.connection import Unreachable
 from skyctl.endpoint import EndpointError, SshAddress, config_path, setting
-from skyctl.remote import run, spawn, ssh_argv
+from skyctl.errors import Unreachable
+from skyctl.sshcmd import run, spawn, ssh_argv
 
 UPLOADS = ".skyd/uploads"            # under the SSH login's home on the VM
 DEFAULT_LIMIT_MB = 1024

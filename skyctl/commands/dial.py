@@ -15,8 +15,9 @@ import sys
 import threading
 
 from skyctl.commands.common import host
-from skyctl.connection import NoDaemon, Restarting, SocketDenied, Unreachable, open_unix
+from skyctl.connection import open_unix
 from skyctl.context import Ctx
+from skyctl.errors import NoDaemon, Restarting, SocketDenied, Unreachable
 from skyctl.exits import DENIED, OK, UNREACHABLE
 
 RESTARTING = 75     # EX_TEMPFAIL; skyctl.remote.DIAL_RESTARTING

@@ -112,6 +112,11 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------
 
     @property
+    def listening(self) -> bool:
+        """Whether the socket takes connections: recovery is done, no drain has begun."""
+        return self._server is not None and self._server.is_serving()
+
+    @property
     def locked(self) -> bool:
         """Whether this daemon holds its state directory (and so may shut anything down)."""
         return self._lock_fd is not None

@@ -18,7 +18,7 @@ from skyd.server.config import Config, ConfigError
 from skyd.server.listeners import ListenError, load_certificate
 
 if TYPE_CHECKING:
-    from skyd.server.daemon import Daemon
+    from skyd.server.face import Reloadable
 
 log = logging.getLogger("skyd.server.reload")
 
@@ -34,7 +34,7 @@ AT_RESTART = ("state_dir", "socket", "socket_group", "long_slots", "short_slots"
               "jobs_recover_after", "http", "tcp", "slurm", "skip_resources_check")
 
 
-def reload(daemon: Daemon, load: Callable[[], Config]) -> list[str]:
+def reload(daemon: Reloadable, load: Callable[[], Config]) -> list[str]:
     """Apply the configuration `load()` reads now; the names of the settings changed."""
     try:
         new = load()
@@ -68,7 +68,7 @@ def reload(daemon: Daemon, load: Callable[[], Config]) -> list[str]:
     return live
 
 
-def _apply(daemon: Daemon, cfg: Config, admin_gid: int | None) -> None:
+def _apply(daemon: Reloadable, cfg: Config, admin_gid: int | None) -> None:
     """Hand the settings to the components that keep their own copy."""
     daemon.set_admin_gid(admin_gid)
     logging.getLogger().setLevel(cfg.log_level.upper())

@@ -6,9 +6,8 @@ Standard library only: `skyd install` builds this parser on a VM with nothing in
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-SYSTEM_CONFIG = Path("/etc/skyd/config.yaml")      # written by `skyd install`
+from skyd.server.install import CONFIG as SYSTEM_CONFIG     # the file `skyd install` writes
 
 
 def add_parser(sub) -> None:

@@ -21,7 +21,7 @@ from skyd import protocol
 from skyd.identity import caller_for
 from skyd.protocol import Error, TokenCreate, TokenList, TokenRecord, TokenRevoke
 from skyd.server import config
-from skyd.server.token_cli import SYSTEM_CONFIG
+from skyd.server.install import CONFIG as SYSTEM_CONFIG    # the file `skyd install` writes
 from skyd.server.tokens import Tokens, parse_expiry
 
 _dec = msgspec.msgpack.Decoder(protocol.ServerMsg)

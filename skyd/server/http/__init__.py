@@ -12,10 +12,10 @@ import contextlib
 from typing import TYPE_CHECKING, Any, AsyncContextManager
 
 if TYPE_CHECKING:
-    from skyd.server.daemon import Daemon
+    from skyd.server.face import Served
 
 
-def serving(daemon: Daemon) -> AsyncContextManager[Any]:
+def serving(daemon: Served) -> AsyncContextManager[Any]:
     """What the daemon enters on its exit stack: the HTTP side if configured, else nothing."""
     if daemon.config.http is None:
         return contextlib.nullcontext()

@@ -44,7 +44,7 @@ from skyd.server.listeners import ListenError, tls_context
 from skyd.streams import FileLog, follow
 
 if TYPE_CHECKING:
-    from skyd.server.daemon import Daemon
+    from skyd.server.face import Served
 
 log = logging.getLogger("skyd.http")
 STATIC = Path(__file__).with_name("static")
@@ -60,7 +60,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class HttpSide:
-    def __init__(self, daemon: Daemon, host: str):
+    def __init__(self, daemon: Served, host: str):
         self.d = daemon
         self.s = daemon.services
         self.host = host
@@ -96,7 +96,7 @@ class HttpSide:
         d = self.d
         if d.stopping.is_set() or not d.scheduler.accepting:
             return "draining: finishing running requests before it stops"
-        if d._server is None or not d._server.is_serving():
+        if not d.listening:
             return "starting: recovering requests, clusters and managed jobs"
         return None
 
@@ -290,7 +290,7 @@ class HttpSide:
 
 
 @contextlib.asynccontextmanager
-async def serve(daemon: Daemon) -> AsyncIterator[HttpSide]:
+async def serve(daemon: Served) -> AsyncIterator[HttpSide]:
     address = daemon.config.http_address
     assert address is not None
     host, port = address

@@ -23,7 +23,7 @@ from skyd.metrics import label
 from skyd.protocol import MANAGED_STEPS, SkydError
 
 if TYPE_CHECKING:
-    from skyd.server.daemon import Daemon
+    from skyd.server.face import Served
 
 # Listed even before they are first hit, so that alerts and graphs have a series.
 LIMITS = ("connections_per_user", "inflight_bytes", "max_frame", "handshake_max_frame",
@@ -34,7 +34,7 @@ LIMITS = ("connections_per_user", "inflight_bytes", "max_frame", "handshake_max_
 class StateCollector(Collector):
     """Gauges of what the daemon holds now."""
 
-    def __init__(self, daemon: Daemon, ready: Callable[[], bool], pages: Callable[[], int]):
+    def __init__(self, daemon: Served, ready: Callable[[], bool], pages: Callable[[], int]):
         self.d = daemon
         self.ready = ready
         self.pages = pages
