@@ -221,6 +221,27 @@ def test_waiting_launches_ask_slurm_nothing_the_daemon_asks_once_per_interval(
         _forget_files(files_dir)
 
 
+def test_a_first_launch_asks_slurm_only_to_submit_and_for_addresses_ahead(
+        make_daemon, slurm_cluster, workdir):  # noqa: F811
+    """No squeue before its sbatch (nothing can be there yet) and, once its allocation
+    runs, no command at all: its nodes from the marker, their addresses from the sinfo
+    it made while Slurm started the allocation."""
+    bin_dir, calls = counting_bin(workdir / "bin")
+    config, files_dir = slurm_config(workdir, slurm_cluster, bin_dir=bin_dir)
+    d = make_daemon("--config", str(config))
+    try:
+        task = write_task(workdir, "t.yaml", TASK + "run: echo ips=$SKYPILOT_NODE_IPS\n")
+        p = d.skyctl("launch", "-c", "f1", str(task), "-y")
+        assert p.returncode == 0 and "ips=127.0.0.1" in p.stdout, p.stderr
+        by_launch = [cmd for ppid, cmd, _ in (line.split() for line in calls.read_text().splitlines())
+                     if ppid != str(d.proc.pid) and cmd != "srun"]     # the job's step aside
+        assert by_launch == ["sbatch", "sinfo"]
+        assert d.skyctl("down", "f1", "-y").returncode == 0
+    finally:
+        slurm_cluster.cancel_all()
+        _forget_files(files_dir)
+
+
 def test_gpus_are_slurm_gres_and_cuda_visible_devices_is_slurms(on_slurm, workdir):
     task = write_task(workdir, "g.yaml", """
 resources:
@@ -347,6 +368,35 @@ def test_after_a_restart_the_daemon_learns_what_slurm_did_meanwhile(on_slurm, wo
     assert (on_slurm.wait_job("r2", 2).status, cluster(on_slurm, "r1").status) == ("FAILED", "UP")
     assert wait_until(lambda: "CANCELLED" in cluster(on_slurm, "r2").status_reason, 10)
     assert cluster(on_slurm, "r2").status == "STOPPED"
+
+
+def test_a_launch_rerun_after_a_crash_adopts_the_allocation_it_submitted(on_slurm, workdir):
+    """A first launch submits without looking for an allocation (an squeue off its path);
+    one re-run after the daemon was killed between its sbatch and the allocation's start
+    must find the one it submitted, not submit a second."""
+    slurm = on_slurm.slurm
+    hog = slurm.run(["sbatch", "--parsable", f"--cpus-per-task={slurm.cpus}", "--mem=100",
+                     "--output=/dev/null", "--wrap", "sleep 300"]).stdout.strip()
+    assert wait_until(lambda: allocation_state(slurm, hog) == "RUNNING", 15)
+    task = write_task(workdir, "t.yaml", TASK + "run: echo adopted on $SLURM_JOB_ID\n")
+    rid = on_slurm.skyctl("launch", "-c", "s5", "--async", "-y", str(task)).stdout.strip()
+    assert wait_until(lambda: "PENDING (Resources)" in cluster(on_slurm, "s5").status_reason, 20)
+    [submitted] = [j for j in slurm.jobs() if j["name"] == "skyd-s5"]
+    on_slurm.stop(signal.SIGKILL)                   # its worker dies with it
+    on_slurm.start()                                # the launch runs again
+
+    def log() -> str:
+        p = on_slurm.skyctl("api", "logs", rid, "--no-follow")
+        return p.stdout + p.stderr
+    assert wait_until(lambda: f"Using this cluster's allocation: Slurm job {submitted['id']} "
+                      "PENDING" in log(), 20), log()
+    slurm.run(["scancel", hog])
+    assert on_slurm.wait_request(rid, timeout=60).status == "succeeded"
+    assert cluster(on_slurm, "s5").nodes[0].allocation == submitted["id"]
+    assert [j["id"] for j in slurm.jobs() if j["name"] == "skyd-s5"] == [submitted["id"]]
+    assert on_slurm.wait_job("s5", 1).status == "SUCCEEDED"
+    assert f"adopted on {submitted['id']}" in on_slurm.skyctl("logs", "s5", "1", "--no-follow").stdout
+    assert on_slurm.skyctl("down", "s5", "-y").returncode == 0
 
 
 def test_requests_slurm_can_never_satisfy_fail_clearly_and_leave_nothing(on_slurm, workdir):

@@ -14,7 +14,8 @@ their space.
 Modules: `settings` (the daemon's `slurm:` section), `places` (where Slurm's commands
 run and the cluster's files are: here, or a login node over ssh), `commands` (running
 Slurm's commands, their failures as clear errors), `allocation` (an allocation as squeue shows
-it), `scripts` (the shell around steps), `provisioner` (worker side: allocation, files,
+it), `addresses` (the nodes' addresses, asked for while an allocation starts), `scripts`
+(the shell around steps), `provisioner` (worker side: allocation, files,
 setup, jobs' files, down), `jobrunner` (daemon side: a job's srun client as a local
 runner) and `watcher` (one squeue for all allocations).
 """

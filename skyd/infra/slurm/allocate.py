@@ -2,6 +2,12 @@
 interrupted launch left one) or submitted as the owner — their own account and fair share
 — then waited for until it holds its nodes, and its nodes read.
 
+Looking for one costs an squeue, so a launch looks only when an earlier attempt may have
+submitted: the cluster's files say an earlier launch got that far (see
+provisioner._shapes), or this one's sbatch got no answer. Its nodes' names come from the
+allocation's marker and their addresses from an sinfo made while Slurm started it
+(addresses.py): once it runs, the launch asks Slurm nothing.
+
 The wait asks Slurm nothing of its own in the common case: the allocation's batch script
 writes a file when it runs (scripts.holder_script), and what Slurm does with it meanwhile
 (its pending reason, that it ended or will never start) comes from the daemon's board
@@ -12,13 +18,14 @@ will never start fails at once, clearly; a controller that restarts is waited fo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 import threading
 import time
 from typing import Callable, Iterator, TypeVar
 
-from skyd.infra.slurm import board, scripts
+from skyd.infra.slurm import addresses, board, scripts
 from skyd.infra.slurm.allocation import FORMAT, Allocation, job_name, memory_bytes, newest, \
     parse_lines, valid_job_id
 from skyd.infra.slurm.commands import UNKNOWN_JOB, Slurm, SlurmUnreachable, failure, say
@@ -84,21 +91,26 @@ class Allocator:
         self.uid, self.user = uid, user
 
     def allocate(self, cluster: ClusterRecord, d: str, state_dir: str,
-                 shapes: list[list[str]]) -> list[NodeInfo]:
-        """The cluster's nodes, once its allocation (found or submitted) holds them."""
+                 shapes: list[list[str]], look: bool = True) -> list[NodeInfo]:
+        """The cluster's nodes, once its allocation (found or submitted) holds them.
+        `look`: whether an allocation of the cluster may be there already (else the first
+        attempt submits without looking)."""
+        looks = itertools.chain([look], itertools.repeat(True))
         with _cancellable():
             try:
-                # Again while the controller does not answer (it restarts): each attempt
-                # looks first, so that a submission it did accept is not made twice.
-                job_id = _patiently(lambda: self._adopt_or_submit(cluster, d, shapes))
-                alloc = self._wait(job_id, d, state_dir)
+                # Again while the controller does not answer (it restarts): each later
+                # attempt looks first, so that a submission it did accept is not made twice.
+                job_id = _patiently(lambda: self._adopt_or_submit(cluster, d, shapes, next(looks)))
+                # Its nodes' addresses, asked for while Slurm starts it.
+                ahead = addresses.Lookahead(self.slurm, self.settings.partition_of(cluster.infra))
+                alloc, held = self._wait(job_id, d, state_dir)
             except _Cancelled:
                 # Its request was cancelled: what it was waiting for goes too.
                 self.slurm.run("scancel", f"--user={self.user}", f"--name={job_name(cluster.name)}",
                                "--state=PENDING", check=False, timeout=5)
                 raise SkydError(ErrorCode.FAILED, "cancelled while waiting for Slurm; the "
                                 "pending allocation was cancelled") from None
-        return _patiently(lambda: self._nodes(alloc, d))
+        return _patiently(lambda: self._nodes(alloc, held, ahead, d))
 
     def _query(self, *args: str) -> list[Allocation]:
         return parse_lines(self.slurm.run("squeue", "-h", "-a", "-t", "all", "-o", FORMAT,
@@ -109,11 +121,13 @@ class Allocator:
         allocs = self._query(f"--user={self.user}", f"--name={job_name(cluster)}")
         return newest(allocs, cluster, self.user, live_only=True)
 
-    def _adopt_or_submit(self, cluster: ClusterRecord, d: str, shapes: list[list[str]]) -> str:
+    def _adopt_or_submit(self, cluster: ClusterRecord, d: str, shapes: list[list[str]],
+                         look: bool) -> str:
         """The id of the cluster's allocation: one an interrupted launch left (or `start`
-        on a cluster that is up), else a new one — of the first shape Slurm accepts (the
-        others differ in GPUs: one Slurm does not know, or no node has, is passed over)."""
-        found = self._find(cluster.name)
+        on a cluster that is up), if `look`, else a new one — of the first shape Slurm
+        accepts (the others differ in GPUs: one Slurm does not know, or no node has, is
+        passed over)."""
+        found = self._find(cluster.name) if look else None
         if found is not None:
             say(f"Using this cluster's allocation: {found.describe()}.")
             return found.job_id
@@ -163,14 +177,15 @@ class Allocator:
                     time_limit=s.time_limit, shape=" ".join(shape) or "the defaults"),
                     f"Slurm said: {stderr.strip().splitlines()[-1]}")
 
-    def _wait(self, job_id: str, d: str, state_dir: str) -> Allocation:
+    def _wait(self, job_id: str, d: str, state_dir: str) -> tuple[Allocation, scripts.Held | None]:
         """Until the allocation holds its nodes. Its batch script's marker file says so at
         once. Meanwhile what Slurm does with it comes from the daemon's board (one squeue
         for every cluster: a waiting launch asks Slurm nothing), or — while the board is
         older than the submission (the daemon looks every watch_interval while clusters
         are launched) — from an squeue of its own, backing off. Slurm's pending reason
         goes to the request's log as it changes. Bounded: a reason Slurm will never get
-        over, an allocation Slurm lost or ended, a controller silent for PATIENCE."""
+        over, an allocation Slurm lost or ended, a controller silent for PATIENCE. With
+        it, what its marker says it holds (None: seen without its marker)."""
         marker = f"{d}/{scripts.MARKER}-{job_id}"
         window = 0.0                        # how long the next look at the marker waits
         since = time.time()                 # boards from before this may not know the job
@@ -210,7 +225,7 @@ class Allocator:
             elif alloc is not None:
                 answered = time.monotonic()
                 if alloc.holding:
-                    return alloc
+                    return alloc, None
                 self._check_pending(alloc)
                 text = f"Waiting for Slurm: {alloc.describe()}"
                 if text != shown:
@@ -224,19 +239,18 @@ class Allocator:
     def _one(self, job_id: str) -> Allocation | None:
         return next(iter(self._query(f"--jobs={job_id}")), None)
 
-    def _holding(self, job_id: str, marker: str) -> Allocation:
+    def _holding(self, job_id: str, marker: str) -> tuple[Allocation, scripts.Held | None]:
         """The allocation whose batch script runs: what its marker (`marker`, its text)
         says it holds (else one squeue)."""
         held = scripts.parse_marker(marker)
         if held is not None:
-            nodelist, nodes, cpus, mib = held
-            return Allocation(job_id, self.user, "RUNNING", nodes, cpus * nodes,
-                              f"{mib}M", "", nodelist, "", "")
+            return Allocation(job_id, self.user, "RUNNING", held.nodes, held.cpus * held.nodes,
+                              f"{held.mib}M", "", held.nodelist, "", ""), held
         alloc = _patiently(lambda: self._one(job_id))
         if alloc is None or not alloc.holding:
             raise SkydError(ErrorCode.FAILED, f"allocation {job_id} started and ended at once: "
                             f"{alloc.describe() if alloc else 'Slurm no longer knows it'}")
-        return alloc
+        return alloc, None
 
     def _check_pending(self, alloc: Allocation) -> None:
         """Fail (cancelling it) an allocation Slurm ended, or will never start."""
@@ -266,19 +280,24 @@ class Allocator:
                 raise failure("scancel", p.returncode, p.stderr)
             say(f"Cancelled Slurm job {job_id}.")
 
-    def _nodes(self, alloc: Allocation, d: str) -> list[NodeInfo]:
+    def _nodes(self, alloc: Allocation, held: scripts.Held | None,
+               ahead: addresses.Lookahead, d: str) -> list[NodeInfo]:
         """The allocation's nodes in Slurm's order (that of SLURM_NODEID), with their
-        addresses (SkyPilot's node IPs) and what each holds for the cluster."""
-        names = self.slurm.run("scontrol", "show", "hostnames", alloc.nodelist).stdout.split() \
-            if any(c in alloc.nodelist for c in "[,") else [alloc.nodelist]
-        addresses = {}
-        for line in self.slurm.run("sinfo", "-h", "-N", "-n", alloc.nodelist,
-                                   "-o", "%N|%o").stdout.splitlines():
-            name, _, addr = line.partition("|")
-            addresses[name.strip()] = addr.strip()
+        addresses (SkyPilot's node IPs) and what each holds for the cluster: from its
+        marker and the addresses asked for ahead, else from Slurm now."""
+        if held is not None and held.names:
+            names = held.names
+        elif any(c in alloc.nodelist for c in "[,"):
+            names = self.slurm.run("scontrol", "show", "hostnames", alloc.nodelist).stdout.split()
+        else:
+            names = [alloc.nodelist]
+        found = dict(held.addresses) if held is not None else {}
+        rest = [name for name in names if name not in found]
+        if rest:
+            found |= ahead.of(rest) or addresses.ask(self.slurm, "-n", alloc.nodelist)
         cpus = alloc.cpus / max(1, alloc.nodes)
         say(f"Allocated: {alloc.describe()}.")
-        return [NodeInfo(rank=i, ip=addresses.get(name) or name, host=name, path=str(d),
+        return [NodeInfo(rank=i, ip=found.get(name) or name, host=name, path=str(d),
                          user=self.user, cpus=cpus, memory_bytes=memory_bytes(alloc.memory),
                          allocation=alloc.job_id)
                 for i, name in enumerate(names)]

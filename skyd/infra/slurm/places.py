@@ -11,6 +11,7 @@ handshake per worker or daemon); a job's step does not (see `step_launcher`)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import shlex
 import shutil
@@ -49,6 +50,12 @@ class Place(Protocol):
     def home(self) -> str: ...
     def make_dirs(self, *paths: str) -> None: ...
     def write(self, path: str, text: str, mode: int = 0o600) -> None: ...
+
+    def write_durably(self, path: str, text: str) -> bool:
+        """Write a file (0600) that outlives a crash of the host it is on (it and the
+        directories above it, up to the home, synced); whether one was there before."""
+        ...
+
     def remove(self, *paths: str) -> None: ...
     def copy_in(self, src: Path, dst: str) -> None: ...
 
@@ -103,6 +110,20 @@ class Here:
         p.unlink(missing_ok=True)
         p.touch(mode)
         p.write_text(text)
+
+    def write_durably(self, path: str, text: str) -> bool:
+        existed = os.path.lexists(path)
+        self.write(path, text)
+        for name in (path, *_dirs_up_to(path, self._home)):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            except OSError as e:
+                if e.errno != errno.EINVAL:     # a file system that cannot sync it
+                    raise
+            finally:
+                os.close(fd)
+        return existed
 
     def remove(self, *paths: str) -> None:
         for path in paths:
@@ -230,6 +251,14 @@ class LoginNode:
         self.sh(f"rm -f -- {q} && (umask 077 && cat > {q}) && chmod {mode:o} -- {q}",
                 input=text)
 
+    def write_durably(self, path: str, text: str) -> bool:
+        q = shlex.quote(path)
+        synced = " ".join(map(shlex.quote, [path, *_dirs_up_to(path, self.home())]))
+        # One ssh; a sync the login node's file system refuses is passed over.
+        out = self.sh(f"[ -e {q} ] && echo existed; rm -f -- {q} && (umask 077 && cat > {q}) "
+                      f"&& {{ sync -- {synced} 2>/dev/null || true; }}", input=text)
+        return out.strip() == "existed"
+
     def remove(self, *paths: str) -> None:
         self.sh("rm -rf -- " + " ".join(map(shlex.quote, paths)))
 
@@ -274,6 +303,17 @@ class LoginNode:
         q = shlex.quote(hold)
         return (f"rm -f {q} && mkfifo -m 600 {q} && exec 0<>{q} && rm -f {q} || exit 1\n"
                 f"exec {shlex.join(argv)}\n")
+
+
+def _dirs_up_to(path: str, home: str) -> list[str]:
+    """The directories above `path`, nearest first, up to `home` (to the root when it is
+    not under `home`)."""
+    found = []
+    for parent in Path(path).parents:
+        found.append(str(parent))
+        if str(parent) in (home, "/"):
+            break
+    return found
 
 
 async def _communicate(proc: asyncio.subprocess.Process, timeout: float) -> tuple[int, str, str]:

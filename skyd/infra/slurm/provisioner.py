@@ -38,7 +38,9 @@ from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 from skyd.taskspec import Task
 
 STOP_GRACE = 5.0            # seconds for a job's srun to end its step after SIGTERM
-REQUEST_FILE = "allocation.json"   # what the allocation asks for (to submit it again on start)
+# What the allocation asks for (to submit it again on start). Every launch writes it
+# (synced) before it submits: found there, it says an earlier launch may have submitted.
+REQUEST_FILE = "allocation.json"
 # What the worker's own login environment says of this host, not of the login node's.
 HOST_ONLY = ("HOME", "USER", "LOGNAME", "SHELL", "PATH", "LANG")
 
@@ -82,17 +84,22 @@ class SlurmProvisioner(Provisioner):
         local = self.local_dir(cluster.name)
         if self.login is not None:
             Here(self.settings, {}).make_dirs(str(local / WORKDIR), str(local / "jobs"))
-        shapes = self._shapes(d)
-        nodes = self.allocator.allocate(cluster, d, state_dir, shapes)
+        shapes, earlier = self._shapes(d)
+        nodes = self.allocator.allocate(cluster, d, state_dir, shapes, look=earlier)
         return [msgspec.structs.replace(n, path=str(local)) for n in nodes]
 
-    def _shapes(self, d: str) -> list[list[str]]:
-        """The task's per-node requests, remembered in the cluster's files for `start`."""
+    def _shapes(self, d: str) -> tuple[list[list[str]], bool]:
+        """The task's per-node requests, remembered in the cluster's files for `start`;
+        and whether to look for an allocation of the cluster before submitting one (Slurm's
+        submission is not idempotent): always on `start`; on a launch when an earlier one
+        wrote the file — it may have submitted (a launch re-run after a restart, one killed
+        or failed after its sbatch). A first launch does not look: one squeue less."""
         saved = f"{d}/{REQUEST_FILE}"
         if self.task is not None:
             shapes = allocation_shapes(self.task)
-            self.place.write(saved, json.dumps(shapes))
-            return shapes
+            # Synced: a launch re-run after this host crashed still finds it.
+            earlier = self.place.write_durably(saved, json.dumps(shapes))
+            return shapes, earlier
         try:
             shapes = json.loads(self.place.wait_file(saved, 0.0) or "")
         except ValueError:
@@ -104,7 +111,7 @@ class SlurmProvisioner(Provisioner):
                     for a in shape) for shape in shapes):
             raise SkydError(ErrorCode.FAILED, f"{saved} is not an allocation request",
                             "launch the cluster again instead")
-        return shapes
+        return shapes, True
 
     # ---- files ---------------------------------------------------------------------------
     # The cluster's directory is shared by its nodes (the owner's home): one copy serves all.

@@ -5,6 +5,7 @@ variables from Slurm's own, the rank prefix on several nodes)."""
 from __future__ import annotations
 
 import shlex
+from typing import NamedTuple
 
 from skyd.infra.slurm.settings import SlurmSettings
 
@@ -14,25 +15,54 @@ MARKER = "allocated"         # <cluster dir>/allocated-JOBID: the allocation's s
 def holder_script(cluster_dir: str) -> str:
     """The allocation's batch script: say that it runs and what it holds (a file the
     launch waits for: no Slurm command needed to see it; see parse_marker), then hold
-    the nodes until cancelled."""
+    the nodes until cancelled. Its nodes' names are expanded here, on the allocation's
+    first node (`scontrol show hostnames` asks the controller nothing), and only for a
+    list of several: the launch then needs no Slurm command for them."""
     marker = shlex.quote(f"{cluster_dir}/{MARKER}-") + '"$SLURM_JOB_ID"'
-    return (f"m={marker}; printf '%s\\n' \"$SLURM_JOB_NODELIST\" \"$SLURM_JOB_NUM_NODES\" "
-            f"\"$SLURM_JOB_CPUS_PER_NODE\" \"$SLURM_MEM_PER_NODE\" > \"$m.tmp\" && "
-            "mv \"$m.tmp\" \"$m\"; exec sleep infinity")
+    return (f"set -f; m={marker}; n=$SLURM_JOB_NODELIST; "
+            'case $n in *[[,]*) n=$(scontrol show hostnames "$n" 2>/dev/null) ;; esac; '
+            "printf '%s\\n' \"$SLURM_JOB_NODELIST\" \"$SLURM_JOB_NUM_NODES\" "
+            "\"$SLURM_JOB_CPUS_PER_NODE\" \"$SLURM_MEM_PER_NODE\" \"$SLURM_NODE_ALIASES\" $n "
+            "> \"$m.tmp\" && mv \"$m.tmp\" \"$m\"; exec sleep infinity")
 
 
-def parse_marker(text: str) -> tuple[str, int, int, int] | None:
-    """(node list, nodes, CPUs per node, MiB per node — 0: not asked for) from a marker;
-    None when it is not one. CPUs per node as Slurm writes them: '4', '4(x2)', '4,2'
-    (the fewest counts)."""
+class Held(NamedTuple):
+    """What an allocation's marker says it holds."""
+    nodelist: str               # Slurm's node list ('node[1-2]')
+    nodes: int
+    cpus: int                   # per node (the fewest)
+    mib: int                    # memory per node (0: not asked for)
+    names: list[str]            # the nodes in Slurm's order ([]: the marker does not say)
+    addresses: dict[str, str]   # cloud nodes' addresses, as Slurm gives them to the job
+
+
+def parse_marker(text: str) -> Held | None:
+    """What a marker says; None when it is not one. CPUs per node as Slurm writes them:
+    '4', '4(x2)', '4,2' (the fewest counts). The node names are those of an allocation
+    whose script wrote them (one started before skyd wrote them has none)."""
     lines = text.split("\n")
-    if len(lines) != 5 or lines[4] != "" or not lines[0]:
+    if len(lines) < 5 or lines[-1] != "" or not lines[0]:
         return None
+    values = lines[:-1]
     try:
-        cpus = min(int(part.split("(")[0]) for part in lines[2].split(","))
-        return lines[0], int(lines[1]), cpus, int(lines[3] or 0)
+        cpus = min(int(part.split("(")[0]) for part in values[2].split(","))
+        nodes, mib = int(values[1]), int(values[3] or 0)
     except ValueError:
         return None
+    names = values[5:] if len(values) == 5 + nodes and all(values[5:]) else []
+    return Held(values[0], nodes, cpus, mib, names, node_aliases(values[4]) if names else {})
+
+
+def node_aliases(text: str) -> dict[str, str]:
+    """SLURM_NODE_ALIASES (cloud nodes: 'name:address:hostname,...', an IPv6 address in
+    brackets; '(null)' when there are none): each node's address."""
+    found = {}
+    for entry in text.split(","):
+        name, _, rest = entry.partition(":")
+        address = rest.rpartition(":")[0].strip("[]")
+        if name and address:
+            found[name] = address
+    return found
 
 
 def step_argv(settings: SlurmSettings, allocation: str, num_nodes: int, name: str) -> list[str]:
