@@ -61,9 +61,14 @@ def test_tcp_needs_a_valid_token_even_on_loopback(make_daemon, people):
     assert c.welcome is not None and (c.welcome.user, c.welcome.uid) == (alice.name, alice.uid)
     assert c.welcome.admin is False
 
-    # Expired: refused with its name and date; revoked: as unknown, from the next connection.
-    short = new_token(d, "short", "--user", alice.name, "--expires", "1s")
-    time.sleep(1.1)
+    # Expired: an open session is closed when it expires, saying why; a new one is refused
+    # with its name and date. Revoked: as unknown, from the next connection.
+    short = new_token(d, "short", "--user", alice.name, "--expires", "3s")
+    opened = connect(d, short)
+    assert opened.call(protocol.ApiInfo()).pid == d.proc.pid
+    got = opened.read()                 # nothing asked: what comes is the close
+    assert isinstance(got, protocol.Error) and "has expired" in got.message, got
+    opened.close()
     _denied(timed_refusal(d, short)[1], "token 'short' expired on")
     p = skyd_token(d, "revoke", "alice-laptop")
     assert p.returncode == 0 and "revoked" in p.stdout, p.stderr

@@ -28,7 +28,8 @@ class Connections:
         self.uncapped = uncapped      # the host's operators: no cap
         self._sessions: set[asyncio.Task] = set()
         self.per_uid: collections.Counter[int] = collections.Counter()   # open, per uid
-        self.by_token = TokenSessions(services.tokens.known)   # TCP's: closed on revoke
+        # TCP's sessions, closed when their token is revoked or expires.
+        self.by_token = TokenSessions(services.tokens.known, services.tokens.expires_at)
 
     async def end(self) -> None:
         """Cancel every session and wait for them (the listeners are closed by then)."""

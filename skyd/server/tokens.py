@@ -80,6 +80,11 @@ class Tokens:
         """Whether a token (by digest) is in the file as last read."""
         return token_digest in self._by_digest
 
+    def expires_at(self, token_digest: str) -> float | None:
+        """When a token (by digest) expires; None: never, or unknown."""
+        rec = self._by_digest.get(token_digest)
+        return rec.expires_at if rec is not None else None
+
     # ---- reading (the daemon, per TCP connection) ----------------------------------------
 
     def refresh(self) -> None:
