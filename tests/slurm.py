@@ -1,19 +1,21 @@
-"""A real single-node Slurm cluster on loopback, for testing the `slurm` infra.
+"""A real Slurm cluster (one node, or several) on loopback, for testing the `slurm` infra.
 
 `SlurmCluster` starts Debian's `munged`, `slurmctld` and `slurmd` without systemd, each
 with its files in one temporary directory: a private munge key and socket, a minimal
 slurm.conf (`select/cons_tres`, `proctrack/linuxproc`, `task/none`, and
 `batch_sched_delay=0`: stock Slurm starts batch jobs only every ~3 s), one node `node1`
-at 127.0.0.1 with this machine's CPUs, and a GRES of two fake GPUs (device files like /dev/null). Nothing of
-the system's own Slurm or munge configuration is read or touched: every Slurm command
-finds this cluster through `SLURM_CONF` (see `env`).
+at 127.0.0.1 with this machine's CPUs, and a GRES of two fake GPUs (device files like /dev/null);
+with `nodes=N`, N such nodes (node<i> at 127.0.0.<i>, one slurmd each on this host, each
+on a port of its own). Nothing of the system's own Slurm or munge configuration is read
+or touched: every Slurm command finds this cluster through `SLURM_CONF` (see `env`).
 
     with SlurmCluster(Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))) as slurm:
         subprocess.run(["sbatch", "--wrap", "true"], env=slurm.env(), check=True)
 
-or, in a test, the `slurm_cluster` fixture (one per session; skipped when Slurm is not
-installed unless the CI environment variable is set). Run this file to start one by hand:
-`python3 tests/slurm.py` prints the SLURM_CONF to export and waits for Ctrl-C.
+or, in a test, the `slurm_cluster` fixture (`slurm_two_nodes`: two nodes; one of each per
+session; skipped when Slurm is not installed unless the CI environment variable is set).
+Run this file to start one by hand: `python3 tests/slurm.py [NODES]` prints the
+SLURM_CONF to export and waits for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ START_TIMEOUT = 20.0
 NODE = "node1"
 PARTITION = "debug"
 FAKE_GPUS = 2           # gres gpu:fake:2, each a character device like /dev/null
+NODE_PATTERN = "%n"     # Slurm's node name in slurm.conf's per-slurmd file names
 
 
 class SlurmUnavailable(RuntimeError):
@@ -65,10 +68,14 @@ def _free_ports(n: int) -> list[int]:
 
 
 class SlurmCluster:
-    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 4000):
+    def __init__(self, root: Path, cpus: int | None = None, memory_mb: int = 4000,
+                 nodes: int = 1):
         """`cpus`: what node1 offers (default this host's; more is taken on trust:
-        SlurmdParameters=config_overrides, for benchmarks of many small allocations)."""
+        SlurmdParameters=config_overrides, for benchmarks of many small allocations).
+        `nodes`: how many nodes (slurmd daemons on this host, see _node_lines); each
+        offers `cpus`, `memory_mb` and the fake GPUs."""
         self.root = root
+        self.nodes = [f"node{i + 1}" for i in range(nodes)]
         self.cpus = cpus or os.cpu_count() or 1
         self.memory_mb = memory_mb
         self.conf = root / "slurm.conf"
@@ -91,7 +98,7 @@ class SlurmCluster:
         key = root / "munge" / "key"
         key.write_bytes(os.urandom(1024))
         os.chmod(key, 0o400)
-        ctld_port, slurmd_port = _free_ports(2)
+        ctld_port, slurmd_port, *node_ports = _free_ports(2 + len(self.nodes))
         # Fake GPUs: character devices like /dev/null (major 1, minor 3), so that Slurm
         # binds each to a job by index and sets CUDA_VISIBLE_DEVICES as it would for real ones.
         devices = []
@@ -101,7 +108,10 @@ class SlurmCluster:
                 os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
             devices.append(str(dev))
         (root / "gres.conf").write_text(
-            "".join(f"NodeName={NODE} Name=gpu Type=fake File={d}\n" for d in devices))
+            "".join(f"NodeName={node} Name=gpu Type=fake File={d}\n"
+                    for node in self.nodes for d in devices))
+        for node in self.nodes if len(self.nodes) > 1 else []:
+            (root / "spool" / node).mkdir(mode=0o700, exist_ok=True)
         self.conf.write_text("\n".join([
             "ClusterName=skydtest",
             "SlurmctldHost=localhost(127.0.0.1)",
@@ -113,11 +123,11 @@ class SlurmCluster:
             f"AuthInfo=socket={self.munge_socket}",
             "CredType=cred/munge",
             f"StateSaveLocation={root / 'state'}",
-            f"SlurmdSpoolDir={root / 'spool'}",
+            f"SlurmdSpoolDir={root / 'spool'}{'/%n' if len(self.nodes) > 1 else ''}",
             f"SlurmctldPidFile={self.run_dir / 'slurmctld.pid'}",
-            f"SlurmdPidFile={self.run_dir / 'slurmd.pid'}",
+            f"SlurmdPidFile={self.run_dir / self._slurmd_file(NODE_PATTERN, 'pid')}",
             f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+            f"SlurmdLogFile={root / 'log' / self._slurmd_file(NODE_PATTERN, 'log')}",
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -132,16 +142,35 @@ class SlurmCluster:
             "AccountingStorageType=accounting_storage/none",
             "MinJobAge=60",
             "MailProg=/bin/true",
-            f"NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} CPUs={self.cpus} "
-            f"RealMemory={self.memory_mb} Gres=gpu:fake:{FAKE_GPUS} State=UNKNOWN",
-            f"PartitionName={PARTITION} Nodes={NODE} Default=YES MaxTime=INFINITE State=UP",
+            *self._node_lines(node_ports),
+            f"PartitionName={PARTITION} Nodes={','.join(self.nodes)} Default=YES "
+            "MaxTime=INFINITE State=UP",
             "",
         ]))
 
+    def _node_lines(self, ports: list[int]) -> list[str]:
+        """slurm.conf's nodes. One: node1 at 127.0.0.1 on SlurmdPort. Several: one slurmd
+        each on this host, told apart by address (node<i> at 127.0.0.<i>, so that each
+        has an IP of its own) and by port (a slurmd listens on every address)."""
+        shape = (f"CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:fake:{FAKE_GPUS} "
+                 "State=UNKNOWN")
+        if len(self.nodes) == 1:
+            return [f"NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={NODE} {shape}"]
+        return [f"NodeName={node} NodeAddr={self.address(node)} NodeHostname={node} "
+                f"Port={port} {shape}" for node, port in zip(self.nodes, ports)]
+
+    def address(self, node: str) -> str:
+        """A node's NodeAddr (what the slurm infra gives as its IP)."""
+        return f"127.0.0.{self.nodes.index(node) + 1}"
+
+    def _slurmd_file(self, node: str, kind: str) -> str:
+        """A slurmd's pid or log file name: one per node when there are several."""
+        return f"slurmd.{kind}" if len(self.nodes) == 1 else f"slurmd-{node}.{kind}"
+
     def _start_daemon(self, name: str, args: list[str], pid_file: Path) -> None:
         pid_file.unlink(missing_ok=True)
-        out = subprocess.run([DAEMONS[name], *args], env=self.env(), capture_output=True,
-                             text=True, timeout=START_TIMEOUT)
+        out = subprocess.run([DAEMONS[name.split(":")[0]], *args], env=self.env(),
+                             capture_output=True, text=True, timeout=START_TIMEOUT)
         if out.returncode != 0:
             raise SlurmUnavailable(f"{name} did not start (exit {out.returncode}): "
                                    f"{(out.stderr or out.stdout).strip()[-400:]}")
@@ -167,21 +196,29 @@ class SlurmCluster:
                                       f"--pid-file={munge / 'pid'}", f"--log-file={munge / 'log'}",
                                       f"--seed-file={munge / 'seed'}", "-f"], munge / "pid")
         self._start_daemon("slurmctld", ["-i"], self.run_dir / "slurmctld.pid")
-        self._start_daemon("slurmd", ["-N", NODE], self.run_dir / "slurmd.pid")
+        for node in self.nodes:
+            self._start_daemon(self._slurmd(node), ["-N", node],
+                               self.run_dir / self._slurmd_file(node, "pid"))
         self.wait_idle()
         return self
 
+    def _slurmd(self, node: str) -> str:
+        """The slurmd of `node`, as `procs` names it."""
+        return "slurmd" if node == NODE else f"slurmd:{node}"
+
     def wait_idle(self, timeout: float = START_TIMEOUT) -> None:
-        """Until the node is up and idle: the cluster accepts and starts work."""
+        """Until every node is up and idle: the cluster accepts and starts work."""
         deadline = time.monotonic() + timeout
         state = ""
+        nodes = ",".join(self.nodes)
         while time.monotonic() < deadline:
-            out = self.run(["sinfo", "-h", "-n", NODE, "-o", "%T"], check=False)
+            out = self.run(["sinfo", "-h", "-n", nodes, "-o", "%T"], check=False)
             state = out.stdout.strip()
-            if out.returncode == 0 and state in ("idle", "mixed", "allocated"):
+            if out.returncode == 0 and state and all(
+                    s in ("idle", "mixed", "allocated") for s in state.split()):
                 return
             time.sleep(0.1)
-        raise SlurmUnavailable(f"node {NODE} is not up after {timeout:g}s (state {state!r}); "
+        raise SlurmUnavailable(f"node {nodes} is not up after {timeout:g}s (state {state!r}); "
                                f"see {self.root / 'log'}")
 
     # ---- use -----------------------------------------------------------------------------
@@ -221,7 +258,7 @@ class SlurmCluster:
         """Cancel every job, then stop the daemons we started (by pid), slurmd first."""
         if "slurmctld" in self.procs:
             self.cancel_all()
-        for name in ("slurmd", "slurmctld", "munged"):
+        for name in (*map(self._slurmd, self.nodes), "slurmctld", "munged"):
             self._stop(name)
 
     def _stop(self, name: str) -> None:
@@ -280,8 +317,19 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     """One real Slurm cluster for the session (starting one takes well under a second; its
     jobs are cancelled between tests by whoever started them). Skips when Slurm is not
     installed, unless $CI is set: CI installs it, so there it must run."""
+    yield from _session_cluster(nodes=1)
+
+
+@pytest.fixture(scope="session")
+def slurm_two_nodes() -> Iterator[SlurmCluster]:
+    """As `slurm_cluster`, with two nodes (node1 at 127.0.0.1, node2 at 127.0.0.2): two
+    slurmd daemons on this host."""
+    yield from _session_cluster(nodes=2)
+
+
+def _session_cluster(nodes: int) -> Iterator[SlurmCluster]:
     root = Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))
-    cluster = SlurmCluster(root)
+    cluster = SlurmCluster(root, nodes=nodes)
     try:
         try:
             cluster.start()
@@ -305,7 +353,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="skyd-slurm-", dir="/tmp"))
-    with SlurmCluster(root) as cluster:
+    with SlurmCluster(root, nodes=int(sys.argv[1]) if len(sys.argv) > 1 else 1) as cluster:
         print(f"export SLURM_CONF={cluster.conf}", flush=True)
         try:
             signal.pause()
