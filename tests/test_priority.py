@@ -3,10 +3,16 @@ a local job (its runner and all it starts) run at a lower CPU priority than the 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
+
+import pytest
 
 from conftest import processes_mentioning, wait_until
 from skyd import protocol
+from skyd.sizing import cpugroups
 from skyd.taskspec import Task
 from skyd.privilege import WORK_NICE
 
@@ -62,3 +68,81 @@ def autogroups() -> bool:
 def autogroup_nice(pid: int) -> int:
     """/proc/PID/autogroup reads '/autogroup-N nice V'."""
     return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+
+
+# ---- the idle cpu cgroup ---------------------------------------------------------------
+
+def cpu_group_of(pid: int) -> str:
+    return cpugroups.own_path(Path(f"/proc/{pid}/cgroup").read_text()) or ""
+
+
+@pytest.fixture
+def cpu_cgroups() -> None:
+    """Skipped where work yields by nice alone (cgroup v2, no cpu.idle, not root); under
+    CI=1 (CI runs on hosts with cgroup v1's cpu hierarchy) that is a failure instead."""
+    groups, why = cpugroups.detect(Path("/nonexistent-probe"))
+    if groups is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI hosts have cgroup v1's cpu controller with cpu.idle: {why}")
+        pytest.skip(why)
+
+
+def test_work_runs_in_an_idle_cpu_cgroup_beside_the_daemon(cpu_cgroups, make_daemon, workdir):
+    """The daemon in <its cgroup>/skyd-<tag>/daemon; the forkserver, each worker (and the
+    setup it runs) and each local job (its runner and what it starts) in …/work, which
+    has cpu.idle = 1; the pair goes when the daemon stops and nothing is left in it."""
+    daemon = make_daemon()
+    assert daemon.proc is not None
+    home = cpu_group_of(os.getpid())
+    dgroup = cpu_group_of(daemon.proc.pid)
+    parent = dgroup.removesuffix("/daemon")
+    assert dgroup.endswith("/daemon") and Path(parent).name.startswith("skyd-"), dgroup
+    assert Path(parent).parent == Path(home), (parent, home)
+    mount, root = cpugroups.cpu_mount(Path("/proc/self/mountinfo").read_text())
+    on_disk = cpugroups.on_disk(mount, root, parent)
+    assert (on_disk / "work" / "cpu.idle").read_text().strip() == "1"
+    assert (on_disk / "daemon" / "cpu.idle").read_text().strip() == "0"
+    # Every thread of the daemon is in `daemon` (the store's writer thread too).
+    for tid in os.listdir(f"/proc/{daemon.proc.pid}/task"):
+        text = Path(f"/proc/{daemon.proc.pid}/task/{tid}/cgroup").read_text()
+        assert cpugroups.own_path(text) == dgroup, (tid, text)
+
+    daemon.submit_async(protocol.Launch(task=Task(run="sleep 60"), cluster="runs"))
+    job_dir = daemon.state_dir / "clusters" / "runs"
+    assert wait_until(lambda: len(processes_mentioning(job_dir)) >= 2, 30)   # runner, run.sh
+    marker = f"{workdir}/setup-marker"
+    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
+                                        cluster="setup"))
+    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
+    setup = processes_mentioning(Path(marker))[0]
+    worker = parent_of(setup)
+    forkserver = parent_of(worker)
+    work = {pid: cpu_group_of(pid)
+            for pid in [*processes_mentioning(job_dir), setup, worker, forkserver]}
+    assert set(work.values()) == {parent + "/work"}, work
+    assert cpu_group_of(daemon.proc.pid) == dgroup      # the spawning threads went back
+
+    # The work ends, then the daemon stops and takes its pair with it.
+    for pid in [*processes_mentioning(job_dir), setup]:
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)     # a runner leads its job's process group
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    daemon.stop(signal.SIGTERM)
+    assert wait_until(lambda: not on_disk.exists(), 10), sorted(on_disk.rglob("*"))
+
+
+def test_a_pair_left_by_a_daemon_killed_with_9_goes_at_another_start(cpu_cgroups, make_daemon):
+    first = make_daemon(name="first")
+    assert first.proc is not None
+    mount, root = cpugroups.cpu_mount(Path("/proc/self/mountinfo").read_text())
+    left = cpugroups.on_disk(mount, root, cpu_group_of(first.proc.pid)).parent
+    first.stop(signal.SIGKILL)
+    assert left.is_dir()                    # nothing ran to remove it
+    # Its forkserver and spares end moments after it (they see its end of their pipes).
+    assert wait_until(lambda: not any((left / g / "cgroup.procs").read_text().strip()
+                                      for g in ("daemon", "work")), 10)
+    second = make_daemon(name="second")     # another state dir: another pair, and a sweep
+    assert second.proc is not None
+    assert not left.exists()
+    assert cpu_group_of(second.proc.pid).endswith("/daemon")

@@ -39,6 +39,7 @@ from skyd.protocol import ErrorCode, SkydError
 from skyd.requests import worker
 from skyd.requests.reaping import record_process
 from skyd.requests.messages import Assignment, WorkerMsg
+from skyd.sizing.cpugroups import CpuGroups
 
 log = logging.getLogger("skyd.requests.pool")
 
@@ -130,12 +131,13 @@ class WorkerPool:
     """Keeps `spares` idle workers ready; hands one out per long request."""
 
     def __init__(self, spares: int = 2, run_dir: Path | str | None = None,
-                 handlers: list[str] | None = None):
+                 handlers: list[str] | None = None, cpu: CpuGroups | None = None):
         # Modules that register the long handlers (skyd.requests.context): preloaded in
         # the forkserver, imported again by each worker (a no-op when preloaded).
         self.handlers = list(handlers or [])
         self.target_spares = max(1, spares)
         self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.cpu = cpu          # where the forkserver, and so every worker, yields to the daemon
         self._ctx = multiprocessing.get_context("forkserver")
         self._spares: deque[Worker] = deque()
         self._waiters: deque[asyncio.Future] = deque()
@@ -156,7 +158,10 @@ class WorkerPool:
     def _start_forkserver(self) -> None:
         """Start the forkserver (and resource tracker), or start it again when it died:
         each one started is recorded for reap_previous. Blocking; cheap when it runs."""
-        _ensure_forkserver()
+        if self.cpu is not None:
+            self.cpu.spawn_inside(_ensure_forkserver)
+        else:
+            _ensure_forkserver()
         from multiprocessing import resource_tracker
         for name, pid in (("forkserver", self.forkserver_pid),
                           ("resource-tracker", getattr(resource_tracker._resource_tracker,

@@ -27,6 +27,8 @@ from typing import Callable
 from skyd import __version__, protocol
 from skyd.server import systemd
 
+from skyd.sizing import cpugroups
+from skyd.sizing.cpugroups import CpuGroups
 from skyd.sizing.hardware import Hardware, detect
 from skyd.sizing.calibration import Calibration, load_calibration
 from skyd.sizing.slots import check_minimum, size_slots
@@ -90,6 +92,7 @@ class Daemon:
     submissions: Submissions  # idempotency keys of submissions
     connections: Connections  # the sessions of both listeners, counted per uid
     housekeeping: Housekeeping  # retention, autostop, the Slurm watch
+    cpu: CpuGroups | None     # where work yields the CPU to the daemon (None: by nice only)
 
     def __init__(self, config: Config):
         """Only the config: no I/O. startup() detects, reads, builds and starts."""
@@ -152,6 +155,7 @@ class Daemon:
         if closed:
             log.warning("closed %d ssh masters left by the previous run", closed)
         stack.push_async_callback(asyncio.to_thread, close_masters, cfg.state_dir / "ssh")
+        self._enter_cpu_groups()
         if not cfg.skip_resources_check:
             problems = check_minimum(self.hardware)
             if problems:
@@ -225,6 +229,22 @@ class Daemon:
                              f"({hw.memory_source}); {self.calibration.source}")
         self._admin_gid = group_id(cfg.admin_group)
 
+    def _enter_cpu_groups(self) -> None:
+        """The daemon into its cpu cgroup, beside the one where work yields to it (found
+        once, here, and logged); None where not used: work yields by nice alone."""
+        cpu, why = cpugroups.detect(self.config.state_dir)
+        if cpu is not None:
+            try:
+                cpu.enter()
+            except OSError as e:
+                cpu, why = None, f"the cpu cgroup cannot be used: {e}"
+        self.cpu = cpu
+        if cpu is None:
+            log.info("work yields the CPU to the daemon by nice only: %s", why)
+        else:
+            log.info("work yields the CPU to the daemon in an idle cpu cgroup: %s", cpu.work)
+            self._stack.callback(cpu.leave)
+
     def _build(self, workers_dir: Path) -> None:
         """The components, each handed what it needs; their own I/O comes after, in
         startup()'s order."""
@@ -237,7 +257,8 @@ class Daemon:
                              str(cfg.ssh_known_hosts or ""))
         # A local node is this host: it offers the CPUs detected (cgroup-aware); its jobs
         # run in systemd scopes where systemd runs the host (found once, here, and logged).
-        self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes, scopes.detect()),
+        self.runners = Runners(local=LocalRunner(hw.cpus, cfg.job_log_bytes, scopes.detect(),
+                                                  self.cpu),
                                ssh=SshRunner(self.ssh, on_health=self._node_health),
                                slurm=SlurmRunner(cfg.slurm, str(cfg.state_dir), cfg.job_log_bytes,
                                                  self.ssh))
@@ -246,7 +267,7 @@ class Daemon:
                               Caps(cfg.max_gpus_per_user, cfg.max_clusters_per_user,
                                    uncapped_uids()))
         self.pool = WorkerPool(spares=cfg.spares, run_dir=workers_dir,
-                               handlers=LONG_HANDLER_MODULES)
+                               handlers=LONG_HANDLER_MODULES, cpu=self.cpu)
         self.scheduler = Scheduler(
             self.store, self.pool, self.state.workload, cfg.logs_dir, self.long_slots,
             self.short_slots, cfg.kill_grace,

@@ -23,6 +23,7 @@ from skyd.infra.local.scopes import Scopes
 from skyd.infra.local.processes import alive, job_outcome, mark_cancelled, process_start, signal_job
 from skyd.infra.local.provisioner import WORKDIR
 from skyd.protocol import NodeInfo
+from skyd.sizing.cpugroups import CpuGroups
 from skyd.streams import READ_CHUNK, Backoff, JobLogFiles, LogSource, Topic
 
 CANCEL_GRACE = 3.0        # seconds between SIGTERM and SIGKILL when cancelling
@@ -95,12 +96,13 @@ def control_dir(state_dir: str | Path, cluster: str, job_id: int, rank: int) -> 
 
 def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
           log_limit: int = 0, fence: devicefence.DeviceFence | None = None,
-          scopes: Scopes | None = None) -> JobHandle:
+          scopes: Scopes | None = None, cpu: CpuGroups | None = None) -> JobHandle:
     """Start the runners, detached (own session), as the job's owner, with a clean login
     environment; their output and exit status go to the daemon's control files. With a
     `fence`, a runner on a host with GPUs starts in a devices cgroup that denies it the
     GPUs its job does not hold; with `scopes`, any other runner starts in a systemd scope
-    of its own (the two do not combine: scopes.py)."""
+    of its own (the two do not combine: scopes.py). With `cpu`, a runner outside a scope
+    starts in the cpu cgroup where work yields to the daemon (skyd.sizing.cpugroups)."""
     by_rank = {n.rank: n for n in nodes}
     procs = []
     for np in handle.nodes:
@@ -129,10 +131,12 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
                     argv, cwd="/", env=env, stdin=subprocess.DEVNULL,
                     stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
                     start_new_session=True, **identity)
-            if fence is not None and np.gpus is not None:
-                p = fence.spawn_inside(np.ctl, np.gpus, start)
-            else:
-                p = start()
+            def fenced_start() -> subprocess.Popen:
+                if fence is not None and np.gpus is not None:
+                    return fence.spawn_inside(np.ctl, np.gpus, start)
+                return start()
+            in_scope = scopes is not None and not fenced
+            p = cpu.spawn_inside(fenced_start) if cpu is not None and not in_scope else fenced_start()
         finally:
             os.close(log_fd)
             os.close(code_fd)
@@ -181,12 +185,15 @@ async def read_log(path: str, offset: int) -> bytes:
 class LocalRunner(JobRunner):
     """`cpus`: what a node (this host, as the daemon detected it) offers to jobs;
     `log_limit`: bytes kept of each node's job output (0: all); `scopes`: systemd-run's
-    scopes where the daemon found them at its start (scopes.detect), else None."""
+    scopes where the daemon found them at its start (scopes.detect), else None; `cpu`:
+    where work yields to the daemon (skyd.sizing.cpugroups), None where not used."""
 
-    def __init__(self, cpus: float, log_limit: int = 0, scopes: Scopes | None = None) -> None:
+    def __init__(self, cpus: float, log_limit: int = 0, scopes: Scopes | None = None,
+                 cpu: CpuGroups | None = None) -> None:
         self.cpus = cpus
         self.log_limit = max(0, log_limit)
         self.scopes = scopes
+        self.cpu = cpu
 
     @property
     def fence(self) -> devicefence.DeviceFence | None:
@@ -211,7 +218,7 @@ class LocalRunner(JobRunner):
         # A fork+exec per node, in a thread: a few ms each that the loop, which accepts
         # everyone's requests, should not spend (profiling/bench_acceptance.py).
         return await asyncio.to_thread(spawn, handle, nodes, uid, gid, self.log_limit,
-                                       self.fence, self.scopes)
+                                       self.fence, self.scopes, self.cpu)
 
     async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
         while True:

@@ -1,0 +1,175 @@
+"""The daemon's loop first (issue 13): work — the forkserver and its workers (with the
+setups they run) and local jobs — runs in a cpu cgroup marked idle (`cpu.idle = 1`,
+Linux 5.15+) beside one that holds the daemon. On a wake-up the daemon's threads then
+preempt work at once; with nice alone a job keeps its CPU to the end of its slice (up to
+a scheduler tick, 4 ms here) whenever an interrupt wakes the daemon, whatever its nice
+(BENCHMARKS.md, "Acceptance under a running burst").
+
+Idle against the daemon only, not against the host: the pair sits in a parent of its own,
+and that parent competes with everything else on the host as before:
+
+    <the daemon's own cpu cgroup>/skyd-<hash of the state dir>/daemon   the daemon
+                                                              /work     cpu.idle = 1
+
+One parent per state directory (several daemons share a host in tests); a restarted
+daemon takes the same one, where the jobs of its previous run still are. Empty ones left
+by a daemon killed with -9 are removed at a start.
+
+A process is in `work` before its first instruction: the spawning thread moves itself
+(`tasks` takes a thread id) into `work`, forks, and moves back, as the device fence does.
+
+Only cgroup v1's cpu hierarchy, writable by root, is used. Elsewhere — cgroup v2 (a
+domain cgroup takes whole processes only, and enabling its cpu controller needs a
+delegated subtree), no cpu.idle, not root — work yields by nice alone (privilege.WORK_NICE)
+and the reason is logged at the start."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+log = logging.getLogger("skyd.sizing.cpugroups")
+
+PREFIX = "skyd-"
+T = TypeVar("T")
+
+
+class CpuGroups:
+    """`parent`: this daemon's directory in the cpu hierarchy; `home`: the cgroup the
+    daemon was started in (where a spawning thread goes back to, and the daemon at its
+    stop)."""
+
+    def __init__(self, parent: Path, home: Path) -> None:
+        self.parent = parent
+        self.home = home
+        self.daemon = parent / "daemon"
+        self.work = parent / "work"
+
+    def enter(self) -> None:
+        """Make the pair (or take the existing one) and move the whole daemon into
+        `daemon`: its threads, and so what it starts later outside `work`."""
+        for group in (self.parent, self.daemon, self.work):
+            with contextlib.suppress(FileExistsError):
+                group.mkdir()
+        _write(self.work / "cpu.idle", "1")
+        _write(self.daemon / "cgroup.procs", str(os.getpid()))
+
+    def leave(self) -> None:
+        """Back to where the daemon started; the pair goes once empty (jobs still running
+        keep `work`, and so the parent, until they end: the next start takes them)."""
+        with contextlib.suppress(OSError):
+            _write(self.home / "cgroup.procs", str(os.getpid()))
+        remove_if_empty(self.parent)
+
+    def spawn_inside(self, start: Callable[[], T]) -> T:
+        """Run `start` (a fork + exec) with this thread in `work`: what it starts is in
+        `work` from its first instruction."""
+        tid = str(threading.get_native_id())
+        _write(self.work / "tasks", tid)
+        try:
+            return start()
+        finally:
+            _write(self.daemon / "tasks", tid)
+
+    def holds(self, pid: int) -> str | None:
+        """Which of the pair a process is in ("daemon", "work"), None if neither."""
+        path = own_path(Path(f"/proc/{pid}/cgroup").read_text())
+        for name in ("daemon", "work"):
+            if path is not None and path.endswith(f"/{self.parent.name}/{name}"):
+                return name
+        return None
+
+
+def remove_if_empty(parent: Path) -> bool:
+    """Remove a pair and its parent if no process is left in them."""
+    try:
+        for child in ("daemon", "work"):
+            with contextlib.suppress(FileNotFoundError):
+                (parent / child).rmdir()
+        parent.rmdir()
+        return True
+    except OSError:             # EBUSY: a process is still in it
+        return False
+
+
+def detect(state_dir: Path) -> tuple[CpuGroups | None, str]:
+    """This daemon's pair of cpu cgroups, not yet entered; or None and why not."""
+    if os.geteuid() != 0:
+        return None, "the daemon does not run as root"
+    try:
+        mount = cpu_mount(Path("/proc/self/mountinfo").read_text())
+        if mount is None:
+            return None, "no cgroup v1 cpu controller is mounted (cgroup v2: not used yet)"
+        where, mount_root = mount
+        path = own_path(Path("/proc/self/cgroup").read_text())
+        if path is None:
+            return None, "the daemon's cpu cgroup is not known"
+        home = on_disk(where, mount_root, path)
+        if not (home / "cpu.idle").exists():
+            return None, "this kernel has no cpu.idle (Linux 5.15+)"
+        if home.name == "daemon" and home.parent.name.startswith(PREFIX):
+            home = home.parent.parent      # started from inside a pair (a daemon's child)
+        tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
+        sweep(home, keep=PREFIX + tag)
+        return CpuGroups(home / (PREFIX + tag), home), ""
+    except OSError as e:
+        return None, f"the cpu cgroup cannot be used: {e}"
+
+
+def sweep(home: Path, keep: str) -> None:
+    """Remove the empty pairs other daemons left (killed with -9); busy ones stay."""
+    try:
+        entries = [e for e in os.scandir(home) if e.name.startswith(PREFIX) and e.name != keep]
+    except OSError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            remove_if_empty(Path(entry.path))
+
+
+def cpu_mount(mountinfo: str) -> tuple[Path, str] | None:
+    """Where the cgroup v1 cpu hierarchy is mounted, and which cgroup is its root there."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        fstype = fields[sep + 1]
+        options = fields[sep + 3] if len(fields) > sep + 3 else ""
+        if fstype == "cgroup" and "cpu" in options.split(","):
+            return Path(fields[4]), fields[3]
+    return None
+
+
+def own_path(proc_cgroup: str) -> str | None:
+    """The cpu cgroup in a /proc/<pid>/cgroup text ("1:cpu:/a/b", "4:cpu,cpuacct:/")."""
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return path
+    return None
+
+
+def on_disk(mount: Path, mount_root: str, group: str) -> Path:
+    root = mount_root.rstrip("/")
+    if root and group != root and not group.startswith(root + "/"):
+        return mount               # not under the mount's root: the root is what we see
+    return mount / group[len(root):].lstrip("/")
+
+
+def _write(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    except OSError as e:
+        if e.errno == errno.ESRCH:     # the process or thread is gone: nothing to move
+            return
+        raise
+    finally:
+        os.close(fd)
