@@ -5,15 +5,16 @@ its durable Accepted while CPU-bound jobs run on the same cores.
                                          [--variants none,nice,nice0,...] [--out FILE.json]
 
 A variant is the work running and what becomes of the submitted jobs; each variant and
-count gets a fresh daemon (own state dir, default settings) and one warm-up job first.
-  none    no CPU-bound work: the baseline.
-  nice    N managed jobs on the local infra, each `python3 -c 'while True: pass'`, started
-          and running before the measurement, at the daemon's WORK_NICE (the default).
-  nice0   the same, with every worker and job at nice 0 (profiling/work_nice_zero on the
+count gets a fresh daemon (own state dir) and one warm-up job first.
+  none    no CPU-bound work: the baseline (default settings).
+  idle    N managed jobs on the local infra, each `python3 -c 'while True: pass'`, started
+          and running before the measurement, on a daemon with the default settings: work
+          (workers, setups, local jobs) at WORK_NICE in the idle cpu cgroup beside the
+          daemon's (skyd.sizing.cpugroups) where the host allows it.
+  nice    the same on a daemon started with `--work-cpu nice`: work yields by nice alone.
+  nice0   as nice, with every worker and job at nice 0 (profiling/work_nice_zero on the
           daemon's PYTHONPATH sets skyd.privilege.WORK_NICE = 0): the comparison.
-  idlecg  (only when asked) as nice, with the CPU-bound jobs moved into a cpu cgroup with
-          cpu.idle = 1 once they run: what starting local jobs in such a cgroup would give.
-  …-queued  (none-queued, nice-queued, nice0-queued, …) the same work, but the submitted jobs
+  …-queued  (none-queued, idle-queued, nice-queued, nice0-queued) the same work, but the submitted jobs
           stay queued (--jobs-parallelism 1, the one launch slot held by a job whose setup
           sleeps): acceptance alone, without the daemon's work of starting them.
 Then `count` JobsLaunch(wait=False) of `run: echo hi`, one after another on one connection
@@ -51,12 +52,11 @@ HOG = Task(name="hog", run=f"exec python3 -c 'while True: pass' {HOG_MARK}")
 LIGHT = Task(name="light", run="echo hi")
 NICE_ZERO = ROOT / "profiling" / "work_nice_zero"
 SETTLE_S = 1.5
-WORK = {"none": "none", "nice": "CPU-bound jobs at WORK_NICE (default)",
-        "nice0": "CPU-bound jobs at nice 0 (comparison)",
-        "idlecg": "CPU-bound jobs at WORK_NICE in a cpu.idle cgroup (experiment)"}
+WORK = {"none": "none", "idle": "CPU-bound jobs, work_cpu idle (default)",
+        "nice": "CPU-bound jobs, work_cpu nice",
+        "nice0": "CPU-bound jobs at nice 0, work_cpu nice (comparison)"}
 VARIANTS = [*WORK, *(f"{w}-queued" for w in WORK)]
-DEFAULT_VARIANTS = [v for v in VARIANTS if not v.startswith("idlecg")]
-CPU_CGROUP_ROOTS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup"))   # v1 cpu, v2
+DEFAULT_VARIANTS = VARIANTS
 HOLD = Task(name="hold", setup="sleep 600", run="true")
 
 
@@ -70,40 +70,6 @@ class AcceptDaemon(BenchDaemon):
         if self.nice_zero:
             env["PYTHONPATH"] = str(NICE_ZERO) + os.pathsep + env["PYTHONPATH"]
         return env
-
-
-class IdleCgroup:
-    """A cpu cgroup with cpu.idle = 1 (Linux 5.15+): a task outside it that wakes up
-    preempts its tasks at once, whatever their nice or autogroup. The experiment's jobs are
-    moved into it once they run (a fix would start them there)."""
-
-    def __init__(self, name: str):
-        for base in CPU_CGROUP_ROOTS:
-            path = base / name
-            try:
-                path.mkdir()
-            except OSError:
-                continue
-            if (path / "cpu.idle").exists():
-                (path / "cpu.idle").write_text("1")
-                self.path = path
-                return
-            path.rmdir()
-        raise RuntimeError("no cpu cgroup with cpu.idle here (needs root, Linux 5.15+)")
-
-    def add(self, pids: list[int]) -> None:
-        for pid in pids:
-            (self.path / "cgroup.procs").write_text(str(pid))
-
-    def remove(self) -> None:
-        for _ in range(50):             # its processes were killed: gone within moments
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.1)
 
 
 # ---- processes ----------------------------------------------------------------------------
@@ -225,9 +191,10 @@ def one(root: Path, variant: str, count: int, hogs: int) -> dict:
     load_before = os.getloadavg()
     # queued: one launch at a time, held by a job whose setup sleeps: every submission is
     # stored and answered, none starts.
-    d = AcceptDaemon(root, f"{variant}{count}", nice_zero=work == "nice0",
-                     args=["--jobs-parallelism", "1"] if queued else [])
-    cgroup = IdleCgroup(f"skyd-bench-{os.getpid()}-{variant}{count}") if work == "idlecg" else None
+    args = ["--jobs-parallelism", "1"] if queued else []
+    if work in ("nice", "nice0"):
+        args += ["--work-cpu", "nice"]
+    d = AcceptDaemon(root, f"{variant}{count}", nice_zero=work == "nice0", args=args)
     d.start()
     try:
         res: dict[str, Any] = {"variant": variant, "work": work, "queued": queued,
@@ -235,8 +202,6 @@ def one(root: Path, variant: str, count: int, hogs: int) -> dict:
         warm_up(d)
         if work != "none":
             res["hogs"] = start_hogs(d, hogs)
-        if cgroup is not None:
-            cgroup.add(hog_pids())
         if queued:
             hold(d)
         time.sleep(SETTLE_S)
@@ -246,8 +211,6 @@ def one(root: Path, variant: str, count: int, hogs: int) -> dict:
     finally:
         d.stop(signal.SIGTERM)
         kill_leftovers(root, d.sessions)
-        if cgroup is not None:
-            cgroup.remove()
 
 
 # ---- report -------------------------------------------------------------------------------
@@ -281,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hogs", type=int, default=4, help="CPU-bound jobs running (default 4)")
     ap.add_argument("--counts", default="20,200", help="serial submissions per measurement")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
-                    help=f"of {', '.join(VARIANTS)} (default: all but idlecg)")
+                    help=f"of {', '.join(VARIANTS)} (default: all)")
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "acceptance.json"))
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, stop_on_signal)

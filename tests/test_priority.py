@@ -12,6 +12,7 @@ import pytest
 
 from conftest import processes_mentioning, wait_until
 from skyd import protocol
+from skyd.server import config
 from skyd.sizing import cpugroups
 from skyd.taskspec import Task
 from skyd.privilege import WORK_NICE
@@ -146,3 +147,25 @@ def test_a_pair_left_by_a_daemon_killed_with_9_goes_at_another_start(cpu_cgroups
     assert second.proc is not None
     assert not left.exists()
     assert cpu_group_of(second.proc.pid).endswith("/daemon")
+
+
+def test_work_cpu_nice_keeps_everything_where_the_daemon_started(cpu_cgroups, make_daemon,
+                                                                 workdir):
+    daemon = make_daemon("--work-cpu", "nice")
+    assert daemon.proc is not None
+    home = cpu_group_of(os.getpid())
+    marker = f"{workdir}/setup-marker"
+    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
+                                        cluster="setup"))
+    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
+    setup = processes_mentioning(Path(marker))[0]
+    groups = {pid: cpu_group_of(pid) for pid in (daemon.proc.pid, setup, parent_of(setup))}
+    assert set(groups.values()) == {home}, groups
+    assert "work yields the CPU to the daemon by nice only: work_cpu is nice" in daemon.log()
+
+
+def test_work_cpu_takes_only_its_two_values(tmp_path):
+    assert config.load({"state_dir": str(tmp_path)}, env={}).work_cpu == "idle"
+    assert config.load({"state_dir": str(tmp_path)}, env={"SKYD_WORK_CPU": "nice"}).work_cpu == "nice"
+    with pytest.raises(config.ConfigError, match="work_cpu: invalid value 'low' .one of idle, nice"):
+        config.load({"state_dir": str(tmp_path)}, env={"SKYD_WORK_CPU": "low"})

@@ -15,6 +15,7 @@ from skyd.server.listeners import (ListenError, format_address, parse_tcp_addres
                                    require_tls_off_loopback)
 
 SYSTEM_SOCKET = Path("/run/skyd/skyd.sock")
+WORK_CPU = ("idle", "nice")
 
 
 def default_state_dir() -> Path:
@@ -40,6 +41,10 @@ class Config:
     drain_timeout: float = 10.0           # on SIGTERM, wait this long for running requests
     kill_grace: float = 3.0               # SIGTERM -> SIGKILL when cancelling
     spares: int = 2                       # idle pre-forked workers
+    # How work (workers, setups, local jobs) yields the CPU to the daemon's loop: "idle",
+    # an idle cpu cgroup beside the daemon's where the host allows it (else nice), or
+    # "nice" alone (skyd.sizing.cpugroups).
+    work_cpu: str = "idle"
     skip_resources_check: bool = False
     node_pools: Path | None = None        # ssh node pools (YAML); default <state_dir>/ssh_node_pools.yaml
     ssh_known_hosts: Path | None = None   # default: each user's ~/.ssh/known_hosts
@@ -170,6 +175,8 @@ def _coerce(name: str, raw: Any) -> Any:
     try:
         if raw is None:
             return None
+        if name == "work_cpu" and str(raw) not in WORK_CPU:
+            raise ValueError(f"one of {', '.join(WORK_CPU)}")
         if "Path" in kind:
             return Path(str(raw)).expanduser()
         if kind.startswith("bool"):

@@ -232,7 +232,8 @@ class Daemon:
     def _enter_cpu_groups(self) -> None:
         """The daemon into its cpu cgroup, beside the one where work yields to it (found
         once, here, and logged); None where not used: work yields by nice alone."""
-        cpu, why = cpugroups.detect(self.config.state_dir)
+        cpu, why = (cpugroups.detect(self.config.state_dir) if self.config.work_cpu == "idle"
+                    else (None, "work_cpu is nice"))
         if cpu is not None:
             try:
                 cpu.enter()

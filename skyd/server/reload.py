@@ -30,7 +30,7 @@ LIVE = ("handshake_timeout", "connections_per_user", "max_frame", "handshake_max
         "request_log_bytes", "job_log_bytes", "log_level")
 # Settled at start-up: a change waits for a restart.
 AT_RESTART = ("state_dir", "socket", "socket_group", "long_slots", "short_slots", "calibration",
-              "drain_timeout", "kill_grace", "spares", "ssh_known_hosts", "jobs_parallelism",
+              "drain_timeout", "kill_grace", "spares", "work_cpu", "ssh_known_hosts", "jobs_parallelism",
               "jobs_recover_after", "http", "tcp", "slurm", "skip_resources_check")
 
 
