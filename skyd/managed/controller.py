@@ -89,6 +89,7 @@ class JobsController:
         for t in drivers:
             t.cancel()
         await asyncio.gather(*drivers, return_exceptions=True)
+        await self.journal.appender.close()
 
     # ---- submission -----------------------------------------------------------------------
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,6 +27,8 @@ from skyd.managed.job import Job
 from skyd.protocol import MANAGED_FINISHED, ManagedJobStatus
 from skyd.store import Store
 from skyd.streams import follow
+
+log = logging.getLogger("skyd.managed.journal")
 
 LOG_SAVE_TIMEOUT = 60.0       # fetching an attempt's output before its cluster goes
 # A cancel request turns these into CANCELLING.
@@ -39,6 +43,7 @@ class Journal:
         self.clusters = clusters
         self.logs_dir = logs_dir
         self.request_log = request_log      # a request's own log (scheduler)
+        self.appender = Appender()
 
     def log_path(self, job_id: int) -> Path:
         return self.logs_dir / f"{job_id}.log"
@@ -81,18 +86,18 @@ class Journal:
 
     def note(self, job: Job, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        _append(self.controller_log_path(job.record.job_id),
-                f"{stamp} managed job {job.record.job_id}: {text}\n".encode())
-        job.topic.notify()
+        self.appender.append(self.controller_log_path(job.record.job_id),
+                             f"{stamp} managed job {job.record.job_id}: {text}\n".encode(),
+                             job.topic.notify)
 
     async def append_request_log(self, job: Job, rid: str, what: str) -> None:
         if not rid:
             return
         data = await asyncio.to_thread(_read, self.request_log(rid))
         if data:
-            _append(self.controller_log_path(job.record.job_id),
-                    f"----- {what} request {rid} -----\n".encode() + data)
-            job.topic.notify()
+            self.appender.append(self.controller_log_path(job.record.job_id),
+                                 f"----- {what} request {rid} -----\n".encode() + data,
+                                 job.topic.notify)
 
     # ---- the job's output ------------------------------------------------------------------
 
@@ -149,6 +154,41 @@ class Journal:
         finally:
             os.close(fd)
         job.topic.notify()
+
+
+class Appender:
+    """The controller logs' appends, off the loop (a submission's note is on its acceptance
+    path) and in order: one thread of their own. `flushed()` waits for those asked so far:
+    a reader calls it first, so what it reads holds every note made before."""
+
+    def __init__(self) -> None:
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyd-journal")
+        self._closed = False
+
+    def append(self, path: Path, data: bytes, then: Callable[[], None]) -> None:
+        if self._closed:                    # at the stop, after close(): in place
+            _append(path, data)
+            then()
+            return
+        done = asyncio.get_running_loop().run_in_executor(self._thread, _append, path, data)
+
+        def written(f: asyncio.Future[None]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("could not write to %s: %s", path, f.exception())
+            then()
+        done.add_done_callback(written)
+
+    async def flushed(self) -> None:
+        if not self._closed:
+            await asyncio.get_running_loop().run_in_executor(self._thread, _nothing)
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.to_thread(self._thread.shutdown, True)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -8,7 +8,7 @@ from typing import Hashable
 from skyd.clusters.joblog import JobLog
 from skyd.managed.controller import ACTIVE, JobsController
 from skyd.protocol import ManagedJobStatus
-from skyd.streams import FileLog, LogSource, read_from, wait_any
+from skyd.streams import FileLog, LogSource, Topic, read_from, wait_any
 
 ATTEMPT_END_WAIT = 1.0   # seconds between looks once the followed attempt has ended
 
@@ -17,9 +17,20 @@ def controller_log(ctl: JobsController, job_id: int, follow: bool) -> FileLog:
     """What the controller did for the job (the daemon writes it: woken by the job's
     topic)."""
     job = ctl.live(job_id)
-    return FileLog(ctl.controller_log_path(job_id),
-                   job.topic if job is not None and follow else None,
-                   lambda: ctl.live(job_id) is None)
+    return ControllerLog(ctl, job_id, job.topic if job is not None and follow else None)
+
+
+class ControllerLog(FileLog):
+    """Read once the journal's appends asked so far are written (they are made off the
+    loop: skyd.managed.journal.Appender)."""
+
+    def __init__(self, ctl: JobsController, job_id: int, topic: Topic | None):
+        super().__init__(ctl.controller_log_path(job_id), topic, lambda: ctl.live(job_id) is None)
+        self.ctl = ctl
+
+    async def read(self, offset: int) -> bytes:
+        await self.ctl.journal.appender.flushed()
+        return read_from(self.path, offset)
 
 
 class ManagedJobLog(LogSource):
