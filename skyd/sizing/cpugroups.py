@@ -26,13 +26,14 @@ and the reason is logged at the start."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from skyd.sizing import cgroupv1
 
 log = logging.getLogger("skyd.sizing.cpugroups")
 
@@ -124,52 +125,24 @@ def detect(state_dir: Path) -> tuple[CpuGroups | None, str]:
 
 def sweep(home: Path, keep: str) -> None:
     """Remove the empty pairs other daemons left (killed with -9); busy ones stay."""
-    try:
-        entries = [e for e in os.scandir(home) if e.name.startswith(PREFIX) and e.name != keep]
-    except OSError:
-        return
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            remove_if_empty(Path(entry.path))
+    for d in cgroupv1.subdirs(home):
+        if d.name.startswith(PREFIX) and d.name != keep:
+            remove_if_empty(d)
 
 
 def cpu_mount(mountinfo: str) -> tuple[Path, str] | None:
-    """Where the cgroup v1 cpu hierarchy is mounted, and which cgroup is its root there."""
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        fstype = fields[sep + 1]
-        options = fields[sep + 3] if len(fields) > sep + 3 else ""
-        if fstype == "cgroup" and "cpu" in options.split(","):
-            return Path(fields[4]), fields[3]
-    return None
+    return cgroupv1.mount_of("cpu", mountinfo)
 
 
 def own_path(proc_cgroup: str) -> str | None:
-    """The cpu cgroup in a /proc/<pid>/cgroup text ("1:cpu:/a/b", "4:cpu,cpuacct:/")."""
-    for line in proc_cgroup.splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "cpu" in controllers.split(","):
-            return path
-    return None
+    return cgroupv1.group_of("cpu", proc_cgroup)
 
 
-def on_disk(mount: Path, mount_root: str, group: str) -> Path:
-    root = mount_root.rstrip("/")
-    if root and group != root and not group.startswith(root + "/"):
-        return mount               # not under the mount's root: the root is what we see
-    return mount / group[len(root):].lstrip("/")
+on_disk = cgroupv1.on_disk
 
 
 def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
     try:
-        os.write(fd, text.encode())
-    except OSError as e:
-        if e.errno == errno.ESRCH:     # the process or thread is gone: nothing to move
-            return
-        raise
-    finally:
-        os.close(fd)
+        cgroupv1.write(path, text)
+    except ProcessLookupError:      # the process or thread is gone: nothing to move
+        pass

@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
+from skyd.sizing import cgroupv1
+
 log = logging.getLogger("skyd.infra.local.devicefence")
 
 NVIDIA_MAJOR = 195
@@ -67,7 +69,7 @@ class DeviceFence:
         try:
             return start()
         finally:
-            _write(home / "tasks", tid)
+            cgroupv1.write(home / "tasks", tid)
             with contextlib.suppress(OSError):  # not empty: the runner is in it
                 group.rmdir()
 
@@ -83,7 +85,7 @@ class DeviceFence:
                             os.write(deny, f"c {NVIDIA_MAJOR}:{minor} rwm".encode())
                 finally:
                     os.close(deny)
-                _write(group / "tasks", tid)
+                cgroupv1.write(group / "tasks", tid)
                 return group
             except OSError as e:
                 if group is not None:
@@ -100,17 +102,14 @@ class DeviceFence:
 
     def on_disk(self, group: str) -> Path:
         """The directory of a devices cgroup named as /proc/<pid>/cgroup names it."""
-        root = self.mount_root.rstrip("/")
-        if root and group != root and not group.startswith(root + "/"):
-            return self.mount      # not under the mount's root: the root is what we see
-        return self.mount / group[len(root):].lstrip("/")
+        return cgroupv1.on_disk(self.mount, self.mount_root, group)
 
     def sweep(self, ctl: str | None = None) -> None:
         """Remove the empty cgroups: one daemon's (that of `ctl`), else every daemon's;
         one that still holds a process (EBUSY) stays."""
-        dirs = [self.group_dir(ctl)] if ctl else _subdirs(self.base)
+        dirs = [self.group_dir(ctl)] if ctl else cgroupv1.subdirs(self.base)
         for d in dirs:
-            for group in _subdirs(d):
+            for group in cgroupv1.subdirs(d):
                 with contextlib.suppress(OSError):
                     group.rmdir()
             if ctl is None:
@@ -141,41 +140,11 @@ def _fresh(parent: Path, stem: str) -> Path:
             n += 1
 
 
-def _subdirs(d: Path) -> list[Path]:
-    try:
-        return [Path(e.path) for e in os.scandir(d) if e.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-
-
-def _write(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-
-
 def _devices_path(proc_cgroup: str) -> str:
-    """The devices cgroup in a /proc/<pid>/cgroup text ("5:devices:/a/b")."""
-    for line in proc_cgroup.splitlines():
-        _, controllers, path = line.split(":", 2)
-        if "devices" in controllers.split(","):
-            return path
-    raise OSError(errno.ENOENT, "no devices cgroup")
-
-
-def _devices_mount(mountinfo: str) -> tuple[Path, str] | None:
-    """Where the cgroup v1 devices hierarchy is mounted, and its root there."""
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        sep = fields.index("-")
-        fstype, options = fields[sep + 1], fields[sep + 3] if len(fields) > sep + 3 else ""
-        if fstype == "cgroup" and "devices" in options.split(","):
-            return Path(fields[4]), fields[3]
-    return None
+    path = cgroupv1.group_of("devices", proc_cgroup)
+    if path is None:
+        raise OSError(errno.ENOENT, "no devices cgroup")
+    return path
 
 
 def detect() -> DeviceFence | None:
@@ -199,7 +168,7 @@ def _try_detect() -> tuple[DeviceFence | None, str]:
     if os.geteuid() != 0:
         return None, "the daemon does not run as root"
     try:
-        found = _devices_mount(Path("/proc/self/mountinfo").read_text())
+        found = cgroupv1.mount_of("devices", Path("/proc/self/mountinfo").read_text())
         if found is None:
             return None, "no cgroup v1 devices controller is mounted"
         mount, mount_root = found
@@ -210,7 +179,7 @@ def _try_detect() -> tuple[DeviceFence | None, str]:
         # A rule written and the cgroup gone again: the controller is ours to use.
         probe = _fresh(fence.base, f"probe-{os.getpid()}")
         try:
-            _write(probe / "devices.deny", f"c {NVIDIA_MAJOR}:{GPU_MINORS[-1]} rwm")
+            cgroupv1.write(probe / "devices.deny", f"c {NVIDIA_MAJOR}:{GPU_MINORS[-1]} rwm")
         finally:
             probe.rmdir()
     except OSError as e:
