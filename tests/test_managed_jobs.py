@@ -325,7 +325,9 @@ def test_a_task_bigger_than_its_pool_hosts_fails_prechecks_once_and_frees_the_ho
     job = wait_job(pooled, job_id, 30)
     assert (job.status, job.attempt, job.launch_failures, job.recoveries) == \
         ("FAILED_PRECHECKS", 1, 0, 0), job
-    assert "CPUs; the task asks for 4096" in job.reason and f"@{pooled.hosts[0].ip}:" in job.reason
+    # Naming the host it was placed on: the first one, unless its probe was slow under load.
+    assert "CPUs; the task asks for 4096" in job.reason, job.reason
+    assert any(f"@{h.ip}:" in job.reason for h in pooled.hosts), job.reason
     assert clusters(pooled) == []
     assert all(h.cluster is None for h in pooled.call(protocol.InfraStatus()))
 

@@ -290,7 +290,7 @@ def test_nobody_cannot_act_on_roots_cluster_while_its_launch_is_queued(
 # ---- requests: see and control only your own ------------------------------------------------
 
 def test_nobody_cannot_cancel_or_read_roots_request(shared, workdir, nobody_client):
-    task = write_task(workdir, "long.yaml", "setup: sleep 20\n")
+    task = write_task(workdir, "long.yaml", "setup: sleep 60\n")
     p = as_root(shared, "launch", "--async", "-c", "slow", str(task))
     assert p.returncode == 0, p.stderr
     rid = p.stdout.strip()
@@ -313,11 +313,15 @@ def test_nobody_cannot_cancel_or_read_roots_request(shared, workdir, nobody_clie
     assert f"no request matches '{rid}'" in p.stderr
     assert "running launch" not in p.stdout + p.stderr       # skyd's lines go to stderr
 
-    # Still running, its setup still alive.
+    # Still running, its setup still alive (RUNNING comes before the setup starts: a
+    # loaded machine may take seconds from one to the other).
     time.sleep(0.2)
     assert shared.request(rid).status is Status.RUNNING
-    sleeps = [pid for pid in _pids_under(shared.state_dir, "sleep") if pid_alive(pid)]
-    assert sleeps, "root's setup should still be running"
+
+    def setup_sleeps() -> list[int]:
+        return [pid for pid in _pids_under(shared.state_dir, "sleep") if pid_alive(pid)]
+    assert wait_until(setup_sleeps, 20), "root's setup should still be running"
+    sleeps = setup_sleeps()
 
     # Root is an admin (and the owner): the cancel goes through.
     p = as_root(shared, "api", "cancel", rid)
