@@ -4,6 +4,7 @@ code exits.exit_code gave it."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -13,6 +14,10 @@ from skyctl.runner import run
 
 
 def main(argv: list[str] | None = None) -> int:
+    # What skyctl imported lives until it exits: frozen, the collections while the command
+    # runs and the full ones at interpreter exit skip it (~15 M instructions, 8 % of a cold
+    # `skyctl status`). A command makes little cyclic garbage; the shell's is still collected.
+    gc.freeze()
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
         sys.stdout.write(commands.overview())

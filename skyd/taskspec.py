@@ -1,14 +1,14 @@
 """Task YAML: a SkyPilot-compatible subset, decoded straight into typed Structs.
 
 Imports only msgspec and the standard library: skyctl validates a task before it
-sends it, and the daemon validates it again when the frame arrives.
+sends it, and the daemon validates it again when the frame arrives. Part of the wire
+contract, so it follows skyd.protocol's rules for skyctl's cold start: annotations are not
+postponed (msgspec would compile their text) and nothing is compiled at import.
 
 Supported fields: name, workdir, num_nodes, resources {cpus, memory, accelerators, infra,
 job_recovery}, envs, secrets, file_mounts, setup, run. Anything else is an error naming the
 field.
 """
-
-from __future__ import annotations
 
 import re
 from typing import Any
@@ -30,12 +30,14 @@ MAX_GPUS_PER_NODE = 64
 MAX_ENV_ENTRY_BYTES = 128 * 1024 - 1
 MAX_ENV_TOTAL_BYTES = 1024 * 1024
 # Matched with fullmatch: `$` would also match before a final newline. ASCII: \d and
-# IGNORECASE would otherwise take other scripts' digits and letters.
-_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}")
-_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SLURM_PARTITION_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
-_GPU_MODEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}", re.ASCII)
-_AMOUNT_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*", re.IGNORECASE | re.ASCII)
+# IGNORECASE would otherwise take other scripts' digits and letters. Kept as text: `re`
+# compiles (and caches) each on first use, so importing the task format, as every skyctl
+# command does, compiles none of them (~0.6 M instructions each).
+_NAME = r"[a-zA-Z0-9][a-zA-Z0-9._-]{0,62}"
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_SLURM_PARTITION = r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}"
+_GPU_MODEL = r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}"
+_AMOUNT = r"\s*(\d+(?:\.\d+)?)\s*(\+)?\s*(?:gb|g|gib)?\s*"
 
 
 class TaskError(ValueError):
@@ -96,7 +98,7 @@ def parse_amount(field: str, raw: int | float | str | None) -> Amount | None:
         if raw <= 0:
             raise TaskError(f"resources.{field}: must be positive, got {raw}")
         return Amount(float(raw), False)
-    m = _AMOUNT_RE.fullmatch(raw)
+    m = re.fullmatch(_AMOUNT, raw, re.IGNORECASE | re.ASCII)
     if not m or float(m.group(1)) <= 0:
         raise TaskError(f"resources.{field}: expected a number like 4 or '4+', got {raw!r}")
     return Amount(float(m.group(1)), bool(m.group(2)))
@@ -127,7 +129,7 @@ def _gpu_ask(text: str, count: int | None = None) -> GpuAsk:
         count = 1
     if isinstance(count, bool) or not isinstance(count, int):
         raise TaskError(f"{where}: {model!r}: the count must be a whole number, got {count!r}")
-    if not _GPU_MODEL_RE.fullmatch(model):
+    if not re.fullmatch(_GPU_MODEL, model, re.ASCII):
         raise TaskError(f"{where}: {model!r} is not a GPU model name (like H100, A100-80GB)")
     if not 1 <= count <= MAX_GPUS_PER_NODE:
         raise TaskError(f"{where}: {model}: the count must be between 1 and "
@@ -260,13 +262,13 @@ def _check_file_mounts(task: Task) -> None:
 
 def normalise(task: Task) -> Task:
     """Check values that types alone cannot, and turn env values into strings."""
-    if task.name is not None and not _NAME_RE.fullmatch(task.name):
+    if task.name is not None and not re.fullmatch(_NAME, task.name):
         raise TaskError(f"name: {task.name!r} must be 1-63 letters, digits, '.', '_' or '-'")
     if not 1 <= task.num_nodes <= MAX_NUM_NODES:
         raise TaskError(f"num_nodes: must be between 1 and {MAX_NUM_NODES}, got {task.num_nodes}")
     for label, mapping in (("envs", task.envs), ("secrets", task.secrets)):
         for key in mapping:
-            if not _ENV_NAME_RE.fullmatch(key):
+            if not re.fullmatch(_ENV_NAME, key):
                 raise TaskError(f"{label}: {key!r} is not a valid environment variable name")
     _check_env_sizes(task)
     for field, value in (("run", task.run), ("setup", task.setup), ("workdir", task.workdir),
@@ -299,7 +301,7 @@ def infra_kind(infra: str | None) -> tuple[str, str | None]:
     kind, _, pool = infra.partition("/")
     if kind == "ssh" and pool:
         return "ssh", pool
-    if kind == "slurm" and (not pool or _SLURM_PARTITION_RE.fullmatch(pool)):
+    if kind == "slurm" and (not pool or re.fullmatch(_SLURM_PARTITION, pool)):
         return "slurm", pool or None
     raise TaskError(f"resources.infra: unsupported infra {infra!r} "
                     "(use 'local', 'ssh/POOL', 'slurm' or 'slurm/PARTITION')")

@@ -9,9 +9,10 @@ are str-Enums. Everything is importable from here: `from skyd.protocol import La
 This package imports only msgspec and the standard library (and the task format,
 skyd.taskspec), because skyctl imports it and its cold start is part of the product: it is
 three modules, not one per topic, for the same reason (each module costs skyctl's start).
+Nor do its modules postpone annotations (`from __future__ import annotations`): msgspec
+would then compile and evaluate each field's annotation text when it first builds a decoder,
+and skyctl builds one for every command. So a Struct is defined after the ones it holds.
 """
-
-from __future__ import annotations
 
 import enum
 import socket

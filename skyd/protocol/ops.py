@@ -2,8 +2,6 @@
 queue runs it (server policy: the client never chooses), what it returns, and whether it
 is safe to run again after a server restart."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, ClassVar
 
 import msgspec

@@ -7,8 +7,6 @@ requests, clusters and their nodes, jobs, managed jobs, ssh hosts, and what the 
 about itself.
 """
 
-from __future__ import annotations
-
 import enum
 
 import msgspec
@@ -204,6 +202,18 @@ class ManagedJobRecord(msgspec.Struct, omit_defaults=True):
     priority: int = 500             # among its owner's own jobs: higher goes first (0-1000)
 
 
+class GpuSlot(msgspec.Struct, omit_defaults=True):
+    """One GPU of a host and who holds it."""
+    index: int
+    model: str               # as tasks name it: H100, A100-80GB
+    name: str = ""           # as nvidia-smi names it
+    memory_mib: int = 0
+    user: str = ""           # who holds it ("": free)
+    cluster: str = ""        # the cluster holding it (someone else's: "(in use)")
+    job_id: int = 0          # the job of that cluster using it now (0: none)
+    reserved: bool = False   # placed for a request that has not created its cluster yet
+
+
 class HostRecord(msgspec.Struct, omit_defaults=True):
     pool: str
     ip: str
@@ -218,18 +228,6 @@ class HostRecord(msgspec.Struct, omit_defaults=True):
     gpus: list[GpuSlot] = []         # its GPUs as the ledger knows them
     gpu_error: str = ""              # why its GPUs could not be detected
     clusters: list[str] = []         # every cluster with a slice of it (others' as "(in use)")
-
-
-class GpuSlot(msgspec.Struct, omit_defaults=True):
-    """One GPU of a host and who holds it."""
-    index: int
-    model: str               # as tasks name it: H100, A100-80GB
-    name: str = ""           # as nvidia-smi names it
-    memory_mib: int = 0
-    user: str = ""           # who holds it ("": free)
-    cluster: str = ""        # the cluster holding it (someone else's: "(in use)")
-    job_id: int = 0          # the job of that cluster using it now (0: none)
-    reserved: bool = False   # placed for a request that has not created its cluster yet
 
 
 class GpuHost(msgspec.Struct, omit_defaults=True):
@@ -249,6 +247,25 @@ class LaunchResult(msgspec.Struct, omit_defaults=True):
     cluster: str
     job_id: int | None
     job: JobRecord | None = None     # streamed into the job (Submit.follow_job): how it ended
+
+
+class Limits(msgspec.Struct):
+    """Fair shares and limits in force (0: no cap). Root and the daemon's own user (the
+    host's operators) have no per-user caps."""
+    handshake_timeout: float        # seconds to say hello before the connection is closed
+    connections_per_user: int
+    max_frame: int                  # largest frame, bytes
+    handshake_max_frame: int        # largest frame before the handshake
+    inflight_bytes: int             # unfinished large frames of all connections together
+    user_long_slots: int            # long slots one user may hold at once
+    user_pending: int               # long requests one user may have waiting
+    long_timeout: float             # default time limit of a long request, seconds
+    request_log_bytes: int          # output kept per request log
+    job_log_bytes: int = 0          # output kept per job and node (local infra)
+    max_gpus_per_user: int = 0      # GPUs one user may hold at once
+    max_clusters_per_user: int = 0  # clusters one user may have at once
+    tcp_handshake_timeout: float = 0.0   # TCP: seconds for TLS and a hello with a valid token
+    tcp_auth_failures: int = 0      # TCP: failed logins per address and minute before it waits
 
 
 class ServerInfo(msgspec.Struct):
@@ -274,25 +291,6 @@ class ServerInfo(msgspec.Struct):
     node_pools: str = ""     # the ssh node pools file it reads ("": a server older than this)
     tcp: str = ""            # the TCP address it also listens on ("": none)
     tls: bool = False        # TCP connections are TLS
-
-
-class Limits(msgspec.Struct):
-    """Fair shares and limits in force (0: no cap). Root and the daemon's own user (the
-    host's operators) have no per-user caps."""
-    handshake_timeout: float        # seconds to say hello before the connection is closed
-    connections_per_user: int
-    max_frame: int                  # largest frame, bytes
-    handshake_max_frame: int        # largest frame before the handshake
-    inflight_bytes: int             # unfinished large frames of all connections together
-    user_long_slots: int            # long slots one user may hold at once
-    user_pending: int               # long requests one user may have waiting
-    long_timeout: float             # default time limit of a long request, seconds
-    request_log_bytes: int          # output kept per request log
-    job_log_bytes: int = 0          # output kept per job and node (local infra)
-    max_gpus_per_user: int = 0      # GPUs one user may hold at once
-    max_clusters_per_user: int = 0  # clusters one user may have at once
-    tcp_handshake_timeout: float = 0.0   # TCP: seconds for TLS and a hello with a valid token
-    tcp_auth_failures: int = 0      # TCP: failed logins per address and minute before it waits
 
 
 class TokenRecord(msgspec.Struct, omit_defaults=True):
