@@ -159,7 +159,7 @@ class WorkerPool:
         """Start the forkserver (and resource tracker), or start it again when it died:
         each one started is recorded for reap_previous. Blocking; cheap when it runs."""
         if self.cpu is not None:
-            self.cpu.spawn_inside(_ensure_forkserver)
+            self.cpu.start_in_work_blocking(_ensure_forkserver)
         else:
             _ensure_forkserver()
         from multiprocessing import resource_tracker

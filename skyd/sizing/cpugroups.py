@@ -15,8 +15,10 @@ One parent per state directory (several daemons share a host in tests); a restar
 daemon takes the same one, where the jobs of its previous run still are. Empty ones left
 by a daemon killed with -9 are removed at a start.
 
-A process is in `work` before its first instruction: the spawning thread moves itself
-(`tasks` takes a thread id) into `work`, forks, and moves back, as the device fence does.
+A process is in `work` before its first instruction: local jobs' runners and the
+forkserver are started by one thread of the daemon that lives in `work` (`tasks` takes a
+thread id). It is moved there once: a move takes the kernel's cgroup lock (milliseconds,
+and every fork on the host waits for it), so no thread goes back and forth per start.
 
 Only cgroup v1's cpu hierarchy, writable by root, is used. Elsewhere — cgroup v2 (a
 domain cgroup takes whole processes only, and enabling its cpu controller needs a
@@ -25,19 +27,23 @@ and the reason is logged at the start."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from skyd.sizing import cgroupv1
 
 log = logging.getLogger("skyd.sizing.cpugroups")
 
 PREFIX = "skyd-"
+TRIES = 3
 T = TypeVar("T")
 
 
@@ -51,32 +57,55 @@ class CpuGroups:
         self.home = home
         self.daemon = parent / "daemon"
         self.work = parent / "work"
+        self._starter: ThreadPoolExecutor | None = None
+        self._making = threading.Lock()    # the pool's threads and the loop may ask first
 
     def enter(self) -> None:
         """Make the pair (or take the existing one) and move the whole daemon into
         `daemon`: its threads, and so what it starts later outside `work`."""
-        for group in (self.parent, self.daemon, self.work):
-            with contextlib.suppress(FileExistsError):
-                group.mkdir()
-        _write(self.work / "cpu.idle", "1")
-        _write(self.daemon / "cgroup.procs", str(os.getpid()))
+        for attempt in range(TRIES):
+            try:
+                for group in (self.parent, self.daemon, self.work):
+                    with contextlib.suppress(FileExistsError):
+                        group.mkdir()
+                _write(self.work / "cpu.idle", "1")
+                _write(self.daemon / "cgroup.procs", str(os.getpid()))
+                return
+            except FileNotFoundError:
+                # Removed while still empty by another daemon's sweep (its start): again.
+                if attempt == TRIES - 1:
+                    raise
 
     def leave(self) -> None:
         """Back to where the daemon started; the pair goes once empty (jobs still running
         keep `work`, and so the parent, until they end: the next start takes them)."""
+        if self._starter is not None:
+            self._starter.shutdown(wait=True)
         with contextlib.suppress(OSError):
             _write(self.home / "cgroup.procs", str(os.getpid()))
         remove_if_empty(self.parent)
 
-    def spawn_inside(self, start: Callable[[], T]) -> T:
-        """Run `start` (a fork + exec) with this thread in `work`: what it starts is in
-        `work` from its first instruction."""
-        tid = str(threading.get_native_id())
-        _write(self.work / "tasks", tid)
+    async def start_in_work(self, start: Callable[..., T], *args: Any) -> T:
+        """Run `start` (blocking: forks and execs) on the daemon's thread in `work`."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread(), functools.partial(start, *args))
+
+    def start_in_work_blocking(self, start: Callable[[], T]) -> T:
+        """The same, from a thread other than the loop's, waiting for it."""
+        return self._thread().submit(start).result()
+
+    def _thread(self) -> ThreadPoolExecutor:
+        with self._making:
+            if self._starter is None:
+                self._starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="skyd-work",
+                                                   initializer=self._thread_into_work)
+            return self._starter
+
+    def _thread_into_work(self) -> None:
         try:
-            return start()
-        finally:
-            _write(self.daemon / "tasks", tid)
+            _write(self.work / "tasks", str(threading.get_native_id()))
+        except OSError as e:       # it starts from the daemon's cgroup then: logged, not fatal
+            log.error("the thread that starts local jobs could not enter %s: %s", self.work, e)
 
     def holds(self, pid: int) -> str | None:
         """Which of the pair a process is in ("daemon", "work"), None if neither."""

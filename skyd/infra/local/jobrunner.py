@@ -96,13 +96,13 @@ def control_dir(state_dir: str | Path, cluster: str, job_id: int, rank: int) -> 
 
 def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
           log_limit: int = 0, fence: devicefence.DeviceFence | None = None,
-          scopes: Scopes | None = None, cpu: CpuGroups | None = None) -> JobHandle:
+          scopes: Scopes | None = None) -> JobHandle:
     """Start the runners, detached (own session), as the job's owner, with a clean login
     environment; their output and exit status go to the daemon's control files. With a
     `fence`, a runner on a host with GPUs starts in a devices cgroup that denies it the
     GPUs its job does not hold; with `scopes`, any other runner starts in a systemd scope
-    of its own (the two do not combine: scopes.py). With `cpu`, a runner outside a scope
-    starts in the cpu cgroup where work yields to the daemon (skyd.sizing.cpugroups)."""
+    of its own (the two do not combine: scopes.py). What it starts is in the calling
+    thread's cpu cgroup (LocalRunner.spawn: where work yields to the daemon)."""
     by_rank = {n.rank: n for n in nodes}
     procs = []
     for np in handle.nodes:
@@ -131,12 +131,10 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
                     argv, cwd="/", env=env, stdin=subprocess.DEVNULL,
                     stdout=log_fd, stderr=subprocess.STDOUT, pass_fds=(code_fd,),
                     start_new_session=True, **identity)
-            def fenced_start() -> subprocess.Popen:
-                if fence is not None and np.gpus is not None:
-                    return fence.spawn_inside(np.ctl, np.gpus, start)
-                return start()
-            in_scope = scopes is not None and not fenced
-            p = cpu.spawn_inside(fenced_start) if cpu is not None and not in_scope else fenced_start()
+            if fence is not None and np.gpus is not None:
+                p = fence.spawn_inside(np.ctl, np.gpus, start)
+            else:
+                p = start()
         finally:
             os.close(log_fd)
             os.close(code_fd)
@@ -217,8 +215,10 @@ class LocalRunner(JobRunner):
                     gid: int) -> JobHandle:
         # A fork+exec per node, in a thread: a few ms each that the loop, which accepts
         # everyone's requests, should not spend (profiling/bench_acceptance.py).
-        return await asyncio.to_thread(spawn, handle, nodes, uid, gid, self.log_limit,
-                                       self.fence, self.scopes, self.cpu)
+        args = (handle, nodes, uid, gid, self.log_limit, self.fence, self.scopes)
+        if self.cpu is not None:
+            return await self.cpu.start_in_work(spawn, *args)
+        return await asyncio.to_thread(spawn, *args)
 
     async def wait_outcome(self, handle: JobHandle, nodes: list[NodeInfo]) -> Outcome:
         while True:
