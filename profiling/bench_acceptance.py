@@ -11,10 +11,11 @@ count gets a fresh daemon (own state dir) and one warm-up job first.
           and running before the measurement, on a daemon with the default settings: work
           (workers, setups, local jobs) at WORK_NICE in the idle cpu cgroup beside the
           daemon's (skyd.sizing.cpugroups) where the host allows it.
+  background  the same with `--work-cpu background`: work idle against the whole host.
   nice    the same on a daemon started with `--work-cpu nice`: work yields by nice alone.
   nice0   as nice, with every worker and job at nice 0 (profiling/work_nice_zero on the
           daemon's PYTHONPATH sets skyd.privilege.WORK_NICE = 0): the comparison.
-  …-queued  (none-queued, idle-queued, nice-queued, nice0-queued) the same work, but the submitted jobs
+  …-queued  (none-queued, idle-queued, background-queued, nice-queued, nice0-queued) the same work, but the submitted jobs
           stay queued (--jobs-parallelism 1, the one launch slot held by a job whose setup
           sleeps): acceptance alone, without the daemon's work of starting them.
 Then `count` JobsLaunch(wait=False) of `run: echo hi`, one after another on one connection
@@ -53,6 +54,7 @@ LIGHT = Task(name="light", run="echo hi")
 NICE_ZERO = ROOT / "profiling" / "work_nice_zero"
 SETTLE_S = 1.5
 WORK = {"none": "none", "idle": "CPU-bound jobs, work_cpu idle (default)",
+        "background": "CPU-bound jobs, work_cpu background",
         "nice": "CPU-bound jobs, work_cpu nice",
         "nice0": "CPU-bound jobs at nice 0, work_cpu nice (comparison)"}
 VARIANTS = [*WORK, *(f"{w}-queued" for w in WORK)]
@@ -194,6 +196,8 @@ def one(root: Path, variant: str, count: int, hogs: int) -> dict:
     args = ["--jobs-parallelism", "1"] if queued else []
     if work in ("nice", "nice0"):
         args += ["--work-cpu", "nice"]
+    elif work == "background":
+        args += ["--work-cpu", "background"]
     d = AcceptDaemon(root, f"{variant}{count}", nice_zero=work == "nice0", args=args)
     d.start()
     try:

@@ -178,8 +178,30 @@ def test_work_cpu_nice_keeps_everything_where_the_daemon_started(cpu_cgroups, ma
     assert "work yields the CPU to the daemon by nice only: work_cpu is nice" in daemon.log()
 
 
-def test_work_cpu_takes_only_its_two_values(tmp_path):
+def test_work_cpu_takes_only_its_three_values(tmp_path):
     assert config.load({"state_dir": str(tmp_path)}, env={}).work_cpu == "idle"
     assert config.load({"state_dir": str(tmp_path)}, env={"SKYD_WORK_CPU": "nice"}).work_cpu == "nice"
-    with pytest.raises(config.ConfigError, match="work_cpu: invalid value 'low' .one of idle, nice"):
+    with pytest.raises(config.ConfigError,
+                       match="work_cpu: invalid value 'low' .one of idle, background, nice"):
         config.load({"state_dir": str(tmp_path)}, env={"SKYD_WORK_CPU": "low"})
+
+
+def test_work_cpu_background_yields_to_the_whole_host(cpu_cgroups, make_daemon, workdir):
+    """The daemon stays where it started; work is under a parent that is idle against
+    everything beside it."""
+    daemon = make_daemon("--work-cpu", "background")
+    assert daemon.proc is not None
+    home = cpu_group_of(os.getpid())
+    assert cpu_group_of(daemon.proc.pid) == home
+    marker = f"{workdir}/setup-marker"
+    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
+                                        cluster="setup"))
+    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
+    setup = processes_mentioning(Path(marker))[0]
+    groups = {cpu_group_of(pid) for pid in (setup, parent_of(setup), parent_of(parent_of(setup)))}
+    assert len(groups) == 1 and groups.pop().endswith("/work"), groups
+    mount, root = cpugroups.cpu_mount(Path("/proc/self/mountinfo").read_text())
+    work = cpugroups.on_disk(mount, root, cpu_group_of(setup))
+    assert (work.parent / "cpu.idle").read_text().strip() == "1"
+    assert work.parent.parent == cpugroups.on_disk(mount, root, home)
+    assert "work yields the CPU to everything on the host in an idle cpu cgroup" in daemon.log()

@@ -29,10 +29,11 @@ def _serve_parser(sub) -> None:
     p.add_argument("--drain-timeout", type=float,
                    help="on SIGTERM, wait this long for running requests (default 10 s)")
     p.add_argument("--spares", type=int, help="idle pre-forked workers kept ready (default 2)")
-    p.add_argument("--work-cpu", choices=("idle", "nice"),
+    p.add_argument("--work-cpu", choices=("idle", "background", "nice"),
                    help="how workers, setups and local jobs yield the CPU to the daemon: "
                         "idle, an idle cpu cgroup beside the daemon's where the host allows "
-                        "it, else nice; nice: nice alone (default idle)")
+                        "it, else nice; background: idle against everything on the host; "
+                        "nice: nice alone (default idle)")
     p.add_argument("--node-pools", help="ssh node pools file (YAML; default: "
                                         "<state-dir>/ssh_node_pools.yaml)")
     p.add_argument("--ssh-known-hosts", help="known_hosts file for node pools "

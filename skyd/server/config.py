@@ -15,7 +15,7 @@ from skyd.server.listeners import (ListenError, format_address, parse_tcp_addres
                                    require_tls_off_loopback)
 
 SYSTEM_SOCKET = Path("/run/skyd/skyd.sock")
-WORK_CPU = ("idle", "nice")
+WORK_CPU = ("idle", "background", "nice")
 
 
 def default_state_dir() -> Path:
@@ -42,8 +42,9 @@ class Config:
     kill_grace: float = 3.0               # SIGTERM -> SIGKILL when cancelling
     spares: int = 2                       # idle pre-forked workers
     # How work (workers, setups, local jobs) yields the CPU to the daemon's loop: "idle",
-    # an idle cpu cgroup beside the daemon's where the host allows it (else nice), or
-    # "nice" alone (skyd.sizing.cpugroups).
+    # an idle cpu cgroup beside the daemon's where the host allows it (else nice);
+    # "background", one idle against everything on the host; "nice" alone
+    # (skyd.sizing.cpugroups).
     work_cpu: str = "idle"
     skip_resources_check: bool = False
     node_pools: Path | None = None        # ssh node pools (YAML); default <state_dir>/ssh_node_pools.yaml

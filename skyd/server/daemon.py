@@ -232,8 +232,9 @@ class Daemon:
     def _enter_cpu_groups(self) -> None:
         """The daemon into its cpu cgroup, beside the one where work yields to it (found
         once, here, and logged); None where not used: work yields by nice alone."""
-        cpu, why = (cpugroups.detect(self.config.state_dir) if self.config.work_cpu == "idle"
-                    else (None, "work_cpu is nice"))
+        mode = self.config.work_cpu
+        cpu, why = (cpugroups.detect(self.config.state_dir, host_wide=mode == "background")
+                    if mode != "nice" else (None, "work_cpu is nice"))
         if cpu is not None:
             try:
                 cpu.enter()
@@ -243,7 +244,8 @@ class Daemon:
         if cpu is None:
             log.info("work yields the CPU to the daemon by nice only: %s", why)
         else:
-            log.info("work yields the CPU to the daemon in an idle cpu cgroup: %s", cpu.work)
+            log.info("work yields the CPU to %s in an idle cpu cgroup: %s",
+                     "everything on the host" if cpu.host_wide else "the daemon", cpu.work)
             self._stack.callback(cpu.leave)
 
     def _build(self, workers_dir: Path) -> None:

@@ -20,6 +20,12 @@ forkserver are started by one thread of the daemon that lives in `work` (`tasks`
 thread id). It is moved there once: a move takes the kernel's cgroup lock (milliseconds,
 and every fork on the host waits for it), so no thread goes back and forth per start.
 
+`work_cpu: background` trades fairness for the daemon's latency: the parent is the idle
+one, the daemon stays where it started, and work yields to everything on the host — the
+kernel's own threads too, such as the journal's that completes the daemon's fsync, which a
+pair competing as one group at the top does not preempt at once. Any busy process then
+takes the CPU from jobs, not only the daemon.
+
 Only cgroup v1's cpu hierarchy, writable by root, is used. Elsewhere — cgroup v2 (a
 domain cgroup takes whole processes only, and enabling its cpu controller needs a
 delegated subtree), no cpu.idle, not root — work yields by nice alone (privilege.WORK_NICE)
@@ -49,12 +55,14 @@ T = TypeVar("T")
 
 class CpuGroups:
     """`parent`: this daemon's directory in the cpu hierarchy; `home`: the cgroup the
-    daemon was started in (where a spawning thread goes back to, and the daemon at its
-    stop)."""
+    daemon was started in (and goes back to at its stop). `host_wide` (work_cpu
+    background): work yields to everything beside `home`, not only to the daemon: the
+    parent is the idle one and the daemon stays where it started."""
 
-    def __init__(self, parent: Path, home: Path) -> None:
+    def __init__(self, parent: Path, home: Path, host_wide: bool = False) -> None:
         self.parent = parent
         self.home = home
+        self.host_wide = host_wide
         self.daemon = parent / "daemon"
         self.work = parent / "work"
         self._starter: ThreadPoolExecutor | None = None
@@ -68,8 +76,10 @@ class CpuGroups:
                 for group in (self.parent, self.daemon, self.work):
                     with contextlib.suppress(FileExistsError):
                         group.mkdir()
-                _write(self.work / "cpu.idle", "1")
-                _write(self.daemon / "cgroup.procs", str(os.getpid()))
+                _write(self.parent / "cpu.idle", "1" if self.host_wide else "0")
+                _write(self.work / "cpu.idle", "0" if self.host_wide else "1")
+                if not self.host_wide:
+                    _write(self.daemon / "cgroup.procs", str(os.getpid()))
                 return
             except FileNotFoundError:
                 # Removed while still empty by another daemon's sweep (its start): again.
@@ -128,7 +138,7 @@ def remove_if_empty(parent: Path) -> bool:
         return False
 
 
-def detect(state_dir: Path) -> tuple[CpuGroups | None, str]:
+def detect(state_dir: Path, host_wide: bool = False) -> tuple[CpuGroups | None, str]:
     """This daemon's pair of cpu cgroups, not yet entered; or None and why not."""
     if os.geteuid() != 0:
         return None, "the daemon does not run as root"
@@ -147,7 +157,7 @@ def detect(state_dir: Path) -> tuple[CpuGroups | None, str]:
             home = home.parent.parent      # started from inside a pair (a daemon's child)
         tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:12]
         sweep(home, keep=PREFIX + tag)
-        return CpuGroups(home / (PREFIX + tag), home), ""
+        return CpuGroups(home / (PREFIX + tag), home, host_wide), ""
     except OSError as e:
         return None, f"the cpu cgroup cannot be used: {e}"
 
