@@ -15,8 +15,8 @@ count gets a fresh daemon (own state dir) and one warm-up job first.
   nice    the same on a daemon started with `--work-cpu nice`: work yields by nice alone.
   nice0   as nice, with every worker and job at nice 0 (profiling/work_nice_zero on the
           daemon's PYTHONPATH sets skyd.privilege.WORK_NICE = 0): the comparison.
-  …-queued  (none-queued, idle-queued, background-queued, nice-queued, nice0-queued) the same work, but the submitted jobs
-          stay queued (--jobs-parallelism 1, the one launch slot held by a job whose setup
+  …-queued  (none-queued, idle-queued, background-queued, …) the same work, but the
+          submitted jobs stay queued (--jobs-parallelism 1, the one launch slot held by a job whose setup
           sleeps): acceptance alone, without the daemon's work of starting them.
 Then `count` JobsLaunch(wait=False) of `run: echo hi`, one after another on one connection
 (what `skyctl jobs launch --async` sends), each timed from before Submit to its Accepted:
