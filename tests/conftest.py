@@ -5,7 +5,6 @@ subprocesses). Every test cleans up the processes it started."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import msgspec
 import pytest
 
 from profiling._daemon import DaemonProcess
+from reaper import Reaper
 from skyd import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ class Daemon(DaemonProcess):
     def start(self, extra: list[str] | None = None, wait: bool = True) -> "Daemon":
         self.spawn(extra)
         if wait:
-            self.wait_ready()
+            self.wait_ready(poll=0.005)     # a connect that fails costs far less than a wait
         return self
 
     def restart(self, extra: list[str] | None = None, sig: int = signal.SIGTERM) -> None:
@@ -154,31 +154,50 @@ def wait_until(pred, timeout: float = 10.0, interval: float = 0.02) -> bool:
     return pred()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def reaper():
+    """Ends the tests' daemons while the next test runs (tests/reaper.py); the session waits
+    for the last of them."""
+    r = Reaper(kill_leftovers)
+    yield r
+    r.pump(block=True)
+
+
 @pytest.fixture
-def workdir():
+def workdir(reaper):
+    reaper.pump()               # what earlier tests' daemons left, once they have exited
     # Short paths: a Unix socket path must fit in 107 bytes.
     d = Path(tempfile.mkdtemp(prefix="skyd-t-", dir="/tmp"))
     yield d
-    kill_leftovers(d)
-    shutil.rmtree(d, ignore_errors=True)
+    reaper.remove_later(d)      # after its daemons have exited
 
 
-@pytest.fixture
-def make_daemon(workdir):
-    daemons: list[Daemon] = []
-
+def _maker(directory: Path, daemons: list[Daemon]):
     def make(*args: str, start: bool = True, name: str = "state") -> Daemon:
-        d = Daemon(workdir / name, ["--skip-resources-check", "--drain-timeout", "2", *args])
+        d = Daemon(directory / name, ["--skip-resources-check", "--drain-timeout", "2", *args])
         daemons.append(d)
         if start:
             d.start()
         return d
+    return make
 
-    yield make
-    for d in daemons:
-        if d.proc is not None:
-            d.stop(signal.SIGTERM)
-        kill_leftovers(d.state_dir)
+
+@pytest.fixture
+def make_daemon(workdir, reaper):
+    daemons: list[Daemon] = []
+    yield _maker(workdir, daemons)
+    reaper.stop_later(daemons)  # SIGTERM now; they exit while the next test runs
+
+
+@pytest.fixture(scope="module")
+def make_module_daemon(reaper):
+    """make_daemon for daemons a module's tests share: only for tests that assert on what
+    they did themselves (before and after), never on the daemon being fresh."""
+    directory = Path(tempfile.mkdtemp(prefix="skyd-m-", dir="/tmp"))
+    daemons: list[Daemon] = []
+    yield _maker(directory, daemons)
+    reaper.stop_later(daemons)
+    reaper.remove_later(directory)
 
 
 @pytest.fixture

@@ -76,6 +76,14 @@ def launched(d, cluster: str, run: str | None = None, setup: str | None = "true"
     return msgs[0].request_id
 
 
+@pytest.fixture(scope="module")
+def served(make_module_daemon):
+    """One daemon for the tests that launch nothing: each checks that its bad input changed
+    nothing (no request row, no cluster, still serving), so they share it, and it must
+    survive all of them. Tests that launch something get a daemon of their own."""
+    return make_module_daemon()
+
+
 # ---- framing and decoding ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("body", [
@@ -84,19 +92,19 @@ def launched(d, cluster: str, run: str | None = None, setup: str | None = "true"
     pytest.param(b"\x92\x01", id="truncated-array"),
     pytest.param(b"\x83\xa1t\xa6submit", id="truncated-map"),
 ])
-def test_malformed_msgpack_is_bad_request_and_the_connection_goes_on(daemon, body):
-    before = long_ids(daemon)
-    out = raw_frames(daemon.socket, [framed(body), protocol.encode_frame(Submit(ApiInfo())),
+def test_malformed_msgpack_is_bad_request_and_the_connection_goes_on(served, body):
+    before = long_ids(served)
+    out = raw_frames(served.socket, [framed(body), protocol.encode_frame(Submit(ApiInfo())),
                                      protocol.encode_frame(Submit(protocol.ClusterStatus()))])
     assert isinstance(out[0], Welcome)
     assert isinstance(out[1], Error) and out[1].code is ErrorCode.BAD_REQUEST, out
     assert "malformed" in out[1].message
     # The same connection answers the next, valid, requests.
     assert isinstance(out[2], Result) and out[2].status is Status.SUCCEEDED, out
-    assert msgspec.convert(out[2].value, protocol.ServerInfo).pid == daemon.proc.pid
+    assert msgspec.convert(out[2].value, protocol.ServerInfo).pid == served.proc.pid
     assert isinstance(out[3], Result) and out[3].value == [], out
-    assert long_ids(daemon) == before
-    assert_serving(daemon)
+    assert long_ids(served) == before
+    assert_serving(served)
 
 
 @pytest.mark.parametrize("body", [
@@ -113,14 +121,14 @@ def test_malformed_msgpack_is_bad_request_and_the_connection_goes_on(daemon, bod
     pytest.param(_enc.encode({"t": "submit", "op": {"op": "logs", "cluster": "c",
                                                    "job_id": "one"}}), id="job-id-not-int"),
 ])
-def test_valid_msgpack_with_wrong_shape_is_bad_request(daemon, body):
-    before = long_ids(daemon)
-    out = raw_frames(daemon.socket, [framed(body), protocol.encode_frame(Submit(ApiInfo()))])
+def test_valid_msgpack_with_wrong_shape_is_bad_request(served, body):
+    before = long_ids(served)
+    out = raw_frames(served.socket, [framed(body), protocol.encode_frame(Submit(ApiInfo()))])
     assert isinstance(out[1], Error) and out[1].code is ErrorCode.BAD_REQUEST, out
     assert out[1].message.startswith("malformed request:"), out[1]
     assert isinstance(out[2], Result) and out[2].status is Status.SUCCEEDED, out
-    assert long_ids(daemon) == before
-    assert_serving(daemon)
+    assert long_ids(served) == before
+    assert_serving(served)
 
 
 @pytest.mark.parametrize("task, field", [
@@ -131,23 +139,23 @@ def test_valid_msgpack_with_wrong_shape_is_bad_request(daemon, body):
     pytest.param({"run": "echo", "gpus": 1}, "gpus", id="unknown-task-field"),
     pytest.param("echo hi", "task", id="task-a-string"),
 ])
-def test_wrong_types_inside_a_task_are_invalid_task(daemon, task, field):
+def test_wrong_types_inside_a_task_are_invalid_task(served, task, field):
     """session._decode_error: anything wrong at `$.op.task...` is INVALID_TASK."""
-    before = long_ids(daemon)
-    out = raw_frames(daemon.socket, [submit_body({"op": "launch", "task": task,
+    before = long_ids(served)
+    out = raw_frames(served.socket, [submit_body({"op": "launch", "task": task,
                                                   "cluster": "typed"})])
     err = out[1]
     assert isinstance(err, Error) and err.code is ErrorCode.INVALID_TASK, out
     assert err.message.startswith("invalid task:")
     assert field.split(".")[-1] in err.message, err
-    assert long_ids(daemon) == before
-    assert clusters(daemon) == {}
-    assert_serving(daemon)
+    assert long_ids(served) == before
+    assert clusters(served) == {}
+    assert_serving(served)
 
 
-def test_unknown_op_tag_is_unknown_op(daemon):
-    before = long_ids(daemon)
-    out = raw_frames(daemon.socket, [submit_body({"op": "teleport", "cluster": "c"}),
+def test_unknown_op_tag_is_unknown_op(served):
+    before = long_ids(served)
+    out = raw_frames(served.socket, [submit_body({"op": "teleport", "cluster": "c"}),
                                      protocol.encode_frame(Submit(ApiInfo()))])
     err = out[1]
     assert isinstance(err, Error) and err.code is ErrorCode.UNKNOWN_OP, out
@@ -155,12 +163,12 @@ def test_unknown_op_tag_is_unknown_op(daemon):
     assert "upgrade" in err.hint
     # The stream is still framed: the same connection goes on.
     assert isinstance(out[2], Result) and out[2].status is Status.SUCCEEDED, out
-    assert long_ids(daemon) == before
-    assert_serving(daemon)
+    assert long_ids(served) == before
+    assert_serving(served)
 
 
-def test_a_second_hello_is_bad_request_and_the_connection_goes_on(daemon):
-    out = raw_frames(daemon.socket, [protocol.encode_frame(Hello(protocol.PROTOCOL_VERSION)),
+def test_a_second_hello_is_bad_request_and_the_connection_goes_on(served):
+    out = raw_frames(served.socket, [protocol.encode_frame(Hello(protocol.PROTOCOL_VERSION)),
                                      protocol.encode_frame(Submit(ApiInfo()))])
     assert isinstance(out[1], Error) and out[1].code is ErrorCode.BAD_REQUEST, out
     assert isinstance(out[2], Result) and out[2].status is Status.SUCCEEDED, out
@@ -236,20 +244,20 @@ def test_an_oversized_launch_bigger_than_the_socket_buffers_still_says_too_large
 
 # ---- handshake -----------------------------------------------------------------------------
 
-def test_no_hello_first_is_bad_request(daemon):
-    before = long_ids(daemon)
-    out = raw_frames(daemon.socket, [protocol.encode_frame(Submit(setup_only("nohello")))],
+def test_no_hello_first_is_bad_request(served):
+    before = long_ids(served)
+    out = raw_frames(served.socket, [protocol.encode_frame(Submit(setup_only("nohello")))],
                      hello=False, read=2)
     assert isinstance(out[0], Error) and out[0].code is ErrorCode.BAD_REQUEST, out
     assert "hello" in out[0].message
     assert out[1] is None                      # the connection is closed
-    assert long_ids(daemon) == before
-    assert clusters(daemon) == {}
-    assert_serving(daemon)
+    assert long_ids(served) == before
+    assert clusters(served) == {}
+    assert_serving(served)
 
 
-def test_protocol_too_new_is_unsupported_version_with_upgrade_hint(daemon):
-    out = raw_frames(daemon.socket,
+def test_protocol_too_new_is_unsupported_version_with_upgrade_hint(served):
+    out = raw_frames(served.socket,
                      [protocol.encode_frame(Hello(protocol.PROTOCOL_VERSION + 1, "future"))],
                      hello=False, read=2)
     err = out[0]
@@ -257,18 +265,18 @@ def test_protocol_too_new_is_unsupported_version_with_upgrade_hint(daemon):
     assert f"v{protocol.PROTOCOL_VERSION + 1}" in err.message
     assert "upgrade" in err.hint.lower()
     assert out[1] is None
-    assert_serving(daemon)
+    assert_serving(served)
 
 
-def test_protocol_too_old_is_unsupported_version(daemon):
-    out = raw_frames(daemon.socket, [protocol.encode_frame(Hello(0, "ancient"))],
+def test_protocol_too_old_is_unsupported_version(served):
+    out = raw_frames(served.socket, [protocol.encode_frame(Hello(0, "ancient"))],
                      hello=False, read=2)
     err = out[0]
     assert isinstance(err, Error) and err.code is ErrorCode.UNSUPPORTED_VERSION, out
     assert "v0" in err.message
     assert "upgrade" in err.hint.lower()
     assert out[1] is None
-    assert_serving(daemon)
+    assert_serving(served)
 
 
 # ---- clients that misbehave at the socket level ---------------------------------------------
@@ -334,35 +342,35 @@ def test_half_a_header_or_garbage_then_disconnect_leaves_the_daemon_serving(daem
                  id="unknown-infra"),
     pytest.param("types.yaml", "run: echo hi\nnum_nodes: two\n", "num_nodes", id="wrong-type"),
 ])
-def test_bad_task_file_exits_2_with_a_clear_message(daemon, workdir, name, body, expect):
-    before = long_ids(daemon)
+def test_bad_task_file_exits_2_with_a_clear_message(served, workdir, name, body, expect):
+    before = long_ids(served)
     path = write_task(workdir, name, body)
-    p = daemon.skyctl("launch", str(path), "-c", "badtask")
+    p = served.skyctl("launch", str(path), "-c", "badtask")
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "error: invalid task" in p.stderr, p.stderr
     assert expect in p.stderr, p.stderr
     assert "Traceback" not in p.stderr
-    assert long_ids(daemon) == before
-    assert clusters(daemon) == {}
-    cli = daemon.skyctl("api", "status", "-a", "--json", check=True)
+    assert long_ids(served) == before
+    assert clusters(served) == {}
+    cli = served.skyctl("api", "status", "-a", "--json", check=True)
     assert "launch" not in cli.stdout
 
 
-def test_task_file_over_1_mib_is_refused_before_reading(daemon, workdir):
-    before = long_ids(daemon)
+def test_task_file_over_1_mib_is_refused_before_reading(served, workdir):
+    before = long_ids(served)
     path = write_task(workdir, "huge.yaml", "run: echo hi\n# " + "x" * (1024 * 1024) + "\n")
-    p = daemon.skyctl("launch", str(path), "-c", "huge")
+    p = served.skyctl("launch", str(path), "-c", "huge")
     assert p.returncode == 2, (p.returncode, p.stderr)
     assert "at most 1048576 bytes" in p.stderr
-    assert long_ids(daemon) == before
-    assert clusters(daemon) == {}
+    assert long_ids(served) == before
+    assert clusters(served) == {}
 
 
-def test_missing_task_file_exits_2(daemon, workdir):
-    p = daemon.skyctl("launch", str(workdir / "nowhere.yaml"), "-c", "x")
+def test_missing_task_file_exits_2(served, workdir):
+    p = served.skyctl("launch", str(workdir / "nowhere.yaml"), "-c", "x")
     assert p.returncode == 2
     assert "does not exist" in p.stderr
-    assert clusters(daemon) == {}
+    assert clusters(served) == {}
 
 
 # ---- tasks the client would refuse, sent straight over the wire ---------------------------------
@@ -376,22 +384,31 @@ def test_missing_task_file_exits_2(daemon, workdir):
     pytest.param(Task(run="echo hi", num_nodes=0), id="zero-nodes"),
     pytest.param(Task(run="echo hi", envs={"A=B": "1"}), id="bad-env-name"),
 ])
-def test_task_the_client_would_refuse_is_invalid_task_on_the_wire(daemon, task):
-    before = long_ids(daemon)
-    out = raw_frames(daemon.socket, [protocol.encode_frame(
+def test_task_the_client_would_refuse_is_invalid_task_on_the_wire(served, task):
+    before = long_ids(served)
+    out = raw_frames(served.socket, [protocol.encode_frame(
         Submit(protocol.Launch(task=task, cluster="wire"), wait=False))])
     err = out[1]
     try:
         assert isinstance(err, Error) and err.code is ErrorCode.INVALID_TASK, out
-        assert long_ids(daemon) == before
-        assert clusters(daemon) == {}
+        assert long_ids(served) == before
+        assert clusters(served) == {}
     finally:
-        if isinstance(err, Accepted):         # let it end before the daemon is stopped
-            daemon.wait_request(err.request_id)
-    assert_serving(daemon)
+        if isinstance(err, Accepted):         # let it end before the served is stopped
+            served.wait_request(err.request_id)
+    assert_serving(served)
 
 
 # ---- names and ids that do not exist --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def with_real(make_module_daemon):
+    """A daemon with one cluster, `real`, shared by the not-found cases: each checks that
+    it changed nothing."""
+    d = make_module_daemon(name="real")
+    launched(d, "real")
+    return d
+
 
 @pytest.mark.parametrize("op", [
     pytest.param(protocol.JobQueue(cluster="ghost"), id="queue"),
@@ -404,8 +421,8 @@ def test_task_the_client_would_refuse_is_invalid_task_on_the_wire(daemon, task):
     pytest.param(protocol.Stop(cluster="ghost"), id="stop"),
     pytest.param(protocol.Start(cluster="ghost"), id="start"),
 ])
-def test_unknown_cluster_is_not_found(daemon, op):
-    launched(daemon, "real")
+def test_unknown_cluster_is_not_found(with_real, op):
+    daemon = with_real
     before = long_ids(daemon)
     with pytest.raises(ServerError) as e:
         daemon.call(op)
@@ -420,12 +437,12 @@ def test_unknown_cluster_is_not_found(daemon, op):
     ("queue", "ghost"), ("logs", "ghost"), ("cancel", "ghost", "1"), ("down", "ghost"),
     ("exec", "-c", "ghost", "echo hi"), ("status", "ghost"),
 ], ids=lambda a: a[0])
-def test_unknown_cluster_through_the_cli_exits_2(daemon, args):
-    before = long_ids(daemon)
-    p = daemon.skyctl(*args)
+def test_unknown_cluster_through_the_cli_exits_2(served, args):
+    before = long_ids(served)
+    p = served.skyctl(*args)
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert "cluster 'ghost' does not exist" in p.stderr
-    assert long_ids(daemon) == before
+    assert long_ids(served) == before
 
 
 def test_unknown_job_on_an_existing_cluster_is_not_found(daemon):
@@ -592,41 +609,41 @@ def test_a_cluster_name_with_a_trailing_newline_is_refused(daemon, name):
     pytest.param(Task(run="true", envs={"A\n": "1"}), "envs", id="env-name"),
     pytest.param(Task(run="true", secrets={"B\n": "1"}), "secrets", id="secret-name"),
 ])
-def test_task_names_with_a_trailing_newline_are_invalid_on_the_wire(daemon, task, field):
-    before = long_ids(daemon)
+def test_task_names_with_a_trailing_newline_are_invalid_on_the_wire(served, task, field):
+    before = long_ids(served)
     for op in (protocol.Launch(task=task, cluster="wire"), protocol.JobsLaunch(task=task)):
-        out = raw_frames(daemon.socket, [protocol.encode_frame(Submit(op, wait=False))])
+        out = raw_frames(served.socket, [protocol.encode_frame(Submit(op, wait=False))])
         assert isinstance(out[1], Error) and out[1].code is ErrorCode.INVALID_TASK, out
         assert f"{field}:" in out[1].message, out[1]
-    assert long_ids(daemon) == before
-    assert clusters(daemon) == {}
-    assert daemon.call(protocol.JobsQueue()) == []
-    assert_serving(daemon)
+    assert long_ids(served) == before
+    assert clusters(served) == {}
+    assert served.call(protocol.JobsQueue()) == []
+    assert_serving(served)
 
 
 @pytest.mark.parametrize("target", [
     "../../other/x", "/a/../../b", "~/../other/.ssh/authorized_keys", "x/..", "..", "~root/x",
 ])
-def test_a_file_mounts_target_that_climbs_out_is_refused(daemon, workdir, target):
+def test_a_file_mounts_target_that_climbs_out_is_refused(served, workdir, target):
     src = workdir / "payload.txt"
     src.write_text("payload\n")
-    before = long_ids(daemon)
+    before = long_ids(served)
     # The real client refuses it, naming the field...
     path = write_task(workdir, "mounts.yaml",
                       f"file_mounts:\n  {json.dumps(target)}: {src}\nrun: 'true'\n")
-    p = daemon.skyctl("launch", str(path), "-c", "mounts")
+    p = served.skyctl("launch", str(path), "-c", "mounts")
     assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
     assert f"file_mounts: target {target!r}" in p.stderr, p.stderr
-    # ... and so does the daemon, for a raw client that skips skyctl's checks.
+    # ... and so does the served, for a raw client that skips skyctl's checks.
     task = Task(run="true", file_mounts={target: str(src)})
     for op in (protocol.Launch(task=task, cluster="mounts"), protocol.JobsLaunch(task=task)):
-        out = raw_frames(daemon.socket, [protocol.encode_frame(Submit(op, wait=False))])
+        out = raw_frames(served.socket, [protocol.encode_frame(Submit(op, wait=False))])
         assert isinstance(out[1], Error) and out[1].code is ErrorCode.INVALID_TASK, out
         assert f"file_mounts: target {target!r}" in out[1].message, out[1]
-    assert long_ids(daemon) == before
-    assert clusters(daemon) == {}
+    assert long_ids(served) == before
+    assert clusters(served) == {}
     assert not list(workdir.glob("**/other"))
-    assert_serving(daemon)
+    assert_serving(served)
 
 
 def test_targets_that_stay_on_the_node_are_still_accepted(daemon, workdir):
@@ -642,6 +659,16 @@ def test_targets_that_stay_on_the_node_are_still_accepted(daemon, workdir):
 
 
 HUGE = 2**63 + 5
+
+
+@pytest.fixture(scope="module")
+def with_job(make_module_daemon):
+    """A daemon with cluster `ids` and its job 1 (it printed "out"), shared by the cases
+    below: each checks that its bad id changed nothing."""
+    d = make_module_daemon(name="ids")
+    launched(d, "ids", run="echo out", setup=None)
+    d.wait_job("ids", 1)
+    return d
 
 
 @pytest.mark.parametrize("op, field", [
@@ -665,9 +692,8 @@ HUGE = 2**63 + 5
     pytest.param({"op": "api_logs", "request_id": "ab", "offset": HUGE}, "offset",
                  id="api-logs-offset"),
 ])
-def test_ids_out_of_range_are_bad_request_without_a_traceback(daemon, op, field):
-    launched(daemon, "ids", run="echo out", setup=None)
-    daemon.wait_job("ids", 1)
+def test_ids_out_of_range_are_bad_request_without_a_traceback(with_job, op, field):
+    daemon = with_job
     before = long_ids(daemon)
     out = raw_frames(daemon.socket, [submit_body(op), protocol.encode_frame(Submit(ApiInfo()))])
     err = out[1]
@@ -679,9 +705,8 @@ def test_ids_out_of_range_are_bad_request_without_a_traceback(daemon, op, field)
     assert_serving(daemon)
 
 
-def test_logs_with_a_huge_job_id_through_the_cli(daemon):
-    launched(daemon, "ids", run="echo out", setup=None)
-    daemon.wait_job("ids", 1)
+def test_logs_with_a_huge_job_id_through_the_cli(with_job):
+    daemon = with_job
     for bad in (str(HUGE), str(2**70), "-1", "0"):       # 2**70: more than msgpack carries
         for args in (("logs", "ids", bad, "--no-follow"), ("cancel", "ids", bad),
                      ("jobs", "logs", bad, "--no-follow"), ("jobs", "cancel", bad),

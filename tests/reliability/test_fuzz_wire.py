@@ -7,24 +7,42 @@ fuzz` runs 100,000 cases."""
 
 from __future__ import annotations
 
+import sqlite3
+import time
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 
+from conftest import wait_until
 from profiling.soak import fuzz_wire as fw
 from reliability.conftest import FUZZ
 from skyd import protocol
 from skyd.taskspec import Task
 
 
-@pytest.fixture
-def fuzz_daemon(make_daemon):
-    """A daemon with something in its database: a cluster and its finished launch."""
-    d = make_daemon()
+@pytest.fixture(scope="module")
+def fuzz_daemon(make_module_daemon):
+    """A daemon with something in its database: a cluster and its finished launch. One for
+    the module: every case checks that it changed nothing, so each must survive the rest."""
+    d = make_module_daemon()
     rid = d.submit_async(protocol.Launch(task=Task(run="true"), cluster=fw.EXISTING_CLUSTER))
     assert d.wait_request(rid, 30).status is protocol.Status.SUCCEEDED
     assert d.wait_job(fw.EXISTING_CLUSTER, 1).status == "SUCCEEDED"
+    # The daemon answers before its commit lands (group commit): compare with a settled
+    # database, or every case sees the launch's last write as its own.
+    assert wait_until(lambda: _settled(d.state_dir / "skyd.db"), 10)
     d.before = fw.db_state(d.state_dir / "skyd.db")
     return d
+
+
+def _settled(db: Path) -> bool:
+    first = fw.db_state(db)
+    time.sleep(0.1)
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as con:
+        unfinished = con.execute("SELECT count(*) FROM requests "
+                                 "WHERE status IN ('pending', 'running')").fetchone()[0]
+    return unfinished == 0 and fw.db_state(db) == first
 
 
 def _check_one(d, case: fw.WireCase) -> None:
