@@ -19,7 +19,6 @@ garbage line without a separator
 
 def test_mount_of_finds_a_controller_among_joined_ones_and_its_root():
     assert cgroupv1.mount_of("cpu", MOUNTINFO) == (Path("/sys/fs/cgroup/cpu,cpuacct"), "/")
-    assert cpugroups.cpu_mount(MOUNTINFO) == (Path("/sys/fs/cgroup/cpu,cpuacct"), "/")
     assert cgroupv1.mount_of("devices", MOUNTINFO) == (Path("/sys/fs/cgroup/devices"), "/docker/abc")
     assert cgroupv1.mount_of("memory", MOUNTINFO) is None       # v2 alone is not a v1 mount
 
@@ -27,7 +26,6 @@ def test_mount_of_finds_a_controller_among_joined_ones_and_its_root():
 def test_group_of_reads_the_controllers_line():
     text = "9:name=systemd:/\n4:cpu,cpuacct:/skyd-1/daemon\n1:devices:/a/b\n0::/x\n"
     assert cgroupv1.group_of("cpu", text) == "/skyd-1/daemon"
-    assert cpugroups.own_path(text) == "/skyd-1/daemon"
     assert cgroupv1.group_of("devices", text) == "/a/b"
     assert cgroupv1.group_of("memory", text) is None
 

@@ -13,9 +13,28 @@ import pytest
 from conftest import processes_mentioning, wait_until
 from skyd import protocol
 from skyd.server import config
-from skyd.sizing import cpugroups
+from skyd.sizing import cgroupv1, cpugroups
 from skyd.taskspec import Task
 from skyd.privilege import WORK_NICE
+
+
+def start_job(daemon) -> Path:
+    """A job that runs (`sleep 60`) on cluster "runs": its job dir, once its runner and
+    run.sh are up."""
+    daemon.submit_async(protocol.Launch(task=Task(run="sleep 60"), cluster="runs"))
+    job_dir = daemon.state_dir / "clusters" / "runs"
+    assert wait_until(lambda: len(processes_mentioning(job_dir)) >= 2, 30)   # runner, run.sh
+    return job_dir
+
+
+def start_setup(daemon, workdir: Path) -> int:
+    """A launch on cluster "setup" whose setup is still going: the setup command's pid
+    (its parent is the worker running the launch)."""
+    marker = f"{workdir}/setup-marker"
+    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
+                                        cluster="setup"))
+    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
+    return processes_mentioning(Path(marker))[0]
 
 
 def nice_of(pid: int) -> int:
@@ -30,16 +49,8 @@ def parent_of(pid: int) -> int:
 def test_workers_and_jobs_run_nicer_than_the_daemon(daemon, workdir):
     assert daemon.proc is not None
     base = nice_of(daemon.proc.pid)
-    # A job that runs, on one cluster.
-    daemon.submit_async(protocol.Launch(task=Task(run="sleep 60"), cluster="runs"))
-    job_dir = daemon.state_dir / "clusters" / "runs"
-    assert wait_until(lambda: len(processes_mentioning(job_dir)) >= 2, 30)   # runner, run.sh
-    # A launch whose setup is still going, on another: its worker and the setup command.
-    marker = f"{workdir}/setup-marker"
-    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
-                                        cluster="setup"))
-    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
-    setup = processes_mentioning(Path(marker))[0]
+    job_dir = start_job(daemon)             # a job that runs, on one cluster
+    setup = start_setup(daemon, workdir)    # a launch whose setup is still going, on another
     worker = parent_of(setup)
     niced = {pid: nice_of(pid) for pid in [*processes_mentioning(job_dir), setup, worker]}
     assert all(n >= min(19, base + WORK_NICE) for n in niced.values()), (base, niced)
@@ -74,7 +85,14 @@ def autogroup_nice(pid: int) -> int:
 # ---- the idle cpu cgroup ---------------------------------------------------------------
 
 def cpu_group_of(pid: int) -> str:
-    return cpugroups.own_path(Path(f"/proc/{pid}/cgroup").read_text()) or ""
+    return cgroupv1.group_of("cpu", Path(f"/proc/{pid}/cgroup").read_text()) or ""
+
+
+def cpu_dir(group: str) -> Path:
+    """The directory of a cpu cgroup named as /proc/<pid>/cgroup names it."""
+    mount = cgroupv1.mount_of("cpu", Path("/proc/self/mountinfo").read_text())
+    assert mount is not None
+    return cgroupv1.on_disk(*mount, group)
 
 
 @pytest.fixture
@@ -91,7 +109,7 @@ def cpu_cgroups() -> None:
 def daemon_threads_are_placed(pid: int, daemon_group: str, work_group: str) -> None:
     """Every thread of the daemon is in `daemon` (its loop, the store's writer…) but one:
     the thread that starts the forkserver and local jobs lives in `work`."""
-    threads = [cpugroups.own_path(Path(f"/proc/{pid}/task/{tid}/cgroup").read_text())
+    threads = [cgroupv1.group_of("cpu", Path(f"/proc/{pid}/task/{tid}/cgroup").read_text())
                for tid in os.listdir(f"/proc/{pid}/task")]
     assert threads.count(work_group) == 1, threads
     assert set(threads) == {daemon_group, work_group}, threads
@@ -108,20 +126,13 @@ def test_work_runs_in_an_idle_cpu_cgroup_beside_the_daemon(cpu_cgroups, make_dae
     parent = dgroup.removesuffix("/daemon")
     assert dgroup.endswith("/daemon") and Path(parent).name.startswith("skyd-"), dgroup
     assert Path(parent).parent == Path(home), (parent, home)
-    mount, root = cpugroups.cpu_mount(Path("/proc/self/mountinfo").read_text())
-    on_disk = cpugroups.on_disk(mount, root, parent)
+    on_disk = cpu_dir(parent)
     assert (on_disk / "work" / "cpu.idle").read_text().strip() == "1"
     assert (on_disk / "daemon" / "cpu.idle").read_text().strip() == "0"
     daemon_threads_are_placed(daemon.proc.pid, dgroup, parent + "/work")
 
-    daemon.submit_async(protocol.Launch(task=Task(run="sleep 60"), cluster="runs"))
-    job_dir = daemon.state_dir / "clusters" / "runs"
-    assert wait_until(lambda: len(processes_mentioning(job_dir)) >= 2, 30)   # runner, run.sh
-    marker = f"{workdir}/setup-marker"
-    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
-                                        cluster="setup"))
-    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
-    setup = processes_mentioning(Path(marker))[0]
+    job_dir = start_job(daemon)
+    setup = start_setup(daemon, workdir)
     worker = parent_of(setup)
     forkserver = parent_of(worker)
     work = {pid: cpu_group_of(pid)
@@ -156,8 +167,7 @@ def procs_in(group: Path) -> str:
 def test_a_pair_left_by_a_daemon_killed_with_9_goes_at_another_start(cpu_cgroups, make_daemon):
     first = make_daemon(name="first")
     assert first.proc is not None
-    mount, root = cpugroups.cpu_mount(Path("/proc/self/mountinfo").read_text())
-    left = cpugroups.on_disk(mount, root, cpu_group_of(first.proc.pid)).parent
+    left = cpu_dir(cpu_group_of(first.proc.pid)).parent
     first.stop(signal.SIGKILL)
     assert left.is_dir()                    # nothing ran to remove it
     # Its forkserver and spares end moments after it (they see its end of their pipes).
@@ -173,11 +183,7 @@ def test_work_cpu_nice_keeps_everything_where_the_daemon_started(cpu_cgroups, ma
     daemon = make_daemon("--work-cpu", "nice")
     assert daemon.proc is not None
     home = cpu_group_of(os.getpid())
-    marker = f"{workdir}/setup-marker"
-    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
-                                        cluster="setup"))
-    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
-    setup = processes_mentioning(Path(marker))[0]
+    setup = start_setup(daemon, workdir)
     groups = {pid: cpu_group_of(pid) for pid in (daemon.proc.pid, setup, parent_of(setup))}
     assert set(groups.values()) == {home}, groups
     assert "work yields the CPU to the daemon by nice only: work_cpu is nice" in daemon.log()
@@ -198,15 +204,10 @@ def test_work_cpu_background_yields_to_the_whole_host(cpu_cgroups, make_daemon, 
     assert daemon.proc is not None
     home = cpu_group_of(os.getpid())
     assert cpu_group_of(daemon.proc.pid) == home
-    marker = f"{workdir}/setup-marker"
-    daemon.submit_async(protocol.Launch(task=Task(setup=f"sleep 60; echo {marker}", run="true"),
-                                        cluster="setup"))
-    assert wait_until(lambda: processes_mentioning(Path(marker)), 30)
-    setup = processes_mentioning(Path(marker))[0]
+    setup = start_setup(daemon, workdir)
     groups = {cpu_group_of(pid) for pid in (setup, parent_of(setup), parent_of(parent_of(setup)))}
     assert len(groups) == 1 and groups.pop().endswith("/work"), groups
-    mount, root = cpugroups.cpu_mount(Path("/proc/self/mountinfo").read_text())
-    work = cpugroups.on_disk(mount, root, cpu_group_of(setup))
+    work = cpu_dir(cpu_group_of(setup))
     assert (work.parent / "cpu.idle").read_text().strip() == "1"
-    assert work.parent.parent == cpugroups.on_disk(mount, root, home)
+    assert work.parent.parent == cpu_dir(home)
     assert "work yields the CPU to everything on the host in an idle cpu cgroup" in daemon.log()

@@ -30,7 +30,7 @@ class ControllerLog(FileLog):
 
     async def read(self, offset: int) -> bytes:
         await self.ctl.journal.appender.flushed()
-        return read_from(self.path, offset)
+        return await super().read(offset)
 
 
 class ManagedJobLog(LogSource):

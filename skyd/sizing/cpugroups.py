@@ -70,16 +70,19 @@ class CpuGroups:
 
     def enter(self) -> None:
         """Make the pair (or take the existing one) and move the whole daemon into
-        `daemon`: its threads, and so what it starts later outside `work`."""
+        `daemon`: its threads, and so what it starts later outside `work`. Host-wide,
+        only the parent (idle) and `work`: the daemon stays where it is."""
         for attempt in range(TRIES):
             try:
-                for group in (self.parent, self.daemon, self.work):
+                groups = (self.parent, self.work) if self.host_wide else \
+                    (self.parent, self.daemon, self.work)
+                for group in groups:
                     with contextlib.suppress(FileExistsError):
                         group.mkdir()
-                _write(self.parent / "cpu.idle", "1" if self.host_wide else "0")
-                _write(self.work / "cpu.idle", "0" if self.host_wide else "1")
+                cgroupv1.write(self.parent / "cpu.idle", "1" if self.host_wide else "0")
+                cgroupv1.write(self.work / "cpu.idle", "0" if self.host_wide else "1")
                 if not self.host_wide:
-                    _write(self.daemon / "cgroup.procs", str(os.getpid()))
+                    cgroupv1.write(self.daemon / "cgroup.procs", str(os.getpid()))
                 return
             except FileNotFoundError:
                 # Removed while still empty by another daemon's sweep (its start): again.
@@ -92,7 +95,7 @@ class CpuGroups:
         if self._starter is not None:
             self._starter.shutdown(wait=True)
         with contextlib.suppress(OSError):
-            _write(self.home / "cgroup.procs", str(os.getpid()))
+            cgroupv1.write(self.home / "cgroup.procs", str(os.getpid()))
         remove_if_empty(self.parent)
 
     async def start_in_work(self, start: Callable[..., T], *args: Any) -> T:
@@ -113,17 +116,9 @@ class CpuGroups:
 
     def _thread_into_work(self) -> None:
         try:
-            _write(self.work / "tasks", str(threading.get_native_id()))
+            cgroupv1.write(self.work / "tasks", str(threading.get_native_id()))
         except OSError as e:       # it starts from the daemon's cgroup then: logged, not fatal
             log.error("the thread that starts local jobs could not enter %s: %s", self.work, e)
-
-    def holds(self, pid: int) -> str | None:
-        """Which of the pair a process is in ("daemon", "work"), None if neither."""
-        path = own_path(Path(f"/proc/{pid}/cgroup").read_text())
-        for name in ("daemon", "work"):
-            if path is not None and path.endswith(f"/{self.parent.name}/{name}"):
-                return name
-        return None
 
 
 def remove_if_empty(parent: Path) -> bool:
@@ -143,14 +138,14 @@ def detect(state_dir: Path, host_wide: bool = False) -> tuple[CpuGroups | None, 
     if os.geteuid() != 0:
         return None, "the daemon does not run as root"
     try:
-        mount = cpu_mount(Path("/proc/self/mountinfo").read_text())
+        mount = cgroupv1.mount_of("cpu", Path("/proc/self/mountinfo").read_text())
         if mount is None:
             return None, "no cgroup v1 cpu controller is mounted (cgroup v2: not used yet)"
         where, mount_root = mount
-        path = own_path(Path("/proc/self/cgroup").read_text())
+        path = cgroupv1.group_of("cpu", Path("/proc/self/cgroup").read_text())
         if path is None:
             return None, "the daemon's cpu cgroup is not known"
-        home = on_disk(where, mount_root, path)
+        home = cgroupv1.on_disk(where, mount_root, path)
         if not (home / "cpu.idle").exists():
             return None, "this kernel has no cpu.idle (Linux 5.15+)"
         if home.name == "daemon" and home.parent.name.startswith(PREFIX):
@@ -167,21 +162,3 @@ def sweep(home: Path, keep: str) -> None:
     for d in cgroupv1.subdirs(home):
         if d.name.startswith(PREFIX) and d.name != keep:
             remove_if_empty(d)
-
-
-def cpu_mount(mountinfo: str) -> tuple[Path, str] | None:
-    return cgroupv1.mount_of("cpu", mountinfo)
-
-
-def own_path(proc_cgroup: str) -> str | None:
-    return cgroupv1.group_of("cpu", proc_cgroup)
-
-
-on_disk = cgroupv1.on_disk
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        cgroupv1.write(path, text)
-    except ProcessLookupError:      # the process or thread is gone: nothing to move
-        pass
