@@ -73,6 +73,8 @@ class Scheduler:
         self.runner = LongRunner(store, pool, workload, self._finish, self.log_path, log_limit,
                                  long_timeout, kill_grace)
         self.short_live: dict[str, Request] = {}
+        # Ended, outcome being committed: still listed and found as it was until then.
+        self.finishing: dict[str, Request] = {}
         self.short_ring: collections.deque[RequestRecord] = collections.deque(maxlen=SHORT_RING)
         self._tasks: set[asyncio.Task] = set()
         self.accepting = True
@@ -82,7 +84,11 @@ class Scheduler:
 
     def active(self, request_id: str) -> Request | None:
         return (self.long_running.get(request_id) or self.long_pending.get(request_id)
-                or self.short_live.get(request_id))
+                or self.short_live.get(request_id) or self.finishing.get(request_id))
+
+    def live(self) -> dict[str, Request]:
+        """Every request not yet ended durably, by id: running, pending, short or finishing."""
+        return {**self.finishing, **self.short_live, **self.long_pending, **self.long_running}
 
     def log_path(self, request_id: str) -> Path:
         return self.logs_dir / f"{request_id}.log"
@@ -221,26 +227,29 @@ class Scheduler:
 
     async def _finish(self, req: Request, status: Status, value: Any = None,
                       error: Error | None = None) -> None:
+        """Record the outcome, then publish it. Until the row is committed the request
+        reads as it was (`api status`, a waiter, its log): what anyone is told has ended
+        has ended durably, so a crash in between cannot re-run what a client saw end."""
         rec = req.record
-        rec.status = status
-        rec.finished_at = time.time()
-        if error is not None:
-            rec.error = error.message
-            req.result = error
-            blob = _enc.encode(error)
-        else:
-            blob = _enc.encode(value)
-            req.result = blob
-        if rec.queue is Queue.LONG:
-            await self.workload.on_end(rec)
+        final = msgspec.structs.replace(
+            rec, status=status, finished_at=time.time(),
+            error=error.message if error is not None else rec.error)
+        blob = _enc.encode(error if error is not None else value)
+        self.finishing[rec.id] = req
+        try:
+            if rec.queue is Queue.LONG:
+                await self.workload.on_end(final)
+                await self.store.finish_request(rec.id, status, final.finished_at, blob,
+                                                final.error)
+        finally:
+            del self.finishing[rec.id]
+        rec.status, rec.finished_at, rec.error = status, final.finished_at, final.error
+        req.result = error if error is not None else blob
         if req.log is not None:
             req.log.line(f"request {status.value}" + (f": {rec.error}" if rec.error else ""))
-        if rec.queue is Queue.LONG:
-            await self.store.finish_request(rec.id, status, rec.finished_at, blob, rec.error)
+            req.log.close()
         self.counters[f"{rec.queue.value}_{status.value}"] += 1
         metrics.request_finished(rec)
-        if req.log is not None:
-            req.log.close()
         req.topic.notify()
         if not req.done.done():
             req.done.set_result(None)
@@ -255,7 +264,7 @@ class Scheduler:
             self._dispatch()
             return True
         if rid in self.long_running:
-            if req.record.status.finished:
+            if rid in self.finishing:
                 return False        # its outcome is being recorded: too late to cancel
             if not req.cancel_requested:
                 req.cancel_requested = True

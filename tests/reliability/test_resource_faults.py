@@ -6,9 +6,12 @@ without a restart. (A worker killed with -9: test_no_orphans.py.)"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -218,6 +221,47 @@ def test_a_database_locked_past_the_busy_timeout_is_a_clear_error_and_loses_noth
             a.code in (protocol.ErrorCode.BUSY, protocol.ErrorCode.UNAVAILABLE)
             and "lock" in a.message), a
     assert d.wait_request(running, 8).status is protocol.Status.SUCCEEDED
+
+
+@pytest.mark.timeout(60)
+def test_an_ended_request_reads_as_ended_only_once_that_is_durable(make_daemon, workdir):
+    """The outcome is published after its row is committed. A running launch cancelled
+    while the database is locked has its worker stopped at once, yet reads RUNNING, to a
+    client and in the database, until the commit; a kill -9 in that window leaves the two
+    agreeing, and the restart's rules apply to it."""
+    d = make_daemon("--long-slots", "2")
+    go = workdir / "go"
+    rid = d.submit_async(_launch("held", setup=f"while [ ! -e {go} ]; do sleep 0.05; done"))
+    assert wait_until(lambda: _running(str(go)), 15)
+    locker = _lock_db(d, 30)
+    acked: list = []
+
+    def cancel() -> None:
+        with contextlib.suppress(ConnectionError):     # the daemon is killed before it answers
+            acked.append(d.call(protocol.ApiCancel(request_ids=[rid])))
+    try:
+        threading.Thread(target=cancel, daemon=True).start()
+        assert wait_until(lambda: not _running(str(go)), 15), "the cancel did not stop the setup"
+        seen = {d.request(rid).status for _ in range(20) if time.sleep(0.05) is None}
+        assert seen == {protocol.Status.RUNNING}, seen
+        assert not acked, acked             # a cancel is acknowledged once it is durable
+        d.stop(signal.SIGKILL)
+    finally:
+        locker.kill()
+        locker.wait(10)
+    assert _stored_status(d, rid) == protocol.Status.RUNNING.value    # as the client was told
+    go.touch()
+    d.start()
+    assert d.wait_request(rid, 30).status in (protocol.Status.SUCCEEDED, protocol.Status.FAILED)
+
+
+def _running(text: str) -> bool:
+    return any(text in " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
+
+
+def _stored_status(d, rid: str) -> str:
+    with contextlib.closing(sqlite3.connect(d.state_dir / "skyd.db")) as db:
+        return db.execute("SELECT status FROM requests WHERE id = ?", (rid,)).fetchone()[0]
 
 
 # ---- a setup killed by the OOM killer -----------------------------------------------------

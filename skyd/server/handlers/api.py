@@ -26,8 +26,7 @@ async def resolve(s: Services, caller: Caller, prefix: str) -> str:
         raise SkydError(ErrorCode.BAD_REQUEST, f"{prefix!r} is not a request id (hex digits and '-')")
     sched = s.scheduler
     uid = None if caller.admin else caller.uid
-    found = {rid for rid, req in (*sched.long_pending.items(), *sched.long_running.items(),
-                                  *sched.short_live.items())
+    found = {rid for rid, req in sched.live().items()
              if rid.startswith(prefix) and uid in (None, req.record.uid)}
     found.update(r.id for r in sched.short_ring if r.id.startswith(prefix) and uid in (None, r.uid))
     found.update(await s.store.request_ids_with_prefix(prefix, limit=10, uid=uid))
@@ -79,8 +78,7 @@ async def api_status(s: Services, caller: Caller, op: ApiStatus) -> list[Request
         return [await lookup(s, caller, prefix) for prefix in op.request_ids]
     sched = s.scheduler
     me = current_request.get()
-    active = [r.record for r in (*sched.long_running.values(), *sched.long_pending.values(),
-                                 *sched.short_live.values())
+    active = [r.record for r in sched.live().values()
               if _visible(caller, r.record, op.all_users) and r.record.id != me]
     if not op.all_statuses:
         active.sort(key=lambda r: r.created_at, reverse=True)
