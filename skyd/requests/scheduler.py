@@ -231,19 +231,19 @@ class Scheduler:
         reads as it was (`api status`, a waiter, its log): what anyone is told has ended
         has ended durably, so a crash in between cannot re-run what a client saw end."""
         rec = req.record
+        ended = time.time()
         final = msgspec.structs.replace(
-            rec, status=status, finished_at=time.time(),
+            rec, status=status, finished_at=ended,
             error=error.message if error is not None else rec.error)
         blob = _enc.encode(error if error is not None else value)
         self.finishing[rec.id] = req
         try:
             if rec.queue is Queue.LONG:
                 await self.workload.on_end(final)
-                await self.store.finish_request(rec.id, status, final.finished_at, blob,
-                                                final.error)
+                await self.store.finish_request(rec.id, status, ended, blob, final.error)
         finally:
             del self.finishing[rec.id]
-        rec.status, rec.finished_at, rec.error = status, final.finished_at, final.error
+        rec.status, rec.finished_at, rec.error = status, ended, final.error
         req.result = error if error is not None else blob
         if req.log is not None:
             req.log.line(f"request {status.value}" + (f": {rec.error}" if rec.error else ""))
