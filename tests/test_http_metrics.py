@@ -94,6 +94,9 @@ def test_metrics_after_real_requests(make_daemon, workdir):
     with d.connect():
         assert value(scrape(d.base), "skyd_connections") == 1
     assert value(m, "process_resident_memory_bytes") > 10e6
+    # Every long request's start and end was committed; some commits carried several rows.
+    commits, rows = value(m, "skyd_store_commits_total"), value(m, "skyd_store_rows_written_total")
+    assert 0 < commits <= rows and rows >= 2 * long_ran, (commits, rows)
     # Bounded cardinality: no label names a person or a request.
     assert {k for _, labels in m for k, _ in labels} <= LABELS
     text = get(d.base + "/metrics")[1]

@@ -46,10 +46,10 @@ async def test_commits_are_synchronous_full(tmp_path):
     await store.open()
     try:
         await store.add_request(_record(0), b"\x80")
-        async with store._w.execute("PRAGMA synchronous") as cur:
-            assert (await cur.fetchone())[0] == 2           # FULL
-        async with store._w.execute("PRAGMA journal_mode") as cur:
-            assert (await cur.fetchone())[0] == "wal"
+        def pragma(name: str):
+            return store._w.execute(f"PRAGMA {name}").fetchone()[0]
+        assert await store._on_writer(pragma, "synchronous") == 2       # FULL
+        assert await store._on_writer(pragma, "journal_mode") == "wal"
     finally:
         await store.close()
 

@@ -3,8 +3,10 @@ writer.
 
 Writes go through one writer task that batches whatever arrived while the previous
 transaction was committing (group commit): a burst of submissions shares one fsync,
-and every caller still awaits its own row being durable. Reads use a second
-connection, so a long listing never waits behind a commit. The tables' rows are written
+and every caller still awaits its own row being durable. A batch is one call on the
+writer's own thread (BEGIN, its statements, COMMIT), so the loop hands it over and is
+woken once, however many rows it holds. Reads use a second connection (aiosqlite), so a
+long listing never waits behind a commit. The tables' rows are written
 and read by the classes built on this one (requests.py, clusters.py, managed.py).
 
 When the database cannot be written (a full disk, a lock held by another process: see
@@ -17,11 +19,12 @@ the database takes it: work in flight finishes once the fault is gone, without a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import aiosqlite
 
@@ -48,7 +51,10 @@ class Database:
         self.path = path
         # How long a write waits for a lock another process holds before it is a fault.
         self.busy_timeout = busy_timeout
-        self._w: aiosqlite.Connection | None = None
+        # The writer's connection lives on the writer's thread and is used only there.
+        self._w: sqlite3.Connection | None = None
+        self._writer_thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="skyd-store-writer")
         self._r: aiosqlite.Connection | None = None
         self._pending: list[_Write] = []
         self._wake = asyncio.Event()
@@ -63,36 +69,27 @@ class Database:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        self._w = await aiosqlite.connect(self.path, isolation_level=None)
-        # busy_timeout first: switching to WAL may need to wait for another opener.
-        await self._w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        await self._w.execute("PRAGMA journal_mode = WAL")
-        await self._w.execute("PRAGMA synchronous = FULL")
-        await self._w.execute("PRAGMA foreign_keys = ON")
-        await self._migrate()
+        await self._on_writer(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
         await self._r.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
 
-    async def _migrate(self) -> None:
-        assert self._w is not None
-        async with self._w.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        assert row is not None            # PRAGMA user_version always answers one row
-        (version,) = row
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"{self.path} has schema v{version}, newer than this skyd "
-                               f"(v{len(MIGRATIONS)}): upgrade skyd")
-        for target in range(version + 1, len(MIGRATIONS) + 1):
-            await self._w.execute("BEGIN IMMEDIATE")
-            try:
-                for stmt in statements(MIGRATIONS[target - 1]):
-                    await self._w.execute(stmt)
-                await self._w.execute(f"PRAGMA user_version = {target}")
-                await self._w.execute("COMMIT")
-            except BaseException:
-                await self._w.execute("ROLLBACK")
-                raise
+    def _on_writer(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self._writer_thread, fn, *args)
+
+    def _open_writer(self) -> None:
+        w = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            # busy_timeout first: switching to WAL may need to wait for another opener.
+            w.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            w.execute("PRAGMA journal_mode = WAL")
+            w.execute("PRAGMA synchronous = FULL")
+            w.execute("PRAGMA foreign_keys = ON")
+            _migrate(w, self.path)
+        except BaseException:
+            w.close()
+            raise
+        self._w = w
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -107,10 +104,12 @@ class Database:
             except asyncio.CancelledError:
                 pass
             self._writer = None
-        for conn in (self._r, self._w):
-            if conn is not None:
-                await conn.close()
+        if self._r is not None:
+            await self._r.close()
+        if self._w is not None:
+            await self._on_writer(self._w.close)
         self._r = self._w = None
+        self._writer_thread.shutdown(wait=False)
 
     # ---- the writer (group commit) -----------------------------------------------------
 
@@ -203,28 +202,37 @@ class Database:
         return held
 
     async def _run_batch(self, batch: list[_Write]) -> None:
-        assert self._w is not None
-        await self._w.execute("BEGIN IMMEDIATE")
-        i = 0
-        while i < len(batch):
-            j = i + 1
-            while j < len(batch) and batch[j].sql == batch[i].sql:
-                j += 1
-            if j - i == 1:
-                await self._w.execute(batch[i].sql, batch[i].params)
-            else:
-                await self._w.executemany(batch[i].sql, [w.params for w in batch[i:j]])
-            i = j
-        await self._w.execute("COMMIT")
+        await self._on_writer(self._run_batch_here, [(w.sql, w.params) for w in batch])
         self.commits += 1
         self.rows_written += len(batch)
 
+    def _run_batch_here(self, batch: list[tuple[str, tuple]]) -> None:
+        """On the writer's thread: one transaction, runs of one statement as executemany."""
+        w = self._w
+        assert w is not None
+        w.execute("BEGIN IMMEDIATE")
+        i = 0
+        while i < len(batch):
+            sql = batch[i][0]
+            j = i + 1
+            while j < len(batch) and batch[j][0] == sql:
+                j += 1
+            if j - i == 1:
+                w.execute(sql, batch[i][1])
+            else:
+                w.executemany(sql, [params for _, params in batch[i:j]])
+            i = j
+        w.execute("COMMIT")
+
     async def _rollback(self) -> None:
+        await self._on_writer(self._rollback_here)
+
+    def _rollback_here(self) -> None:
         assert self._w is not None
         try:
-            await self._w.execute("ROLLBACK")
-        except Exception:  # noqa: BLE001 - no transaction open
-            pass
+            self._w.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass            # no transaction open (or SQLite already rolled it back)
 
     # ---- reads -------------------------------------------------------------------------
 
@@ -238,3 +246,20 @@ class Database:
             if fault is None:
                 raise
             raise fault from e
+
+
+def _migrate(w: sqlite3.Connection, path: Path) -> None:
+    (version,) = w.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise RuntimeError(f"{path} has schema v{version}, newer than this skyd "
+                           f"(v{len(MIGRATIONS)}): upgrade skyd")
+    for target in range(version + 1, len(MIGRATIONS) + 1):
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in statements(MIGRATIONS[target - 1]):
+                w.execute(stmt)
+            w.execute(f"PRAGMA user_version = {target}")
+            w.execute("COMMIT")
+        except BaseException:
+            w.execute("ROLLBACK")
+            raise

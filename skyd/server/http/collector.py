@@ -60,6 +60,11 @@ class StateCollector(Collector):
                                 value=d.frame_budget.used)
         yield GaugeMetricFamily("skyd_dashboard_pages", "Dashboard pages open.",
                                 value=self.pages())
+        # Rows per commit is how much group commit saves: one fsync per transaction.
+        yield CounterMetricFamily("skyd_store_commits", "Transactions the store committed "
+                                  "(one fsync each).", value=s.store.commits)
+        yield CounterMetricFamily("skyd_store_rows_written", "Writes the store committed.",
+                                  value=s.store.rows_written)
 
     def _queues(self) -> Iterator[Metric]:
         sched, jobs = self.d.services.scheduler, self.d.services.jobs
