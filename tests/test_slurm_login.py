@@ -13,11 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import wait_until, write_task
 from slurm import COMMANDS, slurm_cluster  # noqa: F401 - the fixture
 from sshd import SshHosts, start_or_skip
+from skyd import protocol
 from test_slurm import TASK, _forget_files, allocation_state, cluster, slurm_config, steps
 
 LOGIN_IP = 13                        # the login node: 127.0.0.13
@@ -216,3 +218,26 @@ def test_an_unreachable_login_node_is_a_clear_error(make_daemon, workdir, people
         assert not [j for j in slurm_cluster.jobs() if j["name"] == "skyd-u1"]
     finally:
         _forget_files(files_dir)
+
+
+def test_a_cancelled_setup_ends_with_its_ssh_session(login, people, workdir):
+    """A launch cancelled during its setup: the setup's srun, started in alice's ssh session
+    on the login node, ends with that session (its end is the login node's sign; a quiet
+    setup would not notice a closed channel), and the step with it."""
+    d, alice = login, people[0]
+    mark = "sleep 30171"
+    task = write_task(workdir, "s.yaml", TASK + f"setup: {mark}\nrun: echo ran\n")
+    os.chmod(task, 0o644)
+    rid = alice.skyctl(d, "launch", "-c", "ls", str(task), "-y", "--async").stdout.strip()
+
+    def setup_step() -> bool:
+        found = [c for c in d.call(protocol.ClusterStatus(all_users=True)) if c.name == "ls"]
+        return bool(found and found[0].nodes
+                    and steps(d.slurm, found[0].nodes[0].allocation) == ["skyd-setup"])
+    assert wait_until(setup_step, 60), d.log()[-2000:]
+    alloc = cluster(d, "ls").nodes[0].allocation
+    assert alice.skyctl(d, "api", "cancel", rid).returncode == 0
+    assert d.wait_request(rid).status is protocol.Status.CANCELLED
+    assert wait_until(lambda: steps(d.slurm, alloc) == [], 20), steps(d.slurm, alloc)
+    assert wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                                   if mark in " ".join(p.info["cmdline"] or ())], 10)

@@ -151,6 +151,8 @@ def run_streamed(nodes: list[NodeInfo], start: Callable[[NodeInfo], subprocess.P
     for n, p, t, tail in running:
         rc = p.wait()
         t.join()
+        if p.stdin is not None:
+            p.stdin.close()
         if rc != 0:
             failures.append((n, rc, tail))
     return failures

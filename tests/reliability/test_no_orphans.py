@@ -7,6 +7,7 @@ was busy (profiling/soak/procs.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -250,3 +251,34 @@ def test_ssh_masters_run_as_the_cluster_owner_do_not_outlive_the_daemon(own_ssh_
         follower.wait()
     p = alice.skyctl(d, "cancel", "mine", "1")
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def _remote(text: str) -> list[psutil.Process]:
+    """Processes of the test's ssh hosts (on this machine) whose command line has `text`."""
+    return [p for p in psutil.process_iter(["cmdline"]) if text in " ".join(p.info["cmdline"] or ())]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_cancelled_setup_ends_on_the_ssh_host_that_runs_it(ssh_daemon, frozen):
+    """A launch cancelled while its setup runs on an ssh host that still answers: the
+    setup's processes there end with it, also a setup that is stopped (SIGSTOP: no hang-up
+    or broken pipe reaches it), and the cluster takes the next launch."""
+    d = ssh_daemon
+    mark = f"sleep 30{os.getpid() % 1000}{int(frozen)}"
+    setup = f"echo started; {'kill -STOP $$; ' if frozen else ''}{mark}; echo never"
+    task = Task(setup=setup, run="true", resources=Resources(infra="ssh/p"))
+    rid = d.submit_async(protocol.Launch(task=task, cluster="cut"))
+    assert wait_until(lambda: _remote(mark), 60), "the setup did not start on the host"
+    try:
+        d.call(protocol.ApiCancel(request_ids=[rid]))
+        assert d.wait_request(rid, 30).status is protocol.Status.CANCELLED
+        assert wait_until(lambda: not _remote(mark), 20), \
+            [" ".join(p.cmdline()) for p in _remote(mark)]
+    finally:
+        for p in _remote(mark):     # what this test's setup left, by pid
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    again = d.submit_async(protocol.Launch(task=Task(run="echo again", resources=Resources(
+        infra="ssh/p")), cluster="cut"))
+    assert d.wait_request(again, 60).status is protocol.Status.SUCCEEDED

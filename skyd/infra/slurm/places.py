@@ -22,6 +22,7 @@ from typing import Protocol
 
 from skyd.infra.slurm.settings import SlurmSettings
 from skyd.infra.ssh.connection import SshClient, last_lines
+from skyd.infra.ssh.scripts import tethered
 from skyd.protocol import ErrorCode, NodeInfo, SkydError
 
 RSYNC_TIMEOUT = 3600
@@ -44,7 +45,8 @@ class Place(Protocol):
 
     def stream(self, argv: list[str], cwd: str, env_file: str) -> subprocess.Popen:
         """Start a command in `cwd` with the variables of `env_file` (written by
-        `write`; removed once read), stdout and stderr together on a pipe."""
+        `write`; removed once read), stdout and stderr together on a pipe. The caller
+        closes its stdin, if it is a pipe, once it has waited for it."""
         ...
 
     def home(self) -> str: ...
@@ -213,11 +215,14 @@ class LoginNode:
 
     def stream(self, argv: list[str], cwd: str, env_file: str) -> subprocess.Popen:
         owner = self.client.owner(self.node)
+        # Tethered to the session: when the worker or its ssh goes (a cancel, a time
+        # limit), srun is stopped on the login node, and with it the step. stdin stays open
+        # until the caller has waited for it.
         command = (self.prologue + f"cd {shlex.quote(cwd)} || exit 1\n"
                    f"set -a; . {shlex.quote(env_file)} || exit 1; set +a\n"
-                   f"rm -f {shlex.quote(env_file)}\nexec {shlex.join(argv)} < /dev/null")
+                   f"rm -f {shlex.quote(env_file)}\n" + tethered(shlex.join(argv)))
         return subprocess.Popen(self.client.ssh(self.node, command, owner),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, **(owner.popen() if owner else {}))
 
     def sh(self, script: str, input: str | None = None, timeout: float = FILE_TIMEOUT) -> str:

@@ -151,6 +151,8 @@ class SlurmProvisioner(Provisioner):
         assert p.stdout is not None
         pump_lines(p.stdout, b"", tail, sys.stdout.buffer)
         rc = p.wait()
+        if p.stdin is not None:
+            p.stdin.close()
         if rc == 255 and self.login is not None:
             raise self.login.unreachable(b"".join(tail).decode(errors="replace"))
         if rc != 0:

@@ -14,7 +14,7 @@ import msgspec
 
 from skyd.infra.base import JobHandle, NodeProc, Provisioner, run_streamed
 from skyd.infra.ssh.connection import SshClient, last_lines, unreachable, where
-from skyd.infra.ssh.scripts import RUNNER, env_script, kill_script
+from skyd.infra.ssh.scripts import RUNNER, env_script, kill_script, tethered
 from skyd.protocol import ClusterRecord, ErrorCode, NodeInfo, SkydError
 
 RSYNC_TIMEOUT = 3600
@@ -83,9 +83,10 @@ class SshProvisioner(Provisioner):
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  **(owner.popen() if owner else {}))
             assert p.stdin is not None
+            # stdin stays open while the setup runs: its end is the node's sign to stop it.
             p.stdin.write((env_script(envs(n)) + f"cd {n.path}/sky_workdir\n"
-                           f"bash -c {shlex.quote(script)} < /dev/null\n").encode())
-            p.stdin.close()
+                           + tethered(script)).encode())
+            p.stdin.flush()
             return p
         for n, rc, tail in run_streamed(nodes, start):
             if rc == 255:

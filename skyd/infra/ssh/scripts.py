@@ -52,6 +52,24 @@ def env_script(env: dict[str, str]) -> str:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 
 
+def tethered(command: str) -> str:
+    """A block for `bash -s` that runs `command` in a session of its own and ends that
+    session when the block's standard input, the ssh channel, closes: once the worker, its
+    ssh client or the connection is gone (a cancel, a time limit, a crash), a setup does not
+    go on alone on the node. A stopped one is continued so that it takes the TERM; KILL
+    follows after the grace. Parsed whole before it runs, so the watcher reads none of it."""
+    return ("{\n"
+            f"setsid bash -c {shlex.quote(command)} < /dev/null &\n"
+            "pid=$!\n"
+            "( while read -r _; do :; done; kill -TERM -- -$pid; kill -CONT -- -$pid; "
+            f"sleep {KILL_GRACE}; kill -KILL -- -$pid ) <&0 >/dev/null 2>&1 &\n"
+            "watch=$!\n"
+            "wait $pid; rc=$?\n"
+            "kill $watch 2>/dev/null\n"
+            "exit $rc\n"
+            "}\n")
+
+
 def kill_script(np: NodeProc, graceful: bool) -> str:
     """Mark the job cancelled and signal its session; escalate after a grace period."""
     jobdir = shlex.quote(np.jobdir)
