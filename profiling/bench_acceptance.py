@@ -1,7 +1,7 @@
 """Acceptance under a running burst (issue 13): how long a `jobs launch --async` waits for
 its durable Accepted while CPU-bound jobs run on the same cores.
 
-    python -m profiling.bench_acceptance [--hogs N] [--counts 20,200]
+    python -m profiling.bench_acceptance [--hogs N] [--counts 20,200] [--as-user]
                                          [--variants none,nice,nice0,...] [--out FILE.json]
 
 A variant is the work running and what becomes of the submitted jobs; each variant and
@@ -26,6 +26,10 @@ p50/p90/p99/max. Unless queued, each submitted job starts while later ones are s
 submissions: ms on a CPU and ms runnable but waiting for one, per acceptance; the rest is
 time blocked (fsync, the other side). The load average before the daemon starts and after
 its submissions. About 80 s with the defaults on 2 cores.
+
+--as-user: the warm-up and the measured submissions come from the test account alice
+(tests/users.py; root only) on a daemon whose socket her group may use, so that the jobs
+are hers and the daemon starts each as another user, as it does for a team.
 """
 
 from __future__ import annotations
@@ -149,9 +153,10 @@ def warm_up(d: BenchDaemon) -> None:
         msgs = list(c.submit(protocol.JobsLaunch(task=LIGHT), wait=False))
     job_id = msgs[-1].job_id
 
-    def finished() -> bool:
+    def finished() -> bool:       # every user's jobs as root, one's own otherwise
         return any(j.job_id == job_id and j.status in protocol.MANAGED_FINISHED
-                   and not j.teardown_pending for j in d.call(protocol.JobsQueue(all_users=True)))
+                   and not j.teardown_pending
+                   for j in d.call(protocol.JobsQueue(all_users=os.geteuid() == 0)))
     if not bounded_wait(finished, 60, 0.1):
         raise RuntimeError("the warm-up job did not finish within 60 s")
 
@@ -188,7 +193,32 @@ def submit_serial(d: BenchDaemon, count: int) -> dict:
             "client_sched": sched_delta({me: client0.get(me, (0, 0))}, {me: client1[me]}, me, count)}
 
 
-def one(root: Path, variant: str, count: int, hogs: int) -> dict:
+def as_person(person: Any, fn: Any) -> Any:
+    """fn() in a child process that became `person` (uid, gid, groups); its JSON result."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                       # the child: never returns
+        code = 1
+        try:
+            os.close(r)
+            os.initgroups(person.name, person.gid)
+            os.setgid(person.gid)
+            os.setuid(person.uid)
+            with os.fdopen(w, "w") as out:
+                json.dump(fn(), out)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        text = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not text:
+        raise RuntimeError(f"the measurement as {person.name} failed (wait status {status})")
+    return json.loads(text)
+
+
+def one(root: Path, variant: str, count: int, hogs: int, person: Any = None) -> dict:
     work, queued = variant.removesuffix("-queued"), variant.endswith("-queued")
     load_before = os.getloadavg()
     # queued: one launch at a time, held by a job whose setup sleeps: every submission is
@@ -198,18 +228,26 @@ def one(root: Path, variant: str, count: int, hogs: int) -> dict:
         args += ["--work-cpu", "nice"]
     elif work == "background":
         args += ["--work-cpu", "background"]
+    if person is not None:
+        from tests import users
+        args += ["--socket-group", users.GROUP]
     d = AcceptDaemon(root, f"{variant}{count}", nice_zero=work == "nice0", args=args)
     d.start()
     try:
         res: dict[str, Any] = {"variant": variant, "work": work, "queued": queued,
-                               "load_before": load_before, "daemon_nice": nice_of(d.pid)}
-        warm_up(d)
+                               "load_before": load_before, "daemon_nice": nice_of(d.pid),
+                               "user": person.name if person is not None else "root"}
+        if person is None:
+            warm_up(d)
+        else:
+            as_person(person, lambda: warm_up(d))
         if work != "none":
             res["hogs"] = start_hogs(d, hogs)
         if queued:
             hold(d)
         time.sleep(SETTLE_S)
-        res.update(submit_serial(d, count))
+        res.update(submit_serial(d, count) if person is None else
+                   as_person(person, lambda: submit_serial(d, count)))
         res["load_after"] = os.getloadavg()
         return res
     finally:
@@ -250,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"of {', '.join(VARIANTS)} (default: all)")
     ap.add_argument("--out", default=str(ROOT / "bench-results" / "acceptance.json"))
+    ap.add_argument("--as-user", action="store_true",
+                    help="submit as the test account alice: her jobs start as another user")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, stop_on_signal)
     variants = [v for v in args.variants.split(",") if v]
@@ -258,13 +298,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown variants: {', '.join(sorted(unknown))}")
     counts = [int(c) for c in args.counts.split(",") if c]
     tmp = Path(tempfile.mkdtemp(prefix="skyd-ba-", dir="/tmp"))
+    person = None
+    if args.as_user:
+        if os.geteuid() != 0:
+            ap.error("--as-user needs root: the benchmark acts as the test account alice")
+        from tests import users
+        client, people = users.make_people()
+        client.close()
+        person = people[0]
+        os.chmod(tmp, 0o755)           # her client reaches the daemon's socket
     res: dict[str, Any] = {"hogs": args.hogs, "load_at_start": os.getloadavg(),
                            "machine": machine_info(), "code": code_version(),
                            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": []}
     try:
         for count in counts:
             for variant in variants:
-                r = one(tmp, variant, count, args.hogs)
+                r = one(tmp, variant, count, args.hogs, person)
                 res["runs"].append(r)
                 print(f"[{variant}, {count}] p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, "
                       f"load {r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}", flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grp
 import os
+import subprocess
 import shutil
 import stat
 import sys
@@ -96,6 +97,21 @@ def test_popen_identity_names_the_user_with_their_groups(alice):
     assert args.keys() == {"user", "group", "extra_groups"}
     assert (args["user"], args["group"], sorted(args["extra_groups"])) == (uid, gid, groups)
     assert privilege.popen_identity(0, 0) == {}          # we are root already
+
+
+@root_only
+def test_exec_identity_starts_the_user_with_their_groups_without_forking_the_daemon(alice):
+    """A prefix that becomes the user in the child (setpriv), so that Popen needs no ids of
+    its own and can vfork: the same uid, gid and groups as popen_identity gives."""
+    uid, gid, groups = alice
+    prefix, args = privilege.exec_identity(uid, gid)
+    assert args == {} and prefix[0].endswith("/setpriv") and prefix[-1] == "--", prefix
+    out = subprocess.run([*prefix, "sh", "-c", "id -u; id -g; id -G; id -ru; id -rg"],
+                         capture_output=True, text=True, env={"PATH": privilege.STANDARD_PATH},
+                         check=True).stdout.split("\n")
+    assert (int(out[0]), int(out[1]), sorted(map(int, out[2].split()))) == (uid, gid, groups)
+    assert (int(out[3]), int(out[4])) == (uid, gid)               # real ids too
+    assert privilege.exec_identity(0, 0) == ([], {})
 
 
 # ---- dropping privilege --------------------------------------------------------------------

@@ -120,11 +120,14 @@ def spawn(handle: JobHandle, nodes: list[NodeInfo], uid: int, gid: int,
         argv = ["nice", "-n", str(privilege.WORK_NICE), "bash", "-c", RUNNER, "skyd-runner",
                 np.jobdir, str(Path(node.path) / WORKDIR), str(code_fd),
                 str(max(0, log_limit)), str(privilege.WORK_NICE)]
-        identity = privilege.popen_identity(uid, gid)
         if scopes is not None and not fenced:
             # systemd-run execs it in place once in its scope (same pid), as its owner.
             options, identity = privilege.scope_identity(uid, gid)
             argv = scopes.command(np.ctl, options, argv)
+        else:
+            # setpriv execs it in place (same pid) as its owner.
+            become, identity = privilege.exec_identity(uid, gid)
+            argv = become + argv
         try:
             def start() -> subprocess.Popen:
                 return subprocess.Popen(
