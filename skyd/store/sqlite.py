@@ -6,7 +6,8 @@ transaction was committing (group commit): a burst of submissions shares one fsy
 and every caller still awaits its own row being durable. A batch is one call on the
 writer's own thread (BEGIN, its statements, COMMIT), so the loop hands it over and is
 woken once, however many rows it holds. Reads use a second connection (aiosqlite), so a
-long listing never waits behind a commit. The tables' rows are written
+long listing never waits behind a commit; each read runs whole in one call there, so it
+sees every commit awaited before it. The tables' rows are written
 and read by the classes built on this one (requests.py, clusters.py, managed.py).
 
 When the database cannot be written (a full disk, a lock held by another process: see
@@ -71,7 +72,7 @@ class Database:
     async def open(self) -> None:
         await self._on_writer(self._open_writer)
         self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._r.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        await self._r.execute_fetchall(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
 
     def _on_writer(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
@@ -237,10 +238,12 @@ class Database:
     # ---- reads -------------------------------------------------------------------------
 
     async def _all(self, sql: str, params: Iterable = ()) -> list:
+        """One read, whole, in one call on the reader's thread. Never a statement left open
+        across awaits: reads interleaved on one connection would share one read
+        transaction, and with it a snapshot older than commits already awaited."""
         assert self._r is not None
         try:
-            async with self._r.execute(sql, tuple(params)) as cur:
-                return list(await cur.fetchall())
+            return list(await self._r.execute_fetchall(sql, tuple(params)))
         except sqlite3.OperationalError as e:
             fault = store_fault(e, self.path)
             if fault is None:
