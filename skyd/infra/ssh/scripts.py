@@ -53,17 +53,21 @@ def env_script(env: dict[str, str]) -> str:
 
 
 def tethered(command: str) -> str:
-    """A block for `bash -s` that runs `command` in a session of its own and ends that
-    session when the block's standard input, the ssh channel, closes: once the worker, its
-    ssh client or the connection is gone (a cancel, a time limit, a crash), a setup does not
-    go on alone on the node. A stopped one is continued so that it takes the TERM; KILL
-    follows after the grace. Parsed whole before it runs, so the watcher reads none of it."""
+    """A block for a POSIX shell (bash -s, or a login shell that is dash) that runs
+    `command` in a session of its own and ends that session when the block's standard
+    input, the ssh channel, closes: once the worker, its ssh client or the connection is
+    gone (a cancel, a time limit, a crash), a setup does not go on alone on the node. A
+    stopped one is continued so that it takes the TERM; KILL follows after the grace.
+    Parsed whole before it runs, so the watcher reads none of it. (The channel goes to the
+    watcher through fd 3: a background job's own stdin is /dev/null without job control.)"""
     return ("{\n"
-            f"setsid bash -c {shlex.quote(command)} < /dev/null &\n"
+            "exec 3<&0\n"
+            f"setsid bash -c {shlex.quote(command)} < /dev/null 3<&- &\n"
             "pid=$!\n"
-            "( while read -r _; do :; done; kill -TERM -- -$pid; kill -CONT -- -$pid; "
-            f"sleep {KILL_GRACE}; kill -KILL -- -$pid ) <&0 >/dev/null 2>&1 &\n"
+            "( while read -r _; do :; done; kill -TERM -$pid; kill -CONT -$pid; "
+            f"sleep {KILL_GRACE}; kill -KILL -$pid ) <&3 >/dev/null 2>&1 &\n"
             "watch=$!\n"
+            "exec 3<&-\n"
             "wait $pid; rc=$?\n"
             "kill $watch 2>/dev/null\n"
             "exit $rc\n"
