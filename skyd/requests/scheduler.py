@@ -242,7 +242,7 @@ class Scheduler:
                 await self.workload.on_end(final)
                 await self.store.finish_request(rec.id, status, ended, blob, final.error)
         finally:
-            del self.finishing[rec.id]
+            self.finishing.pop(rec.id, None)
         rec.status, rec.finished_at, rec.error = status, ended, final.error
         req.result = error if error is not None else blob
         if req.log is not None:
