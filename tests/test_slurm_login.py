@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -241,3 +242,25 @@ def test_a_cancelled_setup_ends_with_its_ssh_session(login, people, workdir):
     assert wait_until(lambda: steps(d.slurm, alloc) == [], 20), steps(d.slurm, alloc)
     assert wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"])
                                    if mark in " ".join(p.info["cmdline"] or ())], 10)
+
+
+def test_a_job_through_the_login_node_rides_out_a_kill_9_of_the_daemon(login, people, workdir):
+    """The daemon killed with -9 while alice's job runs through the login node: its ssh
+    masters and its watch's session go with it, the job's step goes on; the next daemon
+    watches it again through her session, and it ran once, to its end."""
+    d, alice = login, people[0]
+    ran = Path(alice.home) / "ran-once"
+    ran.unlink(missing_ok=True)
+    task = write_task(workdir, "r.yaml", TASK + f"run: echo x >> {ran}; sleep 6; echo done\n")
+    os.chmod(task, 0o644)
+    rid = alice.skyctl(d, "launch", "-c", "lr", str(task), "-y", "--async").stdout.strip()
+    assert d.wait_request(rid, 90).status is protocol.Status.SUCCEEDED
+    alloc = cluster(d, "lr").nodes[0].allocation
+    assert wait_until(lambda: steps(d.slurm, alloc) == ["skyd-job-1"], 30), steps(d.slurm, alloc)
+    d.stop(signal.SIGKILL)
+    d.start()
+    assert d.wait_job("lr", 1, timeout=60).status == "SUCCEEDED"
+    assert "done" in alice.skyctl(d, "logs", "lr", "1", "--no-follow").stdout
+    assert ran.read_text().count("x") == 1
+    assert alice.skyctl(d, "down", "lr", "-y").returncode == 0
+    assert wait_until(lambda: allocation_state(d.slurm, alloc) == "CANCELLED", 15)
