@@ -6,6 +6,9 @@ lines prefixed with its rank."""
 
 from __future__ import annotations
 
+import time
+
+import psutil
 import pytest
 
 from conftest import wait_until, write_task
@@ -83,3 +86,24 @@ def test_two_nodes_launch_exec_and_down_with_ranks_ips_and_prefixed_output(on_tw
     assert d.returncode == 0, d.stderr
     assert wait_until(lambda: allocation_state(slurm, alloc) in ("CANCELLED", ""), 10)
     assert wait_until(lambda: node_states(slurm) == ["idle", "idle"], 10)
+
+
+def test_one_node_failing_fails_the_job_and_stops_the_other(on_two_nodes, workdir):
+    """A job whose task on one node is killed (-9) while the other's goes on: the job fails
+    with that node's status soon after, not when the other would have ended, and nothing
+    of it is left running on either node."""
+    d = on_two_nodes
+    p = d.skyctl("launch", "-c", "mf", str(write_task(workdir, "mf.yaml", TASK)))
+    assert p.returncode == 0, p.stderr + p.stdout
+    mark = "sleep 4041"
+    run = f'if [ "$SKYPILOT_NODE_RANK" = 1 ]; then sleep 1; kill -9 $$; fi; {mark}; echo never'
+    e = d.skyctl("exec", "mf", "--async", run)
+    assert e.returncode == 0, e.stderr
+    t0 = time.monotonic()
+    job = d.wait_job("mf", 2, timeout=30)
+    assert job.status == "FAILED" and time.monotonic() - t0 < 25, job
+    assert job.exit_code not in (None, 0), job
+    assert wait_until(lambda: not [q for q in psutil.process_iter(["cmdline"])
+                                   if mark in " ".join(q.info["cmdline"] or ())], 10)
+    assert "never" not in d.skyctl("logs", "mf", "2", "--no-follow").stdout
+    assert d.skyctl("down", "mf", "-y").returncode == 0
