@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,8 @@ def as_person(person: Any, fn: Any) -> Any:
             with os.fdopen(w, "w") as out:
                 json.dump(fn(), out)
             code = 0
+        except BaseException:
+            traceback.print_exc()
         finally:
             os._exit(code)
     os.close(w)

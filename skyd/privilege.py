@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import grp
 import os
 import pwd
 import shutil
@@ -81,11 +82,30 @@ def exec_identity(uid: int, gid: int) -> tuple[list[str], dict]:
     if os.geteuid() != 0 or uid == os.geteuid():
         return [], {}
     setpriv = _setpriv()
-    if setpriv is None:
+    groups = groups_of(uid, gid)
+    # setpriv reads each id as a name first: a user or group named by digits would stand
+    # for another id, so then the ids are set as numbers, by Popen.
+    if setpriv is None or _named_like_numbers(uid, [gid, *groups]):
         return [], popen_identity(uid, gid)
-    groups = ",".join(str(g) for g in groups_of(uid, gid))
+    listed = ",".join(map(str, groups))
     return [setpriv, f"--regid={gid}", f"--reuid={uid}",
-            f"--groups={groups}" if groups else "--clear-groups", "--"], {}
+            f"--groups={listed}" if listed else "--clear-groups", "--"], {}
+
+
+def _named_like_numbers(uid: int, gids: list[int]) -> bool:
+    """Does a user named like `uid`, or a group named like one of `gids`, exist?"""
+    try:
+        pwd.getpwnam(str(uid))
+        return True
+    except KeyError:
+        pass
+    for g in gids:
+        try:
+            grp.getgrnam(str(g))
+            return True
+        except KeyError:
+            pass
+    return False
 
 
 @functools.cache

@@ -114,6 +114,24 @@ def test_exec_identity_starts_the_user_with_their_groups_without_forking_the_dae
     assert privilege.exec_identity(0, 0) == ([], {})
 
 
+@root_only
+def test_exec_identity_sets_ids_as_numbers_where_a_name_looks_like_one(tmp_path):
+    """setpriv reads an id as a name first: where a user or a group is named by digits
+    (user "4243" has uid 6666 here), the ids are set as numbers by Popen instead. Run in a
+    mount namespace whose /etc/passwd and /etc/group have those entries."""
+    passwd, group = tmp_path / "passwd", tmp_path / "group"
+    passwd.write_text(Path("/etc/passwd").read_text() + "4243:x:6666:5555::/nonexistent:/bin/sh\n")
+    group.write_text(Path("/etc/group").read_text() + "4242:x:5555:\n")
+    code = ("from skyd import privilege\n"
+            "print(privilege.exec_identity(4243, 4242)[0] == [],"
+            " privilege.exec_identity(4244, 4244)[0][0].endswith('setpriv'))")
+    script = (f"mount --bind {passwd} /etc/passwd && mount --bind {group} /etc/group && "
+              f'exec {sys.executable} -c "$0"')
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script, code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert p.stdout.split() == ["True", "True"], p.stdout + p.stderr
+
+
 # ---- dropping privilege --------------------------------------------------------------------
 
 def _whoami() -> None:

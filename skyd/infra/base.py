@@ -139,20 +139,25 @@ def run_streamed(nodes: list[NodeInfo], start: Callable[[NodeInfo], subprocess.P
     import sys
     import threading
     running = []
-    for n in nodes:
-        p = start(n)
-        tail: list[bytes] = []
-        t = threading.Thread(target=pump_lines, daemon=True,
-                             args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
-                                   sys.stdout.buffer))
-        t.start()
-        running.append((n, p, t, tail))
-    failures = []
-    for n, p, t, tail in running:
-        rc = p.wait()
-        t.join()
-        if p.stdin is not None:
-            p.stdin.close()
-        if rc != 0:
-            failures.append((n, rc, tail))
-    return failures
+    try:
+        for n in nodes:
+            p = start(n)
+            tail: list[bytes] = []
+            t = threading.Thread(target=pump_lines, daemon=True,
+                                 args=(p.stdout, rank_prefix(n.rank, len(nodes)), tail,
+                                       sys.stdout.buffer))
+            t.start()
+            running.append((n, p, t, tail))
+        failures = []
+        for n, p, t, tail in running:
+            rc = p.wait()
+            t.join()
+            if rc != 0:
+                failures.append((n, rc, tail))
+        return failures
+    finally:
+        # A process's stdin may be its node's sign to go on (ssh: scripts.tethered):
+        # closed once it ended, or at once if starting the others failed.
+        for _, p, _, _ in running:
+            if p.stdin is not None:
+                p.stdin.close()

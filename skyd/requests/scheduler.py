@@ -264,8 +264,8 @@ class Scheduler:
             self._dispatch()
             return True
         if rid in self.long_running:
-            if rid in self.finishing:
-                return False        # its outcome is being recorded: too late to cancel
+            if rid in self.finishing or req.record.status.finished:
+                return False        # its outcome is recorded, or being recorded: too late
             if not req.cancel_requested:
                 req.cancel_requested = True
                 if req.log is not None:

@@ -70,9 +70,14 @@ class Database:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        await self._on_writer(self._open_writer)
-        self._r = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._r.execute_fetchall(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        try:
+            await self._on_writer(self._open_writer)
+            self._r = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._r.execute_fetchall(
+                f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except BaseException:
+            await self.close()          # the writer's connection and thread too
+            raise
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="store-writer")
 
     def _on_writer(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:

@@ -149,10 +149,12 @@ class SlurmProvisioner(Provisioner):
             raise not_found("srun", self.settings) from None
         tail: list[bytes] = []
         assert p.stdout is not None
-        pump_lines(p.stdout, b"", tail, sys.stdout.buffer)
-        rc = p.wait()
-        if p.stdin is not None:
-            p.stdin.close()
+        try:
+            pump_lines(p.stdout, b"", tail, sys.stdout.buffer)
+            rc = p.wait()
+        finally:
+            if p.stdin is not None:     # the login node's sign to stop the step
+                p.stdin.close()
         if rc == 255 and self.login is not None:
             raise self.login.unreachable(b"".join(tail).decode(errors="replace"))
         if rc != 0:

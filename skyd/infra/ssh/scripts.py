@@ -60,7 +60,10 @@ def tethered(command: str) -> str:
     stopped one is continued so that it takes the TERM; KILL follows after the grace.
     Parsed whole before it runs, so the watcher reads none of it. (The channel goes to the
     watcher through fd 3: a background job's own stdin is /dev/null without job control.)"""
+    # Without job control (set +m) the background job is no process group leader, so
+    # setsid makes it one in place: $! is the session's id.
     return ("{\n"
+            "set +m\n"
             "exec 3<&0\n"
             f"setsid bash -c {shlex.quote(command)} < /dev/null 3<&- &\n"
             "pid=$!\n"
