@@ -5,6 +5,7 @@ whatever of the previous run is left before recovery re-runs anything."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -128,9 +129,13 @@ def test_restart_kills_what_a_crashed_run_left_even_if_it_did_not_die(make_daemo
     marker = workdir / "runs"
     rid = d.submit_async(_launch("frozen", f"echo run >> {marker}; sleep 120", "true"))
     assert wait_until(marker.exists, 15)
-    first = _first_run(d.proc.pid)
-    for p in first:
-        p.suspend()
+    snapshot = _first_run(d.proc.pid)
+    for p in snapshot:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.suspend()
+    # Those stopped: one that was exiting (a zombie, or gone) as the snapshot was taken is not.
+    first = _alive(snapshot)
+    assert any("sleep 120" in " ".join(p.cmdline()) for p in first)
     try:
         d.kill9()
         time.sleep(0.5)
