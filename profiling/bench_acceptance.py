@@ -50,7 +50,7 @@ from typing import Any
 from profiling._daemon import ROOT, BenchDaemon, bounded_wait, kill_leftovers
 from profiling._report import code_version, machine_info, markdown, stop_on_signal
 from profiling._stats import percentile
-from skyd import protocol
+from skyd import privilege, protocol
 from skyd.taskspec import Task
 
 HOG_MARK = "skyd-bench-hog"
@@ -195,16 +195,17 @@ def submit_serial(d: BenchDaemon, count: int) -> dict:
 
 
 def as_person(person: Any, fn: Any) -> Any:
-    """fn() in a child process that became `person` (uid, gid, groups); its JSON result."""
+    """fn() in a child process that became `person` (uid, gid, groups): its JSON result;
+    with no person, fn() here."""
+    if person is None:
+        return fn()
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                       # the child: never returns
         code = 1
         try:
             os.close(r)
-            os.initgroups(person.name, person.gid)
-            os.setgid(person.gid)
-            os.setuid(person.uid)
+            privilege.drop_to(person.uid, person.gid)
             with os.fdopen(w, "w") as out:
                 json.dump(fn(), out)
             code = 0
@@ -240,17 +241,13 @@ def one(root: Path, variant: str, count: int, hogs: int, person: Any = None) -> 
         res: dict[str, Any] = {"variant": variant, "work": work, "queued": queued,
                                "load_before": load_before, "daemon_nice": nice_of(d.pid),
                                "user": person.name if person is not None else "root"}
-        if person is None:
-            warm_up(d)
-        else:
-            as_person(person, lambda: warm_up(d))
+        as_person(person, lambda: warm_up(d))
         if work != "none":
             res["hogs"] = start_hogs(d, hogs)
         if queued:
             hold(d)
         time.sleep(SETTLE_S)
-        res.update(submit_serial(d, count) if person is None else
-                   as_person(person, lambda: submit_serial(d, count)))
+        res.update(as_person(person, lambda: submit_serial(d, count)))
         res["load_after"] = os.getloadavg()
         return res
     finally:

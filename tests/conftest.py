@@ -100,8 +100,9 @@ class Daemon(DaemonProcess):
         raise AssertionError(f"job {job_id} on {cluster} did not finish within {timeout}s: {job}")
 
 
-def processes_mentioning(path: Path) -> list[int]:
-    """Processes whose command line names `path` (job runners name their job dir)."""
+def processes_mentioning(path: str | Path) -> list[int]:
+    """Processes whose command line names `path` (job runners name their job dir), or has
+    that text (a test's marker command, as `sleep 30171`)."""
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():

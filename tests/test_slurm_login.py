@@ -14,10 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
-from conftest import wait_until, write_task
+from conftest import processes_mentioning, wait_until, write_task
 from slurm import COMMANDS, slurm_cluster  # noqa: F401 - the fixture
 from sshd import SshHosts, start_or_skip
 from skyd import protocol
@@ -240,8 +239,7 @@ def test_a_cancelled_setup_ends_with_its_ssh_session(login, people, workdir):
     assert alice.skyctl(d, "api", "cancel", rid).returncode == 0
     assert d.wait_request(rid).status is protocol.Status.CANCELLED
     assert wait_until(lambda: steps(d.slurm, alloc) == [], 20), steps(d.slurm, alloc)
-    assert wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"])
-                                   if mark in " ".join(p.info["cmdline"] or ())], 10)
+    assert wait_until(lambda: not processes_mentioning(mark), 10)
 
 
 def test_a_job_through_the_login_node_rides_out_a_kill_9_of_the_daemon(login, people, workdir):

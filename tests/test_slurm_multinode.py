@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 
-import psutil
 import pytest
 
-from conftest import wait_until, write_task
+from conftest import processes_mentioning, wait_until, write_task
 from slurm import slurm_two_nodes  # noqa: F401 - the fixture
 from test_slurm import _forget_files, allocation_state, cluster, slurm_config
 
@@ -103,7 +102,6 @@ def test_one_node_failing_fails_the_job_and_stops_the_other(on_two_nodes, workdi
     job = d.wait_job("mf", 2, timeout=30)
     assert job.status == "FAILED" and time.monotonic() - t0 < 25, job
     assert job.exit_code not in (None, 0), job
-    assert wait_until(lambda: not [q for q in psutil.process_iter(["cmdline"])
-                                   if mark in " ".join(q.info["cmdline"] or ())], 10)
+    assert wait_until(lambda: not processes_mentioning(mark), 10)
     assert "never" not in d.skyctl("logs", "mf", "2", "--no-follow").stdout
     assert d.skyctl("down", "mf", "-y").returncode == 0

@@ -208,27 +208,27 @@ class Database:
         return held
 
     async def _run_batch(self, batch: list[_Write]) -> None:
-        await self._on_writer(self._run_batch_here, [(w.sql, w.params) for w in batch])
+        await self._on_writer(self._run_batch_here, batch)
         self.commits += 1
         self.rows_written += len(batch)
 
-    def _run_batch_here(self, batch: list[tuple[str, tuple]]) -> None:
-        """On the writer's thread: one transaction, runs of one statement as executemany."""
-        w = self._w
-        assert w is not None
-        w.execute("BEGIN IMMEDIATE")
+    def _run_batch_here(self, batch: list[_Write]) -> None:
+        """On the writer's thread: one transaction, runs of one statement as executemany.
+        (It reads only each write's sql and params, which nothing changes once queued.)"""
+        conn = self._w
+        assert conn is not None
+        conn.execute("BEGIN IMMEDIATE")
         i = 0
         while i < len(batch):
-            sql = batch[i][0]
             j = i + 1
-            while j < len(batch) and batch[j][0] == sql:
+            while j < len(batch) and batch[j].sql == batch[i].sql:
                 j += 1
             if j - i == 1:
-                w.execute(sql, batch[i][1])
+                conn.execute(batch[i].sql, batch[i].params)
             else:
-                w.executemany(sql, [params for _, params in batch[i:j]])
+                conn.executemany(batch[i].sql, [w.params for w in batch[i:j]])
             i = j
-        w.execute("COMMIT")
+        conn.execute("COMMIT")
 
     async def _rollback(self) -> None:
         await self._on_writer(self._rollback_here)

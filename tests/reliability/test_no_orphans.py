@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import wait_until
+from conftest import processes_mentioning, wait_until
 from profiling.soak import procs
 from sshd import SshHosts, ssh_hosts, start_or_skip  # noqa: F401 - the fixture
 from skyd import protocol
@@ -253,11 +253,6 @@ def test_ssh_masters_run_as_the_cluster_owner_do_not_outlive_the_daemon(own_ssh_
     assert p.returncode == 0, p.stdout + p.stderr
 
 
-def _remote(text: str) -> list[psutil.Process]:
-    """Processes of the test's ssh hosts (on this machine) whose command line has `text`."""
-    return [p for p in psutil.process_iter(["cmdline"]) if text in " ".join(p.info["cmdline"] or ())]
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("frozen", [False, True])
 def test_a_cancelled_setup_ends_on_the_ssh_host_that_runs_it(ssh_daemon, frozen):
@@ -269,16 +264,17 @@ def test_a_cancelled_setup_ends_on_the_ssh_host_that_runs_it(ssh_daemon, frozen)
     setup = f"echo started; {'kill -STOP $$; ' if frozen else ''}{mark}; echo never"
     task = Task(setup=setup, run="true", resources=Resources(infra="ssh/p"))
     rid = d.submit_async(protocol.Launch(task=task, cluster="cut"))
-    assert wait_until(lambda: _remote(mark), 60), "the setup did not start on the host"
+    # The ssh hosts share this machine's processes.
+    assert wait_until(lambda: processes_mentioning(mark), 60), "the setup did not start on the host"
     try:
         d.call(protocol.ApiCancel(request_ids=[rid]))
         assert d.wait_request(rid, 30).status is protocol.Status.CANCELLED
-        assert wait_until(lambda: not _remote(mark), 20), \
-            [" ".join(p.cmdline()) for p in _remote(mark)]
+        assert wait_until(lambda: not processes_mentioning(mark), 20), \
+            f"still running there: pids {processes_mentioning(mark)}"
     finally:
-        for p in _remote(mark):     # what this test's setup left, by pid
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
+        for pid in processes_mentioning(mark):     # what this test's setup left, by pid
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
     again = d.submit_async(protocol.Launch(task=Task(run="echo again", resources=Resources(
         infra="ssh/p")), cluster="cut"))
     assert d.wait_request(again, 60).status is protocol.Status.SUCCEEDED

@@ -22,7 +22,7 @@ import msgspec
 import psutil
 import pytest
 
-from conftest import pid_alive, wait_until
+from conftest import pid_alive, processes_mentioning, wait_until
 from skyd import protocol
 from skyd.taskspec import Task
 
@@ -232,7 +232,7 @@ def test_an_ended_request_reads_as_ended_only_once_that_is_durable(make_daemon, 
     d = make_daemon("--long-slots", "2")
     go = workdir / "go"
     rid = d.submit_async(_launch("held", setup=f"while [ ! -e {go} ]; do sleep 0.05; done"))
-    assert wait_until(lambda: _running(str(go)), 15)
+    assert wait_until(lambda: processes_mentioning(go), 15)
     locker = _lock_db(d, 30)
     acked: list = []
 
@@ -241,7 +241,7 @@ def test_an_ended_request_reads_as_ended_only_once_that_is_durable(make_daemon, 
             acked.append(d.call(protocol.ApiCancel(request_ids=[rid])))
     try:
         threading.Thread(target=cancel, daemon=True).start()
-        assert wait_until(lambda: not _running(str(go)), 15), "the cancel did not stop the setup"
+        assert wait_until(lambda: not processes_mentioning(go), 15), "the cancel did not stop the setup"
         seen = {d.request(rid).status for _ in range(20) if time.sleep(0.05) is None}
         assert seen == {protocol.Status.RUNNING}, seen
         assert not acked, acked             # a cancel is acknowledged once it is durable
@@ -253,10 +253,6 @@ def test_an_ended_request_reads_as_ended_only_once_that_is_durable(make_daemon, 
     go.touch()
     d.start()
     assert d.wait_request(rid, 30).status in (protocol.Status.SUCCEEDED, protocol.Status.FAILED)
-
-
-def _running(text: str) -> bool:
-    return any(text in " ".join(p.info["cmdline"] or ()) for p in psutil.process_iter(["cmdline"]))
 
 
 def _stored_status(d, rid: str) -> str:
